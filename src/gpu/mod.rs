@@ -1,0 +1,2 @@
+//! GPU probe (NVML) and the gate that waits until enough memory is free.
+pub mod cli;

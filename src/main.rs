@@ -1,0 +1,23 @@
+use clap::{Parser, Subcommand};
+
+/// Lets a heavy GPU job (Vidi 1.5 9B) borrow a shared GPU safely.
+#[derive(Parser)]
+#[command(name = "vidi-operator", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Inspect the GPUs on this machine, or wait until enough memory is free.
+    Gpu(vidi_operator::gpu::cli::GpuArgs),
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Gpu(args) => vidi_operator::gpu::cli::run(args).await,
+    }
+}
