@@ -1,3 +1,5 @@
+mod cli;
+
 use clap::{Parser, Subcommand};
 
 /// Lets a heavy GPU job (Vidi 1.5 9B) borrow a shared GPU safely.
@@ -11,13 +13,13 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Inspect the GPUs on this machine, or wait until enough memory is free.
-    Gpu(vidi_operator::gpu::cli::GpuArgs),
+    Gpu(cli::gpu::GpuArgs),
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Gpu(args) => vidi_operator::gpu::cli::run(args).await,
+        Command::Gpu(args) => cli::gpu::run(args).await,
     }
 }

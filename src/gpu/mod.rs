@@ -1,2 +1,1 @@
 //! GPU probe (NVML) and the gate that waits until enough memory is free.
-pub mod cli;

@@ -1,0 +1,2 @@
+//! Command-line front ends: thin layers over the library (anyhow lives only here).
+pub mod gpu;
