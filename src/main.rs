@@ -14,6 +14,8 @@ struct Cli {
 enum Command {
     /// Inspect the GPUs on this machine, or wait until enough memory is free.
     Gpu(cli::gpu::GpuArgs),
+    /// Print the VidiJob CustomResourceDefinition as YAML (crds/vidijob.yaml is this output).
+    Crd,
 }
 
 #[tokio::main]
@@ -21,5 +23,9 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Gpu(args) => cli::gpu::run(args).await,
+        Command::Crd => {
+            print!("{}", vidi_operator::api::crd_yaml()?);
+            Ok(())
+        }
     }
 }

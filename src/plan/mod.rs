@@ -1,1 +1,18 @@
-//! TODO
+//! The pure planner: every decision of vidi-operator, shared by the Kubernetes and Docker
+//! runtimes. No I/O: a `Snapshot` in, a `Decision` (actions + status) out.
+mod action;
+pub mod conditions;
+mod lifecycle;
+pub mod names;
+pub mod outcome;
+pub mod precision;
+pub mod queue;
+mod snapshot;
+mod sweep;
+
+pub use action::{Action, Decision, Notice, Severity};
+pub use lifecycle::next;
+pub use snapshot::{
+    Attempt, AttemptState, CoTenant, CoTenantId, JobKey, JobView, Rival, Selection, Snapshot, Termination,
+};
+pub use sweep::stale_holders;

@@ -1,0 +1,76 @@
+//! What the planner tells a runtime adapter to do, in order.
+use std::time::Duration;
+
+use crate::api::{Precision, VidiJobStatus};
+
+use super::snapshot::{CoTenantId, JobKey};
+
+/// Severity of an Event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Severity {
+    Normal,
+    Warning,
+}
+
+/// A Kubernetes Event (Docker: a line on the terminal).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Notice {
+    pub severity: Severity,
+    /// CamelCase reason, e.g. `Suspended`.
+    pub reason: String,
+    pub message: String,
+}
+
+/// One write to the world. Each is idempotent: applying it twice changes nothing more.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// One write: replicas 0 (unless `scale_to_zero` is false because it already is), holders set
+    /// to `holders`, original replicas recorded as `original_replicas` (kept when already held).
+    Hold {
+        target: CoTenantId,
+        holders: Vec<JobKey>,
+        original_replicas: i32,
+        revision: Option<String>,
+    },
+    /// A held co-tenant runs again although held: scale it to 0 again, marks unchanged.
+    Resuspend {
+        target: CoTenantId,
+        revision: Option<String>,
+    },
+    /// Remove a holder; others still hold it, so it stays suspended.
+    Release {
+        target: CoTenantId,
+        holders: Vec<JobKey>,
+        revision: Option<String>,
+    },
+    /// No holder left: one write restores `replicas` and removes both marks.
+    Restore {
+        target: CoTenantId,
+        replicas: i32,
+        revision: Option<String>,
+    },
+    /// Create the attempt's pod (or container) named `name`. Creating an existing one is a no-op.
+    StartAttempt {
+        attempt: u32,
+        name: String,
+        precision: Precision,
+        min_free_bytes: u64,
+    },
+    /// Stop and delete an attempt that is still alive.
+    StopAttempt { attempt: u32, name: String },
+    /// Publish an Event on the job.
+    Notify(Notice),
+    /// ttlSecondsAfterFinished has passed: delete the job.
+    DeleteJob,
+}
+
+/// The planner's answer: actions to apply in order, then the status to write.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Decision {
+    pub actions: Vec<Action>,
+    pub status: VidiJobStatus,
+    /// Look again after this long even if nothing changes (deadlines, TTL, progress).
+    pub requeue_after: Option<Duration>,
+    /// Deleting, and nothing is held or running any more: the finalizer may go.
+    pub released: bool,
+}
