@@ -1,1 +1,2 @@
-//! TODO
+//! The Kubernetes runtime: observe VidiJobs, co-tenants and pods; plan; act.
+pub mod rbac;
