@@ -1,0 +1,440 @@
+//! REST semantics through real kube::Api calls.
+
+mod common;
+
+use common::*;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
+use kube::core::{ApiResource, GroupVersionKind};
+use kube_standin::{Access, Gvr, Standin};
+use serde_json::json;
+
+fn code(e: kube::Error) -> u16 {
+    match e {
+        kube::Error::Api(s) => s.code,
+        other => panic!("expected an API error, got {other:?}"),
+    }
+}
+
+fn reason(e: kube::Error) -> (u16, String) {
+    match e {
+        kube::Error::Api(s) => (s.code, s.reason.clone()),
+        other => panic!("expected an API error, got {other:?}"),
+    }
+}
+
+fn vidijobs(api: &Standin) -> Api<DynamicObject> {
+    let ar = ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("vidi.dev", "v1alpha1", "VidiJob"), "vidijobs");
+    Api::namespaced_with(api.client(), "ns", &ar)
+}
+
+fn dyn_obj(v: serde_json::Value) -> DynamicObject {
+    serde_json::from_value(v).expect("object")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crud_and_conflicts() {
+    let api = standin().await;
+    let pods: Api<Pod> = Api::namespaced(api.client(), "ns");
+    let p: Pod = serde_json::from_value(pod("a", json!({"app": "web"}))).unwrap();
+    let created = pods.create(&PostParams::default(), &p).await.unwrap();
+    let meta = &created.metadata;
+    assert_eq!(meta.namespace.as_deref(), Some("ns"));
+    assert_eq!(meta.generation, Some(1));
+    assert!(meta.uid.is_some() && meta.creation_timestamp.is_some() && meta.resource_version.is_some());
+
+    assert_eq!(
+        reason(pods.create(&PostParams::default(), &p).await.unwrap_err()),
+        (409, "AlreadyExists".into())
+    );
+
+    // PUT with the current rv works, with a stale one is 409 Conflict, without one 422.
+    let mut fresh = pods.get("a").await.unwrap();
+    let stale = fresh.clone();
+    fresh
+        .metadata
+        .labels
+        .get_or_insert_default()
+        .insert("v".into(), "2".into());
+    let updated = pods.replace("a", &PostParams::default(), &fresh).await.unwrap();
+    assert_ne!(updated.metadata.resource_version, stale.metadata.resource_version);
+    let mut stale2 = stale.clone();
+    stale2
+        .metadata
+        .labels
+        .get_or_insert_default()
+        .insert("v".into(), "3".into());
+    assert_eq!(
+        reason(pods.replace("a", &PostParams::default(), &stale2).await.unwrap_err()),
+        (409, "Conflict".into())
+    );
+    let mut no_rv = updated.clone();
+    no_rv.metadata.resource_version = None;
+    assert_eq!(
+        reason(pods.replace("a", &PostParams::default(), &no_rv).await.unwrap_err()),
+        (422, "Invalid".into())
+    );
+
+    // Names: missing, invalid, generateName.
+    let mut bad: Pod = serde_json::from_value(pod("Bad_Name", json!({}))).unwrap();
+    assert_eq!(code(pods.create(&PostParams::default(), &bad).await.unwrap_err()), 422);
+    bad.metadata.name = None;
+    assert_eq!(code(pods.create(&PostParams::default(), &bad).await.unwrap_err()), 422);
+    bad.metadata.generate_name = Some("gen-".into());
+    let g = pods.create(&PostParams::default(), &bad).await.unwrap();
+    assert!(g.metadata.name.unwrap().starts_with("gen-"));
+
+    // Namespace in the body must match the path.
+    let mut other: Pod = serde_json::from_value(pod("b", json!({}))).unwrap();
+    other.metadata.namespace = Some("elsewhere".into());
+    assert_eq!(
+        reason(pods.create(&PostParams::default(), &other).await.unwrap_err()),
+        (400, "BadRequest".into())
+    );
+
+    // Delete, then 404.
+    pods.delete("a", &DeleteParams::default()).await.unwrap();
+    assert_eq!(reason(pods.get("a").await.unwrap_err()), (404, "NotFound".into()));
+    assert_eq!(code(pods.delete("a", &DeleteParams::default()).await.unwrap_err()), 404);
+
+    // Delete preconditions.
+    let c = pods
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(pod("c", json!({}))).unwrap(),
+        )
+        .await
+        .unwrap();
+    let wrong = DeleteParams {
+        preconditions: Some(kube::api::Preconditions {
+            uid: Some("nope".into()),
+            resource_version: None,
+        }),
+        ..Default::default()
+    };
+    assert_eq!(code(pods.delete("c", &wrong).await.unwrap_err()), 409);
+    let right = DeleteParams {
+        preconditions: Some(kube::api::Preconditions {
+            uid: c.metadata.uid.clone(),
+            resource_version: None,
+        }),
+        ..Default::default()
+    };
+    pods.delete("c", &right).await.unwrap();
+
+    // A resource the server does not serve: 404 with a Status body.
+    let ar = ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("example.com", "v1", "Foo"), "foos");
+    let foos: Api<DynamicObject> = Api::namespaced_with(api.client(), "ns", &ar);
+    assert_eq!(
+        reason(foos.list(&ListParams::default()).await.unwrap_err()),
+        (404, "NotFound".into())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn patches() {
+    let api = standin().await;
+    let jobs = vidijobs(&api);
+    jobs.create(&PostParams::default(), &dyn_obj(vidijob("j")))
+        .await
+        .unwrap();
+
+    let merged = jobs
+        .patch(
+            "j",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"a": "b"}}, "spec": {"query": "a cat"}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(merged.data["spec"]["query"], "a cat");
+    assert_eq!(merged.data["spec"]["video"]["url"], "http://x/v.mp4");
+    assert_eq!(merged.metadata.generation, Some(2));
+
+    // Merge patch carrying a stale resourceVersion: 409.
+    let stale = Patch::Merge(json!({"metadata": {"resourceVersion": "1"}, "spec": {"query": "x"}}));
+    assert_eq!(
+        code(jobs.patch("j", &PatchParams::default(), &stale).await.unwrap_err()),
+        409
+    );
+
+    // JSON patch; a failing `test` is 422.
+    let ops: json_patch::Patch = serde_json::from_value(json!([
+        {"op": "test", "path": "/spec/query", "value": "a cat"},
+        {"op": "replace", "path": "/spec/query", "value": "a bird"}
+    ]))
+    .unwrap();
+    let j = jobs
+        .patch("j", &PatchParams::default(), &Patch::<()>::Json(ops.clone()))
+        .await
+        .unwrap();
+    assert_eq!(j.data["spec"]["query"], "a bird");
+    assert_eq!(
+        reason(
+            jobs.patch("j", &PatchParams::default(), &Patch::<()>::Json(ops))
+                .await
+                .unwrap_err()
+        ),
+        (422, "Invalid".into())
+    );
+
+    // Server-side apply (merge semantics) creates and updates.
+    let pp = PatchParams::apply("tests");
+    let k = jobs.patch("k", &pp, &Patch::Apply(vidijob("k"))).await.unwrap();
+    assert_eq!(k.data["spec"]["query"], "a dog");
+    let k = jobs
+        .patch(
+            "k",
+            &pp,
+            &Patch::Apply(json!({"apiVersion": "vidi.dev/v1alpha1", "kind": "VidiJob", "spec": {"query": "q2"}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(k.data["spec"]["query"], "q2");
+
+    // Strategic merge patch is refused for custom resources, accepted for built-ins.
+    assert_eq!(
+        code(
+            jobs.patch("k", &PatchParams::default(), &Patch::Strategic(json!({"spec": {}})))
+                .await
+                .unwrap_err()
+        ),
+        415
+    );
+    let cms: Api<ConfigMap> = Api::namespaced(api.client(), "ns");
+    cms.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({"metadata": {"name": "c"}, "data": {"a": "1"}})).unwrap(),
+    )
+    .await
+    .unwrap();
+    let c = cms
+        .patch(
+            "c",
+            &PatchParams::default(),
+            &Patch::Strategic(json!({"data": {"b": "2"}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(c.data.unwrap().len(), 2);
+
+    // Patching a missing object is 404.
+    assert_eq!(
+        code(
+            jobs.patch("missing", &PatchParams::default(), &Patch::Merge(json!({})))
+                .await
+                .unwrap_err()
+        ),
+        404
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_subresource_is_isolated() {
+    let api = standin().await;
+    let jobs = vidijobs(&api);
+    let mut j = vidijob("j");
+    j["status"] = json!({"phase": "Succeeded"});
+    let created = jobs.create(&PostParams::default(), &dyn_obj(j)).await.unwrap();
+    assert!(created.data.get("status").is_none(), "status is dropped on create");
+
+    let s = jobs
+        .patch_status(
+            "j",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"phase": "Queued"}, "spec": {"query": "ignored"}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(s.data["status"]["phase"], "Queued");
+    assert_eq!(s.data["spec"]["query"], "a dog");
+    assert_eq!(s.metadata.generation, Some(1), "status writes do not bump generation");
+
+    let m = jobs
+        .patch(
+            "j",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"phase": "Failed"}, "spec": {"query": "new"}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        m.data["status"]["phase"], "Queued",
+        "main resource writes keep the old status"
+    );
+    assert_eq!(m.data["spec"]["query"], "new");
+    assert_eq!(m.metadata.generation, Some(2));
+
+    let mut obj = jobs.get_status("j").await.unwrap();
+    obj.data["status"]["phase"] = json!("Running");
+    let r = jobs.replace_status("j", &PostParams::default(), &obj).await.unwrap();
+    assert_eq!(r.data["status"]["phase"], "Running");
+
+    // Resources without a status subresource have no /status.
+    let cms: Api<ConfigMap> = Api::namespaced(api.client(), "ns");
+    assert_eq!(code(cms.get_status("x").await.unwrap_err()), 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finalizers_hold_deletion() {
+    let api = standin().await;
+    let jobs = vidijobs(&api);
+    let mut j = vidijob("j");
+    j["metadata"]["finalizers"] = json!(["vidi.dev/restore"]);
+    jobs.create(&PostParams::default(), &dyn_obj(j)).await.unwrap();
+    jobs.delete("j", &DeleteParams::default()).await.unwrap();
+    let held = jobs.get("j").await.unwrap();
+    assert!(held.metadata.deletion_timestamp.is_some());
+
+    let add = Patch::Merge(json!({"metadata": {"finalizers": ["vidi.dev/restore", "other"]}}));
+    assert_eq!(
+        reason(jobs.patch("j", &PatchParams::default(), &add).await.unwrap_err()),
+        (422, "Invalid".into())
+    );
+
+    // kube-runtime's finalizer helper removes with a JSON patch guarded by `test`.
+    let remove: json_patch::Patch = serde_json::from_value(json!([
+        {"op": "test", "path": "/metadata/finalizers/0", "value": "vidi.dev/restore"},
+        {"op": "remove", "path": "/metadata/finalizers/0"}
+    ]))
+    .unwrap();
+    jobs.patch("j", &PatchParams::default(), &Patch::<()>::Json(remove))
+        .await
+        .unwrap();
+    assert_eq!(code(jobs.get("j").await.unwrap_err()), 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_collection_is_recursive() {
+    let api = standin().await;
+    api.kubelet().set_enabled(false);
+    let owner = api.create(&Gvr::vidijobs(), "ns", vidijob("owner")).unwrap();
+    let owner_ref = |o: &serde_json::Value, kind: &str| json!([{"apiVersion": o["apiVersion"], "kind": kind, "name": o["metadata"]["name"], "uid": o["metadata"]["uid"], "controller": true}]);
+    let mut p = pod("p", json!({}));
+    p["metadata"]["ownerReferences"] = owner_ref(&owner, "VidiJob");
+    let p = api.create(&Gvr::pods(), "ns", p).unwrap();
+    let cm = json!({"metadata": {"name": "cm", "ownerReferences": owner_ref(&p, "Pod")}});
+    api.create(&Gvr::new("", "v1", "configmaps"), "ns", cm).unwrap();
+    let keep = json!({"metadata": {"name": "keep"}});
+    api.create(&Gvr::new("", "v1", "configmaps"), "ns", keep).unwrap();
+
+    vidijobs(&api).delete("owner", &DeleteParams::default()).await.unwrap();
+    api.wait_for(
+        |v| v.get(&Gvr::pods(), "ns", "p").is_none() && v.get(&Gvr::new("", "v1", "configmaps"), "ns", "cm").is_none(),
+        T,
+    )
+    .await
+    .unwrap();
+    assert!(api.get(&Gvr::new("", "v1", "configmaps"), "ns", "keep").is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn selectors_filter_lists() {
+    let api = standin().await;
+    api.kubelet().set_enabled(false);
+    for (n, labels) in [
+        ("a", json!({"app": "web", "vidi.dev/yield-gpu": "true"})),
+        ("b", json!({"app": "db"})),
+        ("c", json!({"app": "cache", "vidi.dev/yield-gpu": "false"})),
+    ] {
+        api.create(&Gvr::pods(), "ns", pod(n, labels)).unwrap();
+    }
+    let pods: Api<Pod> = Api::namespaced(api.client(), "ns");
+    let names = |l: Vec<Pod>| l.into_iter().map(|p| p.metadata.name.unwrap()).collect::<Vec<_>>();
+    let list = |sel: &'static str| {
+        let pods = pods.clone();
+        async move { names(pods.list(&ListParams::default().labels(sel)).await.unwrap().items) }
+    };
+    assert_eq!(list("vidi.dev/yield-gpu=true").await, ["a"]);
+    assert_eq!(list("app!=web").await, ["b", "c"]);
+    assert_eq!(list("app in (web,db)").await, ["a", "b"]);
+    assert_eq!(list("app notin (web,db)").await, ["c"]);
+    assert_eq!(list("vidi.dev/yield-gpu").await, ["a", "c"]);
+    assert_eq!(list("!vidi.dev/yield-gpu,app==db").await, ["b"]);
+    let by_name = pods
+        .list(&ListParams::default().fields("metadata.name=b"))
+        .await
+        .unwrap();
+    assert_eq!(names(by_name.items), ["b"]);
+    let rv: u64 = pods
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .metadata
+        .resource_version
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(rv, api.resource_version());
+    assert_eq!(
+        code(pods.list(&ListParams::default().labels("a in b c")).await.unwrap_err()),
+        400
+    );
+    assert_eq!(
+        code(
+            pods.list(&ListParams::default().fields("spec.bogus=1"))
+                .await
+                .unwrap_err()
+        ),
+        400
+    );
+
+    let all: Api<Pod> = Api::all(api.client());
+    assert_eq!(all.list(&ListParams::default()).await.unwrap().items.len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_log_and_injected_faults() {
+    let api = standin().await;
+    api.clear_access_log();
+    let pods: Api<Pod> = Api::namespaced(api.client(), "ns");
+    api.fail_next("get", "pods", 500);
+    assert_eq!(code(pods.get("nope").await.unwrap_err()), 500);
+    assert_eq!(code(pods.get("nope").await.unwrap_err()), 404);
+    api.fail_next("create", "pods", 409);
+    let p: Pod = serde_json::from_value(pod("x", json!({}))).unwrap();
+    assert_eq!(code(pods.create(&PostParams::default(), &p).await.unwrap_err()), 409);
+    pods.create(&PostParams::default(), &p).await.unwrap();
+    pods.patch_status(
+        "x",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": {"phase": "Running"}})),
+    )
+    .await
+    .unwrap();
+    let jobs = vidijobs(&api);
+    jobs.list(&ListParams::default()).await.unwrap();
+
+    let log = api.access_log();
+    let expected = [
+        Access::new("get", "", "pods", ""),
+        Access::new("create", "", "pods", ""),
+        Access::new("patch", "", "pods", "status"),
+        Access::new("list", "vidi.dev", "vidijobs", ""),
+    ];
+    assert_eq!(log, expected.into_iter().collect());
+    let recs = api.access_records();
+    assert_eq!(
+        recs.iter().map(|r| r.code).collect::<Vec<_>>(),
+        [500, 404, 409, 201, 200, 200]
+    );
+    assert_eq!(recs[0].name.as_deref(), Some("nope"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubeconfig_works_for_another_client() {
+    let api = standin().await;
+    let dir = std::env::temp_dir().join(format!("standin-kc-{}", std::process::id()));
+    api.write_kubeconfig(&dir).unwrap();
+    let kc = kube::config::Kubeconfig::read_from(&dir).unwrap();
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+        .await
+        .unwrap();
+    let client = kube::Client::try_from(cfg).unwrap();
+    let ns: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client);
+    assert_eq!(
+        ns.get("ns").await.unwrap().status.unwrap().phase.as_deref(),
+        Some("Active")
+    );
+    let _ = std::fs::remove_file(dir);
+}
