@@ -23,6 +23,10 @@ pub struct GpuProcess {
     /// Bytes of GPU memory it holds; absent when the driver does not say.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub used_bytes: Option<u64>,
+    /// Process name as the driver reports it (e.g. `python3`); absent when unknown, e.g. for
+    /// a process in another PID namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 /// The numbers the GPU gate measured when it let the job through.
