@@ -14,6 +14,7 @@
 mod error;
 mod http;
 mod kubelet;
+mod schema;
 mod selector;
 mod store;
 

@@ -102,6 +102,8 @@ pub(crate) struct State {
     pub bookmark_interval: Duration,
     pub workloads_enabled: bool,
     pub kubelet: KubeletState,
+    /// openAPIV3Schema per (group, version, plural) of custom resources.
+    pub schemas: BTreeMap<(String, String, String), Value>,
 }
 
 pub(crate) fn now() -> String {
@@ -148,6 +150,23 @@ fn is_dns_subdomain(s: &str) -> bool {
 
 fn is_dns_label(s: &str) -> bool {
     s.len() <= 63 && !s.contains('.') && is_dns_subdomain(s)
+}
+
+/// Drops empty metadata collections, as the server's `omitempty` encoding does.
+fn normalize_meta(obj: &mut Value) {
+    if let Some(Value::Object(m)) = obj.get_mut("metadata") {
+        for f in ["finalizers", "ownerReferences", "labels", "annotations"] {
+            let empty = match m.get(f) {
+                Some(Value::Array(a)) => a.is_empty(),
+                Some(Value::Object(o)) => o.is_empty(),
+                Some(Value::Null) => true,
+                _ => false,
+            };
+            if empty {
+                m.remove(f);
+            }
+        }
+    }
 }
 
 fn meta_mut(obj: &mut Value) -> &mut Map<String, Value> {
@@ -197,6 +216,7 @@ impl State {
             bookmark_interval: Duration::from_secs(1),
             workloads_enabled: true,
             kubelet: KubeletState::default(),
+            schemas: BTreeMap::new(),
         };
         for (g, v, p, k, ns, st) in [
             ("", "v1", "pods", "Pod", true, true),
@@ -291,6 +311,14 @@ impl State {
                 status_subresource: v.pointer("/subresources/status").is_some(),
                 custom: true,
             });
+            match v.pointer("/schema/openAPIV3Schema") {
+                Some(schema) => self
+                    .schemas
+                    .insert((group.into(), name.into(), plural.into()), schema.clone()),
+                None => self
+                    .schemas
+                    .remove(&(group.to_string(), name.to_string(), plural.to_string())),
+            };
         }
         Ok(())
     }
@@ -441,6 +469,32 @@ impl State {
         Ok(())
     }
 
+    /// Prunes unknown fields and checks the CRD schema (custom resources only).
+    fn apply_schema(&self, res: &ResourceInfo, obj: &mut Value, name: &str) -> Result<(), ApiError> {
+        let Some(schema) = self
+            .schemas
+            .get(&(res.group.clone(), res.version.clone(), res.plural.clone()))
+        else {
+            return Ok(());
+        };
+        let errs = crate::schema::apply(schema, obj);
+        match errs.len() {
+            0 => Ok(()),
+            1 => Err(ApiError::invalid(
+                &format!("{}.{}", res.kind, res.group),
+                name,
+                &res.group,
+                &errs[0],
+            )),
+            _ => Err(ApiError::invalid(
+                &format!("{}.{}", res.kind, res.group),
+                name,
+                &res.group,
+                format!("[{}]", errs.join(", ")),
+            )),
+        }
+    }
+
     fn validate_meta(&self, res: &ResourceInfo, obj: &Value, name: &str) -> Result<(), ApiError> {
         let invalid = |cause: String| ApiError::invalid(&res.kind, name, &res.group, cause);
         if let Some(labels) = obj.pointer("/metadata/labels") {
@@ -572,7 +626,9 @@ impl State {
                 _ => {}
             }
         }
+        normalize_meta(&mut body);
         self.validate_meta(res, &body, &name)?;
+        self.apply_schema(res, &mut body, &name)?;
         if res.group == "apiextensions.k8s.io" && res.plural == "customresourcedefinitions" {
             self.register_crd_value(&body)?;
         }
@@ -693,7 +749,17 @@ impl State {
             PatchType::Json => {
                 let ops: json_patch::Patch = serde_json::from_value(parsed)
                     .map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?;
-                json_patch::patch(&mut new, &ops).map_err(|e| ApiError::invalid(&res.kind, name, &res.group, e))?;
+                for op in ops.0 {
+                    // Like the server's json-patch library: testing a missing path for null passes.
+                    if let json_patch::PatchOperation::Test(t) = &op
+                        && t.value.is_null()
+                        && new.pointer(t.path.as_str()).is_none()
+                    {
+                        continue;
+                    }
+                    json_patch::patch(&mut new, std::slice::from_ref(&op))
+                        .map_err(|e| ApiError::invalid(&res.kind, name, &res.group, e))?;
+                }
             }
             _ => {
                 if !parsed.is_object() {
@@ -791,7 +857,9 @@ impl State {
                 ));
             }
         }
+        normalize_meta(&mut new);
         self.validate_meta(res, &new, &name)?;
+        self.apply_schema(res, &mut new, &name)?;
         if !status && spec_part(&new) != spec_part(&old) {
             let g = old.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(0);
             meta_mut(&mut new).insert("generation".into(), json!(g + 1));

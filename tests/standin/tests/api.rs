@@ -35,6 +35,7 @@ fn dyn_obj(v: serde_json::Value) -> DynamicObject {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crud_and_conflicts() {
     let api = standin().await;
+    api.kubelet().set_enabled(false); // no concurrent status writes on the pods under test
     let pods: Api<Pod> = Api::namespaced(api.client(), "ns");
     let p: Pod = serde_json::from_value(pod("a", json!({"app": "web"}))).unwrap();
     let created = pods.create(&PostParams::default(), &p).await.unwrap();
@@ -386,6 +387,7 @@ async fn selectors_filter_lists() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn access_log_and_injected_faults() {
     let api = standin().await;
+    api.kubelet().set_enabled(false);
     api.clear_access_log();
     let pods: Api<Pod> = Api::namespaced(api.client(), "ns");
     api.fail_next("get", "pods", 500);
@@ -437,4 +439,261 @@ async fn kubeconfig_works_for_another_client() {
         Some("Active")
     );
     let _ = std::fs::remove_file(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crd_schema_prunes_and_validates() {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let api = Standin::start().await;
+    api.create_namespace("ns").unwrap();
+    let mut crd = vidijob_crd();
+    crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"] = json!({"type": "object", "properties": {
+        "spec": {"type": "object", "required": ["query"], "properties": {
+            "query": {"type": "string", "minLength": 1},
+            "precision": {"type": "string", "enum": ["auto", "fp16", "int8", "int4"]}}},
+        "status": {"type": "object", "properties": {"phase": {"type": "string"}}}}});
+    let typed: CustomResourceDefinition = serde_json::from_value(crd).unwrap();
+    api.register_crd(&typed).unwrap();
+    let jobs = vidijobs(&api);
+    let mut j = vidijob("j");
+    j["spec"]["unknownField"] = json!(1);
+    let created = jobs.create(&PostParams::default(), &dyn_obj(j)).await.unwrap();
+    assert!(
+        created.data["spec"].get("unknownField").is_none(),
+        "unknown fields are pruned"
+    );
+    assert!(created.data["spec"].get("video").is_none());
+
+    let s = jobs
+        .patch_status(
+            "j",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"phase": "Queued", "notInSchema": 1}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(s.data["status"], json!({"phase": "Queued"}));
+
+    let mut bad = vidijob("bad");
+    bad["spec"] = json!({"precision": "fp64"});
+    let e = jobs.create(&PostParams::default(), &dyn_obj(bad)).await.unwrap_err();
+    let kube::Error::Api(status) = e else {
+        panic!("api error expected")
+    };
+    assert_eq!(status.code, 422);
+    assert!(
+        status.message.contains("spec.query: Required value"),
+        "{}",
+        status.message
+    );
+    assert!(
+        status.message.contains("spec.precision: Unsupported value"),
+        "{}",
+        status.message
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raw_requests_refused_like_a_real_server() {
+    let api = standin().await;
+    let client = api.client();
+    let send = |method: &str, uri: &str, ctype: &str, body: &str| {
+        let req = http::Request::builder()
+            .method(method)
+            .uri(uri)
+            .header("content-type", ctype)
+            .body(body.as_bytes().to_vec())
+            .unwrap();
+        let client = client.clone();
+        async move { client.request_text(req).await }
+    };
+    api.create(&Gvr::vidijobs(), "ns", vidijob("j")).unwrap();
+    let path = "/apis/vidi.dev/v1alpha1/namespaces/ns/vidijobs/j";
+    let apply = r#"{"apiVersion":"vidi.dev/v1alpha1","kind":"VidiJob","spec":{"query":"x"}}"#;
+    assert_eq!(
+        reason(
+            send("PATCH", path, "application/apply-patch+yaml", apply)
+                .await
+                .unwrap_err()
+        ),
+        (400, "BadRequest".into())
+    );
+    send(
+        "PATCH",
+        &format!("{path}?fieldManager=t"),
+        "application/apply-patch+yaml",
+        apply,
+    )
+    .await
+    .unwrap();
+    let yaml = "apiVersion: vidi.dev/v1alpha1\nkind: VidiJob\nspec:\n  query: from-yaml\n";
+    send(
+        "PATCH",
+        &format!("{path}?fieldManager=t"),
+        "application/apply-patch+yaml",
+        yaml,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        api.get(&Gvr::vidijobs(), "ns", "j").unwrap()["spec"]["query"],
+        "from-yaml"
+    );
+    assert_eq!(
+        reason(send("PATCH", path, "text/plain", "{}").await.unwrap_err()),
+        (415, "UnsupportedMediaType".into())
+    );
+    assert_eq!(
+        reason(send("POST", path, "application/json", "{}").await.unwrap_err()),
+        (405, "MethodNotAllowed".into())
+    );
+    assert_eq!(
+        code(
+            send("GET", "/apis/vidi.dev/v1alpha1/namespaces/ns/vidijobs/j/scale", "", "")
+                .await
+                .unwrap_err()
+        ),
+        404
+    );
+    assert_eq!(
+        code(
+            send("GET", "/api/v1/namespaces/ns/namespaces", "", "")
+                .await
+                .unwrap_err()
+        ),
+        404
+    );
+    let body = send(
+        "POST",
+        "/apis/vidi.dev/v1alpha1/namespaces/ns/vidijobs",
+        "application/json",
+        "{not json",
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(code(body), 400);
+    let wrong_kind = r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"p"}}"#;
+    assert_eq!(
+        code(
+            send(
+                "POST",
+                "/apis/vidi.dev/v1alpha1/namespaces/ns/vidijobs",
+                "application/json",
+                wrong_kind
+            )
+            .await
+            .unwrap_err()
+        ),
+        400
+    );
+    let with_rv = r#"{"metadata":{"name":"q","resourceVersion":"5"},"spec":{}}"#;
+    assert_eq!(
+        code(
+            send(
+                "POST",
+                "/apis/vidi.dev/v1alpha1/namespaces/ns/vidijobs",
+                "application/json",
+                with_rv
+            )
+            .await
+            .unwrap_err()
+        ),
+        500
+    );
+
+    // Discovery and metadata-only reads.
+    let v = send("GET", "/version", "", "").await.unwrap();
+    assert!(v.contains("gitVersion"));
+    let rl = send("GET", "/apis/vidi.dev/v1alpha1", "", "").await.unwrap();
+    assert!(rl.contains("vidijobs/status"));
+    let jobs = vidijobs(&api);
+    let meta = jobs.list_metadata(&ListParams::default()).await.unwrap();
+    assert_eq!(meta.items.len(), 1);
+    assert_eq!(meta.items[0].metadata.name.as_deref(), Some("j"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_recorder_and_leases_work() {
+    use k8s_openapi::api::coordination::v1::Lease;
+    use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+    let api = standin().await;
+    let obj = api.create(&Gvr::vidijobs(), "ns", vidijob("j")).unwrap();
+    let reference = k8s_openapi::api::core::v1::ObjectReference {
+        api_version: Some("vidi.dev/v1alpha1".into()),
+        kind: Some("VidiJob".into()),
+        name: Some("j".into()),
+        namespace: Some("ns".into()),
+        uid: obj["metadata"]["uid"].as_str().map(String::from),
+        ..Default::default()
+    };
+    let recorder = Recorder::new(
+        api.client(),
+        Reporter {
+            controller: "vidi-operator".into(),
+            instance: None,
+        },
+    );
+    let ev = Event {
+        type_: EventType::Warning,
+        reason: "Fought".into(),
+        note: Some("hpa scaled tts back up".into()),
+        action: "Suspend".into(),
+        secondary: None,
+    };
+    recorder.publish(&ev, &reference).await.unwrap();
+    recorder.publish(&ev, &reference).await.unwrap();
+    let events = api.list(&Gvr::events(), Some("ns"));
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0]["reason"], "Fought");
+
+    let leases: Api<Lease> = Api::namespaced(api.client(), "ns");
+    let lease: Lease =
+        serde_json::from_value(json!({"metadata": {"name": "leader"}, "spec": {"holderIdentity": "a"}})).unwrap();
+    leases.create(&PostParams::default(), &lease).await.unwrap();
+    let p = leases
+        .patch(
+            "leader",
+            &PatchParams::apply("b").force(),
+            &Patch::Apply(
+                json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "spec": {"holderIdentity": "b"}}),
+            ),
+        )
+        .await
+        .unwrap();
+    assert_eq!(p.spec.unwrap().holder_identity.as_deref(), Some("b"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_runtime_finalizer_helper_round_trip() {
+    use kube::runtime::controller::Action;
+    use kube::runtime::finalizer::{Event, finalizer};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let api = standin().await;
+    let cms: Api<ConfigMap> = Api::namespaced(api.client(), "ns");
+    let cm: ConfigMap = serde_json::from_value(json!({"metadata": {"name": "c"}})).unwrap();
+    cms.create(&PostParams::default(), &cm).await.unwrap();
+    let cleanups = std::sync::Arc::new(AtomicUsize::new(0));
+    let run = |obj: ConfigMap| {
+        let cms = cms.clone();
+        let cleanups = cleanups.clone();
+        async move {
+            finalizer(&cms, "vidi.dev/test", std::sync::Arc::new(obj), |ev| async move {
+                if let Event::Cleanup(_) = ev {
+                    cleanups.fetch_add(1, Ordering::SeqCst);
+                }
+                Ok::<_, std::convert::Infallible>(Action::await_change())
+            })
+            .await
+        }
+    };
+    run(cms.get("c").await.unwrap()).await.unwrap(); // adds the finalizer (test null + add)
+    assert_eq!(
+        cms.get("c").await.unwrap().metadata.finalizers,
+        Some(vec!["vidi.dev/test".to_string()])
+    );
+    run(cms.get("c").await.unwrap()).await.unwrap(); // apply
+    cms.delete("c", &DeleteParams::default()).await.unwrap();
+    run(cms.get("c").await.unwrap()).await.unwrap(); // cleanup, removes the finalizer
+    assert_eq!(cleanups.load(Ordering::SeqCst), 1);
+    assert_eq!(code(cms.get("c").await.unwrap_err()), 404);
 }

@@ -3,9 +3,10 @@
 mod common;
 
 use common::*;
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
 use kube_standin::{Gvr, InitOutcome, PodOutcome};
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -53,7 +54,17 @@ async fn deployment_scales_with_termination_delay() {
     assert_eq!(p["metadata"]["ownerReferences"][0]["kind"], "Deployment");
     assert_eq!(p["metadata"]["ownerReferences"][0]["controller"], true);
 
-    api.set_pod_termination(Duration::from_millis(300));
+    let delay = Duration::from_millis(300);
+    api.set_pod_termination(delay);
+    // Follow the pods through a watch from before the scale-down, so no state is missed.
+    let pods: Api<Pod> = Api::namespaced(api.client(), "ns");
+    let rv = api.resource_version().to_string();
+    let mut events = pods
+        .watch(&WatchParams::default().labels("app=tts"), &rv)
+        .await
+        .unwrap()
+        .boxed();
+    let scaled_at = tokio::time::Instant::now();
     deps.patch(
         "tts",
         &PatchParams::default(),
@@ -61,20 +72,30 @@ async fn deployment_scales_with_termination_delay() {
     )
     .await
     .unwrap();
-    // First the pods are terminating (still listed), then gone.
-    api.wait_for(
-        |v| {
-            let ps = pods_of(v, "tts");
-            ps.len() == 2 && ps.iter().all(|p| p["metadata"]["deletionTimestamp"].is_string())
-        },
-        T,
-    )
-    .await
-    .unwrap();
+    let mut terminating = std::collections::HashSet::new();
+    let mut deleted = 0;
+    while deleted < 2 {
+        let ev = tokio::time::timeout(T, events.try_next())
+            .await
+            .expect("pod events")
+            .unwrap()
+            .expect("stream open");
+        match ev {
+            WatchEvent::Modified(p) if p.metadata.deletion_timestamp.is_some() => {
+                terminating.insert(p.metadata.name.unwrap());
+            }
+            WatchEvent::Deleted(p) => {
+                let name = p.metadata.name.unwrap();
+                assert!(terminating.contains(&name), "{name} terminating before gone");
+                assert!(scaled_at.elapsed() >= delay, "gone only after the termination delay");
+                deleted += 1;
+            }
+            _ => {}
+        }
+    }
     let d = api.get(&Gvr::deployments(), "ns", "tts").unwrap();
     assert_eq!(d["status"]["replicas"], 0);
     assert_eq!(d["status"]["observedGeneration"], 2);
-    api.wait_for(|v| pods_of(v, "tts").is_empty(), T).await.unwrap();
 
     deps.patch(
         "tts",
