@@ -370,3 +370,59 @@ def test_url_connection_refused_is_exit_1(job):
     port = s.getsockname()[1]
     s.close()
     assert "downloading" in _bad(job, code=1, VIDI_VIDEO=f"http://127.0.0.1:{port}/a.mp4")
+
+
+# --- the real process: `python vidi_entrypoint.py`, upstream replaced by a stand-in tree ---
+
+
+def _stand_in_upstream(root: Path, line: str, raise_oom: bool = False) -> Path:
+    up = root / "upstream"
+    (up / "vidi" / "model").mkdir(parents=True)
+    (up / "vidi" / "eval").mkdir(parents=True)
+    (up / "vidi" / "__init__.py").write_text("")
+    (up / "vidi" / "model" / "__init__.py").write_text("")
+    loader_body = (
+        "    try:\n"
+        "        raise RuntimeError('CUDA out of memory. Tried to allocate 2.00 GiB')\n"
+        "    except Exception:\n"
+        "        raise ConnectionError('Failed to download/reload model weights.')\n"
+        if raise_oom
+        else "    return _Model(), 'tok', 'img', 'aud'\n"
+    )
+    (up / "vidi" / "model" / "builder.py").write_text(
+        "class _Cfg: pass\n"
+        "class _Model:\n"
+        "    config = _Cfg()\n"
+        "def load_pretrained_model(path, load_8bit=False, load_4bit=False, **kw):\n" + loader_body
+    )
+    (up / "vidi" / "eval" / "inference.py").write_text(
+        "def ask(question, vid_path, model, tokenizer, image_processor, audio_processor):\n"
+        f"    return {line!r}\n"
+    )
+    return up
+
+
+@pytest.mark.parametrize(
+    "case, code",
+    [("ok", 0), ("oom", 3), ("blank-query", 2)],
+)
+def test_entrypoint_process_exit_codes(job, case, code):
+    import subprocess
+
+    from conftest import WRAPPER
+
+    up = _stand_in_upstream(job.tmp, "00:00:03-00:00:09", raise_oom=(case == "oom"))
+    env = {**os.environ, **job.vars, "VIDI_UPSTREAM_DIR": str(up)}
+    if case == "blank-query":
+        env["VIDI_QUERY"] = " "
+    proc = subprocess.run([sys.executable, str(WRAPPER)], env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == code, proc.stderr
+    text = job.termination_text()
+    if code == 0:
+        assert json.loads(text) == {"segments": [[3, 9]], "precision": "int8", "videoSeconds": 125.5}
+        assert proc.stdout.strip().splitlines()[-1] == text
+        assert json.loads((job.output / "result.json").read_text())["raw"] == "00:00:03-00:00:09"
+    elif code == 3:
+        assert text.startswith("CUDA out of memory at int8")
+    else:
+        assert text.startswith("bad input: VIDI_QUERY")
