@@ -21,6 +21,7 @@ NON_DEFAULT_VALUES = {
     "image": {"repository": "registry.example.com/vidi-operator", "tag": "1.2.3"},
     "vidiImage": {"repository": "registry.example.com/vidi", "tag": "1.5.0"},
     "dryRun": True,
+    "gateTimeout": "15m",
     "extraArgs": ["--some-flag=x"],
     "nodeSelector": {"kubernetes.io/os": "linux"},
     "serviceAccount": {"annotations": {"example.com/role": "vidi"}},

@@ -185,6 +185,7 @@ def test_custom_deployment_args(custom_render):
         "--watch-namespaces=team-a,team-b",
         "--vidi-image=registry.example.com/vidi:1.5.0",
         "--gate-image=registry.example.com/vidi-operator:1.2.3",
+        "--gate-timeout=15m",
         "--dry-run",
         "--some-flag=x",
     ]
@@ -260,11 +261,30 @@ def test_rbac_and_service_account_can_be_disabled():
         {"image": {"repository": "x", "pullPolicy": "Sometimes"}},
         {"unknownKey": True},
         {"serviceMonitor": {"enabled": "yes"}},
+        {"gateTimeout": "ten minutes"},
     ],
-    ids=["replicas-string", "bad-namespace", "bad-pull-policy", "unknown-key", "bool-as-string"],
+    ids=["replicas-string", "bad-namespace", "bad-pull-policy", "unknown-key", "bool-as-string", "bad-duration"],
 )
 def test_schema_rejects_bad_values(bad):
     import helm_python as helm
 
     with helm.Chart.load(CHART) as chart, pytest.raises(helm.HelmError):
         chart.validate_schema(bad)
+
+
+def test_rendered_flags_are_flags_the_binary_accepts(custom_render):
+    """Opt-in (CI sets VIDI_OPERATOR_BIN to a built binary): every flag the chart passes to
+    `vidi-operator run` is one its --help lists."""
+    import os
+    import re
+    import subprocess
+
+    binary = os.environ.get("VIDI_OPERATOR_BIN")
+    if not binary:
+        pytest.skip("set VIDI_OPERATOR_BIN=target/debug/vidi-operator to compare the chart's flags with the binary")
+    help_text = subprocess.run([binary, "run", "--help"], capture_output=True, text=True, check=True).stdout
+    known = set(re.findall(r"(--[a-z][a-z0-9-]*)", help_text))
+    args = operator_container(objects(custom_render))["args"]
+    assert args[0] == "run"
+    passed = {a.split("=", 1)[0] for a in args[1:] if a != "--some-flag=x"}
+    assert passed <= known, f"flags the binary does not know: {sorted(passed - known)}"
