@@ -1,7 +1,7 @@
-# syntax=docker/dockerfile:1.7
 # The vidi-operator image: one binary for the controller (`run`), the GPU gate init container
 # (`gpu gate`) and the CLI. Build from the repository root:
 #   docker build -f docker/operator.Dockerfile -t ghcr.io/vidi-dev/vidi-operator:0.1.0 .
+# (BuildKit, the default builder: RUN --mount caches cargo's registry and target dir.)
 #
 # The runtime is distroless/cc rather than distroless/static: `gpu gate` loads NVIDIA's
 # libnvidia-ml.so with dlopen (nvml-wrapper), which a fully static musl binary cannot do. The

@@ -59,3 +59,11 @@ def test_vidi_image_follows_the_contract():
     constraints = (ROOT / "docker" / "vidi" / "constraints.txt").read_text()
     for pin in ["transformers==4.50.0", "accelerate==1.5.2", "torch==2.6.0", "bitsandbytes=="]:
         assert pin in constraints
+
+
+def test_vidi_dockerfile_builds_with_the_classic_builder():
+    # `vidi-operator docker build` uses the Engine API's classic builder: no BuildKit-only syntax.
+    text = (ROOT / "docker" / "vidi" / "Dockerfile").read_text()
+    assert "<<" not in text, "heredocs need BuildKit"
+    assert not re.search(r"(?m)^RUN --mount", text), "RUN --mount needs BuildKit"
+    assert not re.search(r"(?m)^# syntax=", text), "a syntax directive pulls a frontend image"
