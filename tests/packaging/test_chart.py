@@ -231,6 +231,14 @@ def test_service_monitor_scrapes_the_metrics_service(custom_render):
     assert ep["path"] == "/metrics"
 
 
+def test_one_controller_at_a_time(default_render, custom_render):
+    # Without leader election a rolling update would run two controllers at once.
+    [single] = by_kind(objects(default_render), "Deployment")
+    assert single["spec"]["strategy"] == {"type": "Recreate"}
+    [ha] = by_kind(objects(custom_render), "Deployment")
+    assert ha["spec"]["strategy"]["type"] == "RollingUpdate"
+
+
 def test_leader_election_can_be_forced_with_one_replica():
     objs = objects(render({"leaderElection": {"enabled": True}}))
     assert "--leader-election" in operator_container(objs)["args"]
