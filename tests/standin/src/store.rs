@@ -860,6 +860,9 @@ impl State {
         normalize_meta(&mut new);
         self.validate_meta(res, &new, &name)?;
         self.apply_schema(res, &mut new, &name)?;
+        if !status {
+            immutable_fields(res, &old, &new, &name)?;
+        }
         if !status && spec_part(&new) != spec_part(&old) {
             let g = old.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(0);
             meta_mut(&mut new).insert("generation".into(), json!(g + 1));
@@ -981,6 +984,66 @@ impl State {
             .position(|f| f.verb == access.verb && f.resource == access.resource)?;
         Some(self.faults.remove(i).code)
     }
+}
+
+/// The update validation of built-in kinds that operators most often trip over.
+fn immutable_fields(res: &ResourceInfo, old: &Value, new: &Value, name: &str) -> Result<(), ApiError> {
+    let invalid = |cause: String| Err(ApiError::invalid(&res.kind, name, &res.group, cause));
+    let spec = |o: &Value| o.get("spec").cloned().unwrap_or(Value::Null);
+    match (res.group.as_str(), res.plural.as_str()) {
+        ("", "pods") => {
+            // Only container images, activeDeadlineSeconds and added tolerations may change.
+            let strip = |o: &Value| {
+                let mut s = spec(o);
+                for list in ["containers", "initContainers"] {
+                    if let Some(Value::Array(cs)) = s.get_mut(list) {
+                        for c in cs {
+                            if let Some(m) = c.as_object_mut() {
+                                m.remove("image");
+                            }
+                        }
+                    }
+                }
+                if let Some(m) = s.as_object_mut() {
+                    m.remove("activeDeadlineSeconds");
+                    m.remove("tolerations");
+                }
+                s
+            };
+            if strip(old) != strip(new) {
+                return invalid(
+                    "spec: Forbidden: pod updates may not change fields other than `spec.containers[*].image`,`spec.initContainers[*].image`,`spec.activeDeadlineSeconds`,`spec.tolerations` (only additions to existing tolerations)".into(),
+                );
+            }
+        }
+        ("apps", "deployments") | ("apps", "statefulsets") => {
+            let fields: &[&str] = if res.plural == "statefulsets" {
+                &["selector", "serviceName", "volumeClaimTemplates", "podManagementPolicy"]
+            } else {
+                &["selector"]
+            };
+            for f in fields {
+                if spec(old).get(*f) != spec(new).get(*f) {
+                    return invalid(format!("spec.{f}: Invalid value: field is immutable"));
+                }
+            }
+        }
+        ("", "persistentvolumeclaims") => {
+            let strip = |o: &Value| {
+                let mut s = spec(o);
+                if let Some(m) = s.as_object_mut() {
+                    m.remove("resources");
+                    m.remove("volumeAttributesClassName");
+                }
+                s
+            };
+            if strip(old) != strip(new) {
+                return invalid("spec: Forbidden: spec is immutable after creation except resources.requests and volumeAttributesClassName for bound claims".into());
+            }
+        }
+        _ => {}
+    }
+    Ok(())
 }
 
 /// The object as served under `res`'s version.

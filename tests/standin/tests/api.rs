@@ -697,3 +697,35 @@ async fn kube_runtime_finalizer_helper_round_trip() {
     assert_eq!(cleanups.load(Ordering::SeqCst), 1);
     assert_eq!(code(cms.get("c").await.unwrap_err()), 404);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn immutable_fields_of_builtins() {
+    let api = standin().await;
+    api.kubelet().set_enabled(false);
+    api.set_workloads_enabled(false);
+    let pods: Api<Pod> = Api::namespaced(api.client(), "ns");
+    api.create(&Gvr::pods(), "ns", pod("p", json!({}))).unwrap();
+    let image = Patch::Merge(json!({"spec": {"containers": [{"name": "main", "image": "busybox:2"}]}}));
+    pods.patch("p", &PatchParams::default(), &image).await.unwrap();
+    let env = Patch::Merge(json!({"spec": {"containers": [{"name": "main", "image": "busybox:2", "env": []}]}}));
+    assert_eq!(
+        reason(pods.patch("p", &PatchParams::default(), &env).await.unwrap_err()),
+        (422, "Invalid".into())
+    );
+
+    let dep = json!({"metadata": {"name": "d"}, "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "d"}},
+        "template": {"metadata": {"labels": {"app": "d"}}, "spec": {"containers": [{"name": "c", "image": "i"}]}}}});
+    api.create(&Gvr::deployments(), "ns", dep).unwrap();
+    let deps: Api<k8s_openapi::api::apps::v1::Deployment> = Api::namespaced(api.client(), "ns");
+    let sel = Patch::Merge(json!({"spec": {"selector": {"matchLabels": {"app": "e"}}}}));
+    assert_eq!(
+        code(deps.patch("d", &PatchParams::default(), &sel).await.unwrap_err()),
+        422
+    );
+    let scale = Patch::Merge(
+        json!({"spec": {"replicas": 0}, "metadata": {"annotations": {"vidi.dev/original-replicas": "1"}}}),
+    );
+    let d = deps.patch("d", &PatchParams::default(), &scale).await.unwrap();
+    assert_eq!(d.spec.replicas, Some(0));
+    assert_eq!(d.metadata.generation, Some(2));
+}
