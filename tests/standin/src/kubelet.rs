@@ -234,7 +234,8 @@ impl State {
                 k.0.is_empty()
                     && k.1 == "pods"
                     && !workload_owned(o)
-                    && !terminal(o)
+                    && matches!(phase(o), "" | "Pending")
+                    && o.pointer("/status/startTime").is_none()
                     && meta_str(o, "deletionTimestamp").is_none()
                     && !self.kubelet.seen.contains(&uid_of(o))
             })

@@ -303,3 +303,27 @@ async fn kubelet_init_failures_and_deadlines() {
     .await
     .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubelet_leaves_pods_set_up_as_running_alone() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<kube_standin::Standin>();
+    let api = standin().await;
+    let mut p = pod("cotenant", json!({"app": "comfy"}));
+    p["status"] = json!({"phase": "Running", "startTime": "2026-01-01T00:00:00Z"});
+    api.create_with_status(&Gvr::pods(), "ns", p).unwrap();
+    // A later pod is admitted; by then the kubelet has passed over the first one.
+    api.create(&Gvr::pods(), "ns", pod("job", json!({}))).unwrap();
+    api.wait_for(
+        |v| {
+            v.get(&Gvr::pods(), "ns", "job")
+                .is_some_and(|p| p["status"]["phase"] == "Running")
+        },
+        T,
+    )
+    .await
+    .unwrap();
+    let p = api.get(&Gvr::pods(), "ns", "cotenant").unwrap();
+    assert_eq!(p["status"]["startTime"], "2026-01-01T00:00:00Z");
+    assert!(p["spec"].get("nodeName").is_none());
+}
