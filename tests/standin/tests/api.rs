@@ -729,3 +729,55 @@ async fn immutable_fields_of_builtins() {
     assert_eq!(d.spec.replicas, Some(0));
     assert_eq!(d.metadata.generation, Some(2));
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn works_on_a_current_thread_runtime() {
+    use futures::TryStreamExt;
+    use kube::api::{WatchEvent, WatchParams};
+    let api = standin().await;
+    api.kubelet().set_enabled(false);
+    let cms: Api<ConfigMap> = Api::namespaced(api.client(), "ns");
+    let rv = api.resource_version().to_string();
+    let mut w = Box::pin(cms.watch(&WatchParams::default(), &rv).await.unwrap());
+    cms.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({"metadata": {"name": "c"}})).unwrap(),
+    )
+    .await
+    .unwrap();
+    match w.try_next().await.unwrap() {
+        Some(WatchEvent::Added(c)) => assert_eq!(c.metadata.name.as_deref(), Some("c")),
+        other => panic!("expected ADDED, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deletecollection_orphans_and_namespace_cascade() {
+    let api = standin().await;
+    api.kubelet().set_enabled(false);
+    let cm = Gvr::new("", "v1", "configmaps");
+    for (n, l) in [("a", "x"), ("b", "x"), ("c", "y")] {
+        api.create(&cm, "ns", json!({"metadata": {"name": n, "labels": {"l": l}}}))
+            .unwrap();
+    }
+    let cms: Api<ConfigMap> = Api::namespaced(api.client(), "ns");
+    cms.delete_collection(&DeleteParams::default(), &ListParams::default().labels("l=x"))
+        .await
+        .unwrap();
+    assert_eq!(api.list(&cm, Some("ns")).len(), 1);
+
+    // Orphan: the dependent survives its owner.
+    let owner = api.create(&Gvr::vidijobs(), "ns", vidijob("o")).unwrap();
+    let refs =
+        json!([{"apiVersion": "vidi.dev/v1alpha1", "kind": "VidiJob", "name": "o", "uid": owner["metadata"]["uid"]}]);
+    api.create(&cm, "ns", json!({"metadata": {"name": "dep", "ownerReferences": refs}}))
+        .unwrap();
+    vidijobs(&api).delete("o", &DeleteParams::orphan()).await.unwrap();
+    assert!(api.get(&cm, "ns", "dep").is_some());
+
+    // Deleting a namespace deletes what is in it.
+    let nss: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(api.client());
+    nss.delete("ns", &DeleteParams::default()).await.unwrap();
+    assert!(api.list(&cm, Some("ns")).is_empty());
+    assert!(api.get(&Gvr::namespaces(), "", "ns").is_none());
+}
