@@ -1,7 +1,399 @@
-//! `vidi-operator docker ...`
-#[derive(clap::Args)]
-pub struct DockerArgs {}
+//! `vidi-operator docker run | recover | build`: the Docker host runtime's front end.
+//!
+//! Exit codes of `docker run`: 0 the job Succeeded; 1 it Failed (or the job file or Docker was
+//! unusable); 75 another job holds the GPU and --no-wait was given; 130 / 143 cancelled by
+//! SIGINT / SIGTERM after stopping Vidi and restoring every co-tenant.
+use std::collections::HashMap;
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
-pub async fn run(_args: DockerArgs) -> anyhow::Result<()> {
-    anyhow::bail!("not implemented yet")
+use anyhow::Context as _;
+use tokio::signal::unix::{SignalKind, signal};
+use vidi_operator::api::{Phase, VidiJob, VidiJobStatus};
+use vidi_operator::docker::build::{BuildRequest, build_image};
+use vidi_operator::docker::session::{Options, Progress, Recovered, Session};
+use vidi_operator::docker::{self, DockerError, GpuMode, jobfile, state_dir};
+
+/// `--no-wait` and the GPU is taken (EX_TEMPFAIL: try again later).
+const EXIT_BUSY: i32 = 75;
+const EXIT_SIGINT: i32 = 130;
+const EXIT_SIGTERM: i32 = 143;
+
+#[derive(clap::Args)]
+pub struct DockerArgs {
+    #[command(subcommand)]
+    command: DockerCommand,
+}
+
+#[derive(clap::Subcommand)]
+enum DockerCommand {
+    /// Run a VidiJob on this host: stop the GPU's co-tenants, run Vidi, start them again.
+    Run(RunArgs),
+    /// Finish a job an earlier run left unfinished (crash, kill -9): stop its Vidi container
+    /// and restore every co-tenant it stopped.
+    Recover(RecoverArgs),
+    /// Build an image (the Vidi image by default) from a directory through the Docker engine.
+    Build(BuildArgs),
+}
+
+#[derive(clap::Args)]
+struct LockArgs {
+    /// Directory of the lock and the journal [default: /var/lib/vidi-operator for root, else
+    /// $XDG_STATE_HOME/vidi-operator or ~/.local/state/vidi-operator].
+    #[arg(long, env = "VIDI_STATE_DIR", value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// Fail at once (exit 75) instead of waiting while another job holds the GPU.
+    #[arg(long)]
+    no_wait: bool,
+}
+
+impl LockArgs {
+    fn dir(&self) -> PathBuf {
+        self.state_dir.clone().unwrap_or_else(state_dir::default_state_dir)
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Gpus {
+    /// Request every GPU (or spec.gpu.device) and wait for free memory first.
+    All,
+    /// No GPU and no gate: try the plumbing on a machine without a GPU.
+    None,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum OutputFormat {
+    Table,
+    Json,
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// The VidiJob YAML file (`-` for standard input).
+    #[arg(short = 'f', long = "file", value_name = "FILE")]
+    file: PathBuf,
+    #[command(flatten)]
+    lock: LockArgs,
+    /// Vidi image when spec.model.image is not set.
+    #[arg(long, value_name = "IMAGE", default_value = "vidi:latest")]
+    vidi_image: String,
+    /// GPUs for the Vidi container.
+    #[arg(long, value_enum, default_value = "all")]
+    gpus: Gpus,
+    /// Skip the NVML free-memory gate (with --gpus all), e.g. when NVML is not reachable.
+    #[arg(long)]
+    no_gate: bool,
+    /// How long the gate waits for the GPU memory to become free.
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = humantime::parse_duration)]
+    gate_timeout: Duration,
+    /// User (uid:gid) the Vidi container runs as.
+    #[arg(long, value_name = "UID:GID", default_value = "1000:1000")]
+    user: String,
+    /// How long `docker stop` gives a co-tenant container before killing it.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
+    stop_timeout: Duration,
+    /// Print what would be stopped and run; change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// The result as a table or as JSON (the VidiJob with its final status).
+    #[arg(short = 'o', long, value_enum, default_value = "table")]
+    output: OutputFormat,
+}
+
+#[derive(clap::Args)]
+struct RecoverArgs {
+    #[command(flatten)]
+    lock: LockArgs,
+    /// Print what was recovered as JSON.
+    #[arg(short = 'o', long, value_enum, default_value = "table")]
+    output: OutputFormat,
+}
+
+#[derive(clap::Args)]
+struct BuildArgs {
+    /// Name and tag of the image.
+    #[arg(short = 't', long, default_value = "vidi:latest")]
+    tag: String,
+    /// A build argument, KEY=VALUE (repeatable).
+    #[arg(long = "build-arg", value_name = "KEY=VALUE", value_parser = parse_build_arg)]
+    build_args: Vec<(String, String)>,
+    /// Dockerfile inside the context directory.
+    #[arg(long, value_name = "PATH")]
+    dockerfile: Option<String>,
+    /// Do not use the build cache.
+    #[arg(long)]
+    no_cache: bool,
+    /// The build context directory.
+    #[arg(default_value = "docker/vidi")]
+    dir: PathBuf,
+}
+
+fn parse_build_arg(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("expected KEY=VALUE, got {s:?}")),
+    }
+}
+
+pub async fn run(args: DockerArgs) -> anyhow::Result<()> {
+    init_tracing();
+    match args.command {
+        DockerCommand::Run(a) => run_job(a).await,
+        DockerCommand::Recover(a) => recover(a).await,
+        DockerCommand::Build(a) => build(a).await,
+    }
+}
+
+/// Logs only when RUST_LOG asks: progress already goes to stderr as plain lines.
+fn init_tracing() {
+    if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_default_env() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
+}
+
+fn progress() -> Progress {
+    Arc::new(|line: &str| {
+        // Vidi's own output comes prefixed with its container's name.
+        if line.starts_with('[') {
+            eprintln!("{line}");
+        } else {
+            eprintln!("vidi-operator: {line}");
+        }
+    })
+}
+
+fn exit(code: i32) -> ! {
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().flush();
+    std::process::exit(code)
+}
+
+/// Maps "another job holds the GPU" to its own exit code; everything else is an error (1).
+fn fail(e: DockerError) -> anyhow::Error {
+    if matches!(e, DockerError::Locked(docker::lock::LockError::Busy { .. })) {
+        eprintln!("error: {e}");
+        exit(EXIT_BUSY);
+    }
+    anyhow::Error::new(e)
+}
+
+/// Resolves to (exit code, name) on the first SIGINT or SIGTERM. The handlers are installed
+/// when this is called, so a signal from then on is never lost.
+fn signals() -> anyhow::Result<impl std::future::Future<Output = (i32, &'static str)>> {
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = int.recv() => (EXIT_SIGINT, "SIGINT"),
+            _ = term.recv() => (EXIT_SIGTERM, "SIGTERM"),
+        }
+    })
+}
+
+async fn run_job(a: RunArgs) -> anyhow::Result<()> {
+    let cancel = signals()?;
+    let job = jobfile::load(&a.file)?;
+    let docker = docker::connect().await?;
+    let opts = Options {
+        state_dir: a.lock.dir(),
+        vidi_image: a.vidi_image.clone(),
+        gpus: match a.gpus {
+            Gpus::All => GpuMode::All,
+            Gpus::None => GpuMode::None,
+        },
+        gate: !a.no_gate,
+        gate_timeout: a.gate_timeout,
+        user: a.user.clone(),
+        wait_for_lock: !a.lock.no_wait,
+        stop_timeout: a.stop_timeout,
+    };
+    let session = Session::new(docker, opts, progress());
+    if a.dry_run {
+        let status = session.dry_run(&job).await.map_err(fail)?;
+        if status.phase == Phase::Failed {
+            print_failure(&status);
+            exit(1);
+        }
+        return Ok(());
+    }
+    let result = session.run(&job, cancel).await.map_err(fail)?;
+    if let Some(r) = &result.recovered {
+        eprintln!("vidi-operator: {}", recovered_line(r));
+    }
+    if let Some((code, name)) = result.cancelled {
+        eprintln!("vidi-operator: cancelled by {name}; Vidi stopped and every co-tenant restored");
+        if a.output == OutputFormat::Json {
+            print_job_json(&job, &result.status)?;
+        }
+        exit(code);
+    }
+    let status = result.status;
+    match a.output {
+        OutputFormat::Json => print_job_json(&job, &status)?,
+        OutputFormat::Table => print_table(&job, &status)?,
+    }
+    match status.phase {
+        Phase::Succeeded => Ok(()),
+        Phase::Failed => {
+            print_failure(&status);
+            exit(1)
+        }
+        other => {
+            let why = status.message.as_deref().unwrap_or("");
+            eprintln!("vidi-operator: the job ended {other}: {why}");
+            exit(1)
+        }
+    }
+}
+
+fn print_failure(status: &VidiJobStatus) {
+    let reason = status.reason.map(|r| r.to_string()).unwrap_or_else(|| "Failed".into());
+    let message = status.message.as_deref().unwrap_or("no message");
+    eprintln!("vidi-operator: Failed ({reason}): {message}");
+}
+
+fn recovered_line(r: &Recovered) -> String {
+    let restored = if r.restored.is_empty() {
+        "nothing to restore".to_string()
+    } else {
+        format!("restored {}", r.restored.join(", "))
+    };
+    let stopped = if r.stopped.is_empty() {
+        String::new()
+    } else {
+        format!("; stopped {}", r.stopped.join(", "))
+    };
+    format!(
+        "recovered the unfinished job {} (pid {}): {restored}{stopped}",
+        r.job, r.pid
+    )
+}
+
+fn print_job_json(job: &VidiJob, status: &VidiJobStatus) -> anyhow::Result<()> {
+    let mut out = job.clone();
+    out.status = Some(status.clone());
+    let mut stdout = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut stdout, &out).context("writing JSON to stdout")?;
+    writeln!(stdout)?;
+    Ok(())
+}
+
+fn print_table(job: &VidiJob, status: &VidiJobStatus) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    let name = job.metadata.name.as_deref().unwrap_or("");
+    let precision = status.precision.map(|p| p.to_string()).unwrap_or_else(|| "-".into());
+    writeln!(
+        out,
+        "job {name}: {} (precision {precision}, {} attempt{}, took {})",
+        status.phase,
+        status.attempts,
+        if status.attempts == 1 { "" } else { "s" },
+        status.duration.as_deref().unwrap_or("-")
+    )?;
+    let Some(result) = &status.result else {
+        return Ok(());
+    };
+    writeln!(out, "{}", result.summary)?;
+    if result.segments.is_empty() {
+        return Ok(());
+    }
+    let rows: Vec<[String; 4]> = result
+        .segments
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            [
+                (i + 1).to_string(),
+                clock(s.start_seconds),
+                clock(s.end_seconds),
+                format!("{:.1}s", s.end_seconds - s.start_seconds),
+            ]
+        })
+        .collect();
+    let header = ["#", "START", "END", "DURATION"];
+    let mut widths = header.map(str::len);
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let line = |cells: [&str; 4]| {
+        let [a, b, c, d] = cells;
+        format!(
+            "{a:<w0$}  {b:<w1$}  {c:<w2$}  {d}",
+            w0 = widths[0],
+            w1 = widths[1],
+            w2 = widths[2]
+        )
+    };
+    writeln!(out, "{}", line(header))?;
+    for r in &rows {
+        writeln!(out, "{}", line([&r[0], &r[1], &r[2], &r[3]]))?;
+    }
+    Ok(())
+}
+
+/// `HH:MM:SS`, with tenths when the time has them.
+fn clock(seconds: f64) -> String {
+    let tenths = (seconds.max(0.0) * 10.0).round() as u64;
+    let s = tenths / 10;
+    let base = format!("{:02}:{:02}:{:02}", s / 3600, (s / 60) % 60, s % 60);
+    if tenths % 10 == 0 {
+        base
+    } else {
+        format!("{base}.{}", tenths % 10)
+    }
+}
+
+async fn recover(a: RecoverArgs) -> anyhow::Result<()> {
+    let docker = docker::connect().await?;
+    let opts = Options {
+        state_dir: a.lock.dir(),
+        vidi_image: String::new(),
+        gpus: GpuMode::None,
+        gate: false,
+        gate_timeout: Duration::ZERO,
+        user: String::new(),
+        wait_for_lock: !a.lock.no_wait,
+        stop_timeout: Duration::from_secs(30),
+    };
+    let session = Session::new(docker, opts, progress());
+    // Signals are left at their defaults: an interrupted recovery is as safe as a crash (the
+    // journal keeps what is left), and `recover` can simply be run again.
+    let recovered = session.recover().await.map_err(fail)?;
+    if a.output == OutputFormat::Json {
+        let json = match &recovered {
+            None => serde_json::json!({ "recovered": null }),
+            Some(r) => serde_json::json!({
+                "recovered": { "job": r.job, "pid": r.pid, "restored": r.restored, "stopped": r.stopped }
+            }),
+        };
+        println!("{}", serde_json::to_string_pretty(&json)?);
+        return Ok(());
+    }
+    match recovered {
+        None => println!("nothing to recover: no unfinished job in {}", a.lock.dir().display()),
+        Some(r) => println!("{}", recovered_line(&r)),
+    }
+    Ok(())
+}
+
+async fn build(a: BuildArgs) -> anyhow::Result<()> {
+    let docker = docker::connect().await?;
+    let req = BuildRequest {
+        tag: a.tag.clone(),
+        build_args: a.build_args.into_iter().collect::<HashMap<_, _>>(),
+        dockerfile: a.dockerfile,
+        no_cache: a.no_cache,
+    };
+    let progress = progress();
+    let id = build_image(&docker, &a.dir, &req, &*progress).await?;
+    eprintln!("vidi-operator: built {} ({id})", a.tag);
+    println!("{}", a.tag);
+    Ok(())
 }

@@ -1,0 +1,294 @@
+//! Reads a VidiJob YAML file for `docker run`: the same format `kubectl apply` takes.
+//!
+//! Strict like the API server: serde would silently drop a misspelt field (`coTenant:`), and a
+//! job that then suspends nothing, or the wrong thing, is worse than an error. Unknown fields
+//! are found by walking the document against the CRD's own OpenAPI schema, so the check can
+//! never drift from the types.
+use std::path::Path;
+
+use kube::CustomResourceExt as _;
+use serde_json::Value;
+
+use crate::api::{FieldError, Runtime, VidiJob, validate};
+
+pub const API_VERSION: &str = "vidi.dev/v1alpha1";
+pub const KIND: &str = "VidiJob";
+
+#[derive(Debug, thiserror::Error)]
+pub enum JobFileError {
+    #[error("cannot read the job file {origin}: {source}")]
+    Read {
+        origin: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{origin} is not a valid VidiJob: {message}")]
+    Yaml { origin: String, message: String },
+    #[error("{origin} is not a valid VidiJob:\n  {}", list(.errors))]
+    Invalid { origin: String, errors: Vec<FieldError> },
+}
+
+fn list(errors: &[FieldError]) -> String {
+    errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n  ")
+}
+
+/// Reads and checks the job file at `path` (`-` reads standard input).
+pub fn load(path: &Path) -> Result<VidiJob, JobFileError> {
+    let origin = path.display().to_string();
+    let text = if origin == "-" {
+        std::io::read_to_string(std::io::stdin())
+    } else {
+        std::fs::read_to_string(path)
+    }
+    .map_err(|source| JobFileError::Read {
+        origin: origin.clone(),
+        source,
+    })?;
+    parse(&text, &origin)
+}
+
+/// Parses and checks a job; `origin` names it in errors.
+pub fn parse(text: &str, origin: &str) -> Result<VidiJob, JobFileError> {
+    let yaml = |message: String| JobFileError::Yaml {
+        origin: origin.to_string(),
+        message,
+    };
+    let doc: Value = serde_saphyr::from_str(text).map_err(|e| yaml(e.to_string()))?;
+    let Value::Object(top) = &doc else {
+        return Err(yaml(
+            "expected a mapping with apiVersion, kind, metadata and spec".into(),
+        ));
+    };
+    let mut errors = Vec::new();
+    match top.get("apiVersion").and_then(Value::as_str) {
+        Some(API_VERSION) => {}
+        other => errors.push(FieldError::new(
+            "apiVersion",
+            format!("expected {API_VERSION:?}, got {}", shown(other)),
+        )),
+    }
+    match top.get("kind").and_then(Value::as_str) {
+        Some(KIND) => {}
+        other => errors.push(FieldError::new(
+            "kind",
+            format!("expected {KIND:?}, got {}", shown(other)),
+        )),
+    }
+    unknown_fields(&doc, &mut errors);
+    if !errors.is_empty() {
+        return Err(JobFileError::Invalid {
+            origin: origin.to_string(),
+            errors,
+        });
+    }
+    // Types, required fields and enum values; serde-saphyr's message carries the line.
+    let job: VidiJob = serde_saphyr::from_str(text).map_err(|e| yaml(e.to_string()))?;
+    match job.metadata.name.as_deref() {
+        None | Some("") => errors.push(FieldError::new(
+            "metadata.name",
+            "expected the job's name; it is missing",
+        )),
+        Some(name) if !is_dns_label(name) => errors.push(FieldError::new(
+            "metadata.name",
+            format!(
+                "expected a DNS label (lowercase letters, digits and '-', at most 53 characters, \
+                 starting and ending with a letter or digit), got {name:?}"
+            ),
+        )),
+        Some(_) => {}
+    }
+    errors.extend(validate(&job.spec, Runtime::Docker));
+    errors.extend(docker_only(&job));
+    if !errors.is_empty() {
+        return Err(JobFileError::Invalid {
+            origin: origin.to_string(),
+            errors,
+        });
+    }
+    Ok(job)
+}
+
+fn shown(v: Option<&str>) -> String {
+    v.map_or_else(|| "nothing".to_string(), |s| format!("{s:?}"))
+}
+
+/// Container names are `<job>-vidi-<n>` and must stay within 63 characters with room for the
+/// suffix; the job name also becomes a label value.
+fn is_dns_label(name: &str) -> bool {
+    let ok_chars = name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    let ends_ok = |b: Option<u8>| b.is_some_and(|b| b.is_ascii_alphanumeric());
+    ok_chars && name.len() <= 53 && ends_ok(name.bytes().next()) && ends_ok(name.bytes().last())
+}
+
+/// PersistentVolumeClaims exist only on Kubernetes; the shared `validate` accepts them on both
+/// runtimes because the spec types are shared, so refuse them here with the Docker-side fix.
+fn docker_only(job: &VidiJob) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    let mut no_claim = |field: &str| {
+        errors.push(FieldError::new(
+            field,
+            "PersistentVolumeClaims exist only on Kubernetes; on a Docker host use hostPath",
+        ))
+    };
+    let spec = &job.spec;
+    if spec.video.volume.is_some() {
+        no_claim("spec.video.volume");
+    }
+    if spec.model.weights.claim_name.is_some() {
+        no_claim("spec.model.weights.claimName");
+    }
+    if spec.model.hf_cache.as_ref().is_some_and(|c| c.claim_name.is_some()) {
+        no_claim("spec.model.hfCache.claimName");
+    }
+    if spec.output.as_ref().is_some_and(|o| o.volume.is_some()) {
+        no_claim("spec.output.volume");
+    }
+    if let Some(device) = &spec.gpu.device
+        && device.parse::<crate::gpu::DeviceSelector>().is_err()
+    {
+        errors.push(FieldError::new(
+            "spec.gpu.device",
+            format!("expected a GPU index such as 0 or a UUID such as GPU-5f0c…, got {device:?}"),
+        ));
+    }
+    if let Some(selector) = &spec.co_tenants.selector {
+        errors.extend(super::selector::check(selector));
+    }
+    errors
+}
+
+/// Reports every field of `doc` the CRD schema does not define.
+fn unknown_fields(doc: &Value, errors: &mut Vec<FieldError>) {
+    let Value::Object(top) = doc else { return };
+    for key in top.keys() {
+        if !matches!(key.as_str(), "apiVersion" | "kind" | "metadata" | "spec" | "status") {
+            errors.push(FieldError::new(
+                key.as_str(),
+                "unknown field; expected apiVersion, kind, metadata and spec",
+            ));
+        }
+    }
+    let crd = VidiJob::crd();
+    let schema = crd
+        .spec
+        .versions
+        .first()
+        .and_then(|v| v.schema.as_ref())
+        .and_then(|s| serde_json::to_value(&s.open_api_v3_schema).ok());
+    let (Some(spec), Some(schema)) = (top.get("spec"), schema) else {
+        return;
+    };
+    if let Some(spec_schema) = schema.pointer("/properties/spec") {
+        walk(spec, spec_schema, "spec", errors);
+    }
+}
+
+fn walk(value: &Value, schema: &Value, path: &str, errors: &mut Vec<FieldError>) {
+    if schema.get("x-kubernetes-preserve-unknown-fields") == Some(&Value::Bool(true)) {
+        return;
+    }
+    match value {
+        Value::Object(map) => {
+            let props = properties(schema);
+            let additional = schema.get("additionalProperties").filter(|a| a.is_object());
+            if props.is_empty() && additional.is_none() {
+                return;
+            }
+            for (key, v) in map {
+                let child = format!("{path}.{key}");
+                if let Some(s) = props.iter().find_map(|p| p.get(key)) {
+                    walk(v, s, &child, errors);
+                } else if let Some(s) = additional {
+                    walk(v, s, &child, errors);
+                } else {
+                    let mut known: Vec<&str> = props.iter().flat_map(|p| p.keys().map(String::as_str)).collect();
+                    known.sort_unstable();
+                    errors.push(FieldError::new(
+                        child,
+                        format!("unknown field; expected one of: {}", known.join(", ")),
+                    ));
+                }
+            }
+        }
+        Value::Array(items) => {
+            if let Some(s) = schema.get("items") {
+                for (i, v) in items.iter().enumerate() {
+                    walk(v, s, &format!("{path}[{i}]"), errors);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The `properties` of a schema, including those of its allOf/anyOf/oneOf branches.
+fn properties(schema: &Value) -> Vec<&serde_json::Map<String, Value>> {
+    let mut out: Vec<&serde_json::Map<String, Value>> = schema
+        .get("properties")
+        .and_then(Value::as_object)
+        .into_iter()
+        .collect();
+    for key in ["allOf", "anyOf", "oneOf"] {
+        for branch in schema.get(key).and_then(Value::as_array).into_iter().flatten() {
+            out.extend(properties(branch));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+apiVersion: vidi.dev/v1alpha1
+kind: VidiJob
+metadata:
+  name: find-dog
+spec:
+  video: {hostPath: /data/v.mp4}
+  query: a dog catches a frisbee
+  model:
+    weights: {hostPath: /models/vidi}
+  coTenants:
+    refs: [{kind: Container, name: mcn_cosyvoice}]
+    commands:
+      - {name: comfyui, stop: "pkill -f main.py", start: "true"}
+"#;
+
+    fn errors(text: &str) -> String {
+        parse(text, "job.yaml").unwrap_err().to_string()
+    }
+
+    #[test]
+    fn accepts_a_docker_job() {
+        let job = parse(GOOD, "job.yaml").unwrap();
+        assert_eq!(job.metadata.name.as_deref(), Some("find-dog"));
+        assert_eq!(job.spec.co_tenants.commands[0].name, "comfyui");
+    }
+
+    #[test]
+    fn names_unknown_fields() {
+        let e = errors(&GOOD.replace("coTenants:", "coTenant:"));
+        assert!(e.contains("spec.coTenant: unknown field"), "{e}");
+        let e = errors(&GOOD.replace("name: mcn_cosyvoice", "nmae: mcn_cosyvoice"));
+        assert!(e.contains("spec.coTenants.refs[0].nmae: unknown field"), "{e}");
+    }
+
+    #[test]
+    fn names_invalid_fields() {
+        let e = errors(&GOOD.replace("query: a dog catches a frisbee", "query: ' '"));
+        assert!(e.contains("spec.query"), "{e}");
+        let e = errors(&GOOD.replace("kind: VidiJob", "kind: Job"));
+        assert!(e.contains("kind: expected \"VidiJob\""), "{e}");
+        let e = errors(&GOOD.replace("hostPath: /models/vidi", "claimName: weights"));
+        assert!(e.contains("spec.model.weights.claimName"), "{e}");
+        let e = errors(&GOOD.replace("name: find-dog", "name: Find_Dog"));
+        assert!(e.contains("metadata.name"), "{e}");
+        let e = errors(&GOOD.replace("kind: Container", "kind: Deployment"));
+        assert!(e.contains("spec.coTenants.refs[0].kind"), "{e}");
+        assert!(errors("spec: [").contains("not a valid VidiJob"));
+    }
+}

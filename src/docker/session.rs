@@ -1,0 +1,810 @@
+//! One `docker run` (or `docker recover`): take the host lock, finish any unfinished journal,
+//! then observe → `plan::next` → act until the job is finished, restoring everything on the
+//! way out — also when cancelled (Ctrl-C, SIGTERM) or when an action fails.
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bollard::Docker;
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, ListContainersOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
+    StartContainerOptions, StopContainerOptionsBuilder, WaitContainerOptionsBuilder,
+};
+use futures::StreamExt as _;
+use jiff::Timestamp;
+use tokio::task::JoinHandle;
+
+use crate::api::{JOB_LABEL, Phase, Precision, VidiJob, VidiJobStatus};
+use crate::gpu::{self, DeviceSelector, GpuProbe as _, NvmlProbe, format_bytes};
+use crate::plan::{self, Action, Decision, Severity, names, precision};
+
+use super::act::CoTenantActor;
+use super::container::VidiContainer;
+use super::journal::{AttemptEnd, AttemptRecord, Exit, Journal};
+use super::lock::HostLock;
+use super::observe::{self, Look};
+use super::{DockerError, GpuMode, engine_message, state_dir, status_code};
+
+/// Where progress lines go (the CLI prints them on stderr).
+pub type Progress = Arc<dyn Fn(&str) + Send + Sync>;
+
+/// How long a Vidi container gets to stop before it is killed.
+const VIDI_STOP_TIMEOUT_SECS: i32 = 10;
+/// How often to look again while nothing signals a change (co-tenant commands stopping).
+const POLL: Duration = Duration::from_millis(300);
+/// The longest wait on a running Vidi container before looking at the world again.
+const MAX_WAIT: Duration = Duration::from_secs(60);
+/// How often the gate tells the user it is still waiting (it polls every second).
+const GATE_PROGRESS_EVERY: Duration = Duration::from_secs(5);
+/// A restore that needs more rounds than this is stuck (something keeps failing).
+const MAX_UNWIND_ROUNDS: usize = 60;
+
+/// How `docker run` behaves (the CLI's flags).
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub state_dir: PathBuf,
+    /// Image when `spec.model.image` is not set.
+    pub vidi_image: String,
+    pub gpus: GpuMode,
+    /// Run the NVML gate before starting Vidi (with `GpuMode::All`).
+    pub gate: bool,
+    pub gate_timeout: Duration,
+    /// `uid:gid` the Vidi container runs as.
+    pub user: String,
+    /// Wait for another job's lock (else fail at once).
+    pub wait_for_lock: bool,
+    /// `docker stop` timeout for co-tenant containers.
+    pub stop_timeout: Duration,
+}
+
+/// What a finished `docker run` reports.
+#[derive(Debug)]
+pub struct RunResult<C> {
+    pub status: VidiJobStatus,
+    /// Set when the run was cancelled (everything was restored first).
+    pub cancelled: Option<C>,
+    /// An earlier job's unfinished journal this run finished first.
+    pub recovered: Option<Recovered>,
+}
+
+/// What finishing an unfinished journal did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recovered {
+    pub job: String,
+    pub pid: u32,
+    /// Co-tenants started again (or left stopped, if they were stopped before), e.g.
+    /// `Container tts`.
+    pub restored: Vec<String>,
+    /// Vidi containers that were stopped.
+    pub stopped: Vec<String>,
+}
+
+pub struct Session {
+    docker: Docker,
+    opts: Options,
+    progress: Progress,
+}
+
+impl Session {
+    pub fn new(docker: Docker, mut opts: Options, progress: Progress) -> Self {
+        // The output dir under it is bind-mounted, and Docker takes only absolute sources.
+        if let Ok(abs) = std::path::absolute(&opts.state_dir) {
+            opts.state_dir = abs;
+        }
+        Session { docker, opts, progress }
+    }
+
+    fn say(&self, line: &str) {
+        (self.progress)(line)
+    }
+
+    fn ensure_state_dir(&self) -> Result<(), DockerError> {
+        std::fs::create_dir_all(&self.opts.state_dir)
+            .map_err(|e| DockerError::io("creating the state directory", &self.opts.state_dir, e))
+    }
+
+    async fn lock(&self, job: &str) -> Result<HostLock, DockerError> {
+        self.ensure_state_dir()?;
+        let progress = self.progress.clone();
+        let lock = HostLock::acquire(&self.opts.state_dir, job, self.opts.wait_for_lock, |owner| {
+            progress(&match owner {
+                Some(o) => format!("waiting for {o} to finish (one job per GPU host)"),
+                None => "waiting for another job to finish (one job per GPU host)".to_string(),
+            })
+        })
+        .await?;
+        Ok(lock)
+    }
+
+    /// `docker recover`: finishes an unfinished journal, if any, and says what it restored.
+    pub async fn recover(&self) -> Result<Option<Recovered>, DockerError> {
+        let _lock = self.lock("recover").await?;
+        self.finish_unfinished().await
+    }
+
+    async fn finish_unfinished(&self) -> Result<Option<Recovered>, DockerError> {
+        let Some(journal) = Journal::load(&self.opts.state_dir)? else {
+            return Ok(None);
+        };
+        self.say(&format!(
+            "found the unfinished job {} (pid {}, started {}); stopping its Vidi container and restoring what it holds",
+            journal.job, journal.pid, journal.created
+        ));
+        let mut run = Run::new(self, journal, None);
+        let (restored, stopped) = run.unwind().await?;
+        Ok(Some(Recovered {
+            job: run.journal.job.clone(),
+            pid: run.journal.pid,
+            restored,
+            stopped,
+        }))
+    }
+
+    /// `docker run --dry-run`: what would be stopped and run; changes nothing (no lock, no
+    /// journal, no container).
+    pub async fn dry_run(&self, job: &VidiJob) -> Result<VidiJobStatus, DockerError> {
+        let name = job_name(job)?;
+        if let Some(j) = Journal::load(&self.opts.state_dir)? {
+            let held: Vec<String> = j.holds.iter().map(|h| format!("{} {}", h.kind, h.name)).collect();
+            self.say(&format!(
+                "dry run: the unfinished job {} would be recovered first (it holds: {})",
+                j.job,
+                if held.is_empty() {
+                    "nothing".into()
+                } else {
+                    held.join(", ")
+                }
+            ));
+        }
+        let output_dir = self.output_dir_path(name, job);
+        let journal = Journal::new(name, job.spec.clone(), output_dir.clone(), Timestamp::now());
+        let gpu_total = self.gpu_total(job);
+        let snap = observe::snapshot(Look {
+            docker: &self.docker,
+            journal: &journal,
+            gpu_total_bytes: gpu_total,
+            dry_run: true,
+            deleting: false,
+        })
+        .await?;
+        let decision = plan::next(&snap);
+        for a in &decision.actions {
+            if let Action::Notify(n) = a {
+                self.say(&notice_line(n.severity, &n.message));
+            }
+        }
+        if decision.status.phase != Phase::Failed {
+            let p = precision::first(job.spec.model.precision, gpu_total);
+            let container_name = names::attempt(name, 1);
+            let c = VidiContainer {
+                job: name,
+                attempt: 1,
+                name: &container_name,
+                image: self.image(job),
+                precision: p,
+                spec: &job.spec,
+                output_dir: &output_dir,
+                gpus: &self.opts.gpus,
+                user: &self.opts.user,
+            };
+            for line in c.describe() {
+                self.say(&line);
+            }
+        }
+        Ok(decision.status)
+    }
+
+    /// `docker run`: runs the job to its end. `cancel` resolving (a signal) stops Vidi, restores
+    /// every co-tenant and returns with `cancelled` set.
+    pub async fn run<C>(&self, job: &VidiJob, cancel: impl Future<Output = C>) -> Result<RunResult<C>, DockerError> {
+        let name = job_name(job)?;
+        tokio::pin!(cancel);
+        let lock = tokio::select! {
+            lock = self.lock(name) => lock?,
+            c = &mut cancel => return Ok(RunResult { status: VidiJobStatus::default(), cancelled: Some(c), recovered: None }),
+        };
+        // Holding the lock proves whoever wrote a journal is dead: finish its work first.
+        let recovered = self.finish_unfinished().await?;
+        // Containers of an earlier run of the same job would clash with this run's names.
+        remove_job_containers(&self.docker, name).await?;
+        let output_dir = self.prepare_output_dir(name, job)?;
+        let gpu_total = self.gpu_total(job);
+        let mut journal = Journal::new(name, job.spec.clone(), output_dir, Timestamp::now());
+        journal.status.message = Some("accepted".into());
+        journal.save(&self.opts.state_dir)?;
+        let mut run = Run::new(self, journal, gpu_total);
+        let outcome = {
+            let drive = run.drive();
+            tokio::pin!(drive);
+            tokio::select! {
+                r = &mut drive => Ok(r),
+                c = &mut cancel => Err(c),
+            }
+        };
+        let result = match outcome {
+            Ok(Ok(status)) => {
+                run.cleanup().await?;
+                Ok(RunResult {
+                    status,
+                    cancelled: None,
+                    recovered,
+                })
+            }
+            Ok(Err(e)) => {
+                self.say(&format!("error: {e}"));
+                self.say("restoring the co-tenants before giving up");
+                if let Err(e2) = run.unwind().await {
+                    self.say(&format!(
+                        "error: restoring failed too ({e2}); run `vidi-operator docker recover` once the cause is fixed"
+                    ));
+                }
+                Err(e)
+            }
+            Err(c) => {
+                self.say("cancelled: stopping Vidi and restoring the co-tenants");
+                run.unwind().await?;
+                Ok(RunResult {
+                    status: run.journal.status.clone(),
+                    cancelled: Some(c),
+                    recovered,
+                })
+            }
+        };
+        drop(lock);
+        result
+    }
+
+    fn image<'a>(&'a self, job: &'a VidiJob) -> &'a str {
+        job.spec.model.image.as_deref().unwrap_or(&self.opts.vidi_image)
+    }
+
+    fn gpu_selector(job_spec: &crate::api::VidiJobSpec) -> DeviceSelector {
+        // jobfile::parse has checked it; a bad one falls back to GPU 0 rather than panicking.
+        job_spec
+            .gpu
+            .device
+            .as_deref()
+            .and_then(|d| d.parse().ok())
+            .unwrap_or_default()
+    }
+
+    /// The GPU's total memory, so `precision: auto` starts at what fits. Absent without NVML.
+    fn gpu_total(&self, job: &VidiJob) -> Option<u64> {
+        if self.opts.gpus == GpuMode::None {
+            return None;
+        }
+        let probe = NvmlProbe::new().ok()?;
+        probe
+            .reading(&Self::gpu_selector(&job.spec))
+            .ok()
+            .map(|r| r.total_bytes)
+    }
+
+    fn output_dir_path(&self, name: &str, job: &VidiJob) -> PathBuf {
+        match job.spec.output.as_ref().and_then(|o| o.host_path.as_ref()) {
+            Some(p) => PathBuf::from(p),
+            None => self.opts.state_dir.join("jobs").join(name).join("output"),
+        }
+    }
+
+    /// Creates the output dir; one the operator creates is made writable for the container's
+    /// user. A `result.json` left by an earlier run is removed so it cannot pass for this one's.
+    fn prepare_output_dir(&self, name: &str, job: &VidiJob) -> Result<PathBuf, DockerError> {
+        let dir = self.output_dir_path(name, job);
+        let existed = dir.exists();
+        std::fs::create_dir_all(&dir).map_err(|e| DockerError::io("creating the output directory", &dir, e))?;
+        if !existed {
+            make_writable_for(&dir, &self.opts.user)?;
+        }
+        let stale = dir.join(observe::RESULT_FILE);
+        match std::fs::remove_file(&stale) {
+            Ok(()) => self.say(&format!("removed the earlier {}", stale.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(DockerError::io("removing the earlier result", stale, e)),
+        }
+        Ok(dir)
+    }
+}
+
+/// The job's name (`jobfile::parse` guarantees one).
+fn job_name(job: &VidiJob) -> Result<&str, DockerError> {
+    job.metadata
+        .name
+        .as_deref()
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| DockerError::Other("metadata.name: expected the job's name; it is missing".into()))
+}
+
+/// The container runs as `user` (default 1000:1000), not as the operator's user: hand it the
+/// directory (root can chown; others open it up, it is their own state dir).
+fn make_writable_for(dir: &Path, user: &str) -> Result<(), DockerError> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let ids = user.split_once(':').map_or((user, None), |(u, g)| (u, Some(g)));
+    let uid = ids.0.parse::<u32>().ok();
+    let gid = ids.1.and_then(|g| g.parse::<u32>().ok());
+    if state_dir::is_root() && uid.is_some() {
+        std::os::unix::fs::chown(dir, uid, gid)
+            .map_err(|e| DockerError::io("handing over the output directory", dir, e))
+    } else if uid != Some(state_dir::effective_uid()) {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777))
+            .map_err(|e| DockerError::io("opening up the output directory", dir, e))
+    } else {
+        Ok(())
+    }
+}
+
+/// Removes every container of job `name` (stopping it first if it runs).
+async fn remove_job_containers(docker: &Docker, name: &str) -> Result<Vec<String>, DockerError> {
+    let filters: HashMap<String, Vec<String>> = [("label".to_string(), vec![format!("{JOB_LABEL}={name}")])].into();
+    let list = docker
+        .list_containers(Some(
+            ListContainersOptionsBuilder::default()
+                .all(true)
+                .filters(&filters)
+                .build(),
+        ))
+        .await
+        .map_err(|e| DockerError::api("listing Vidi containers", e))?;
+    let mut removed = Vec::new();
+    for c in list {
+        let Some(id) = c.id else { continue };
+        let cname = c
+            .names
+            .and_then(|n| n.into_iter().next())
+            .map(|n| n.trim_start_matches('/').to_string())
+            .unwrap_or_else(|| id.clone());
+        let opts = RemoveContainerOptionsBuilder::default().force(true).build();
+        match docker.remove_container(&id, Some(opts)).await {
+            Ok(()) => removed.push(cname),
+            Err(e) if status_code(&e) == Some(404) => {}
+            Err(e) => return Err(DockerError::api(format!("removing container {cname}"), e)),
+        }
+    }
+    Ok(removed)
+}
+
+fn notice_line(severity: Severity, message: &str) -> String {
+    match severity {
+        Severity::Normal => message.to_string(),
+        Severity::Warning => format!("warning: {message}"),
+    }
+}
+
+/// The state of one job being driven.
+struct Run<'s> {
+    s: &'s Session,
+    journal: Journal,
+    gpu_total: Option<u64>,
+    /// Log streams of started Vidi containers, to drain before reading how they ended.
+    logs: Vec<(String, JoinHandle<()>)>,
+}
+
+impl<'s> Run<'s> {
+    fn new(s: &'s Session, journal: Journal, gpu_total: Option<u64>) -> Self {
+        Run {
+            s,
+            journal,
+            gpu_total,
+            logs: Vec::new(),
+        }
+    }
+
+    fn actor(&self) -> CoTenantActor<'s> {
+        CoTenantActor {
+            docker: &self.s.docker,
+            state_dir: &self.s.opts.state_dir,
+            stop_timeout: self.s.opts.stop_timeout,
+            progress: &*self.s.progress,
+        }
+    }
+
+    fn save(&self) -> Result<(), DockerError> {
+        self.journal.save(&self.s.opts.state_dir)
+    }
+
+    async fn look(&mut self, deleting: bool) -> Result<Decision, DockerError> {
+        // Let the log stream of an ended container finish first, so its last lines are printed
+        // before the outcome.
+        let mut still = Vec::new();
+        for (name, handle) in std::mem::take(&mut self.logs) {
+            if handle.is_finished() || !matches!(observe::container_running(&self.s.docker, &name).await?, Some(true)) {
+                let _ = tokio::time::timeout(Duration::from_secs(3), handle).await;
+            } else {
+                still.push((name, handle));
+            }
+        }
+        self.logs = still;
+        if observe::record_ends(&self.s.docker, &mut self.journal).await? {
+            self.save()?;
+        }
+        let snap = observe::snapshot(Look {
+            docker: &self.s.docker,
+            journal: &self.journal,
+            gpu_total_bytes: self.gpu_total,
+            dry_run: false,
+            deleting,
+        })
+        .await?;
+        Ok(plan::next(&snap))
+    }
+
+    /// Observe → plan → act until the job is finished (or stays Pending because of
+    /// `spec.suspend`).
+    async fn drive(&mut self) -> Result<VidiJobStatus, DockerError> {
+        let mut said: Option<String> = None;
+        loop {
+            let decision = self.look(false).await?;
+            let mut errors = Vec::new();
+            let acted = self.apply(&decision, &mut errors).await?;
+            self.journal.status = decision.status.clone();
+            self.save()?;
+            if !errors.is_empty() {
+                // Every co-tenant was tried; the caller unwinds (and retries) from the journal.
+                return Err(errors.remove(0));
+            }
+            let st = &decision.status;
+            // Lines the notices do not cover (waiting for a co-tenant to stop).
+            if st.phase == Phase::Suspending && st.message != said {
+                if let Some(m) = &st.message {
+                    self.s.say(m);
+                }
+                said = st.message.clone();
+            }
+            if st.phase.is_terminal() || (self.journal.spec.suspend && st.phase == Phase::Pending) {
+                return Ok(decision.status);
+            }
+            if !acted {
+                self.wait(decision.requeue_after).await;
+            }
+        }
+    }
+
+    /// Stops Vidi and restores everything the journal holds (the planner with `deleting`),
+    /// then removes the journal. Returns the co-tenants restored and Vidi containers stopped.
+    async fn unwind(&mut self) -> Result<(Vec<String>, Vec<String>), DockerError> {
+        let mut restored = Vec::new();
+        let mut stopped = Vec::new();
+        let mut last_error = None;
+        for _ in 0..MAX_UNWIND_ROUNDS {
+            let decision = self.look(true).await?;
+            for a in &decision.actions {
+                match a {
+                    Action::Restore { target, .. } => restored.push(target.to_string()),
+                    Action::StopAttempt { name, .. } => stopped.push(name.clone()),
+                    _ => {}
+                }
+            }
+            let mut errors = Vec::new();
+            let acted = self.apply(&decision, &mut errors).await?;
+            self.journal.status = decision.status.clone();
+            self.save()?;
+            if let Some(e) = errors.pop() {
+                self.s.say(&format!("error: {e}"));
+                last_error = Some(e);
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+            if decision.released {
+                self.cleanup().await?;
+                return Ok((restored, stopped));
+            }
+            if !acted {
+                tokio::time::sleep(POLL).await;
+            }
+        }
+        Err(last_error.unwrap_or_else(|| {
+            DockerError::Other(format!(
+                "could not finish restoring job {}; the journal {} is kept: run `vidi-operator docker recover` again",
+                self.journal.job,
+                Journal::path(&self.s.opts.state_dir).display()
+            ))
+        }))
+    }
+
+    /// The job is over: its containers go, then the journal (nothing is held any more).
+    async fn cleanup(&mut self) -> Result<(), DockerError> {
+        for (_, handle) in std::mem::take(&mut self.logs) {
+            let _ = tokio::time::timeout(Duration::from_secs(3), handle).await;
+        }
+        remove_job_containers(&self.s.docker, &self.journal.job).await?;
+        Journal::remove(&self.s.opts.state_dir)
+    }
+
+    /// Applies the planner's actions in order. Restore failures are collected in `errors` (so
+    /// the other co-tenants are still restored); anything else stops at the first error. Returns
+    /// whether anything besides a notice was done.
+    async fn apply(&mut self, decision: &Decision, errors: &mut Vec<DockerError>) -> Result<bool, DockerError> {
+        let mut acted = false;
+        let mut said_early = None;
+        for (i, action) in decision.actions.iter().enumerate() {
+            acted |= !matches!(action, Action::Notify(_) | Action::DeleteJob);
+            // The planner announces an attempt right after asking for it; say it before the
+            // gate and the container's output instead.
+            if let (Action::StartAttempt { .. }, Some(Action::Notify(n))) = (action, decision.actions.get(i + 1)) {
+                self.s.say(&notice_line(n.severity, &n.message));
+                said_early = Some(i + 1);
+            }
+            match action {
+                Action::Notify(_) if said_early == Some(i) => {}
+                Action::Notify(n) => self.s.say(&notice_line(n.severity, &n.message)),
+                Action::Hold {
+                    target,
+                    holders,
+                    original_replicas,
+                    ..
+                } => {
+                    self.actor()
+                        .hold(&mut self.journal, target, holders, *original_replicas)
+                        .await?
+                }
+                Action::Resuspend { target, .. } => self.actor().stop(&self.journal, target).await?,
+                Action::Release { target, holders, .. } => self.actor().release(&mut self.journal, target, holders)?,
+                Action::Restore { target, replicas, .. } => {
+                    if let Err(e) = self.actor().restore(&mut self.journal, target, *replicas).await {
+                        errors.push(e);
+                    }
+                }
+                Action::StartAttempt {
+                    attempt,
+                    name,
+                    precision,
+                    min_free_bytes,
+                } => self.start_attempt(*attempt, name, *precision, *min_free_bytes).await?,
+                Action::StopAttempt { name, .. } => self.stop_attempt(name).await?,
+                // No TTL on a Docker host: the job object is the file, which is the user's.
+                Action::DeleteJob => {}
+            }
+        }
+        Ok(acted)
+    }
+
+    async fn stop_attempt(&self, name: &str) -> Result<(), DockerError> {
+        self.s.say(&format!("stopping the Vidi container {name}"));
+        let opts = StopContainerOptionsBuilder::default().t(VIDI_STOP_TIMEOUT_SECS).build();
+        match self.s.docker.stop_container(name, Some(opts)).await {
+            Ok(()) => Ok(()),
+            Err(e) if matches!(status_code(&e), Some(304 | 404)) => Ok(()),
+            Err(e) => Err(DockerError::api(format!("stopping the Vidi container {name}"), e)),
+        }
+    }
+
+    fn record_end(&mut self, number: u32, end: AttemptEnd) -> Result<(), DockerError> {
+        if let Some(rec) = self.journal.attempt_mut(number) {
+            rec.end = Some(end);
+        }
+        self.save()
+    }
+
+    /// GPU gate, then create and start the Vidi container. Failures before Vidi runs become the
+    /// attempt's recorded end, for the planner to classify like any other.
+    async fn start_attempt(
+        &mut self,
+        number: u32,
+        name: &str,
+        precision: Precision,
+        min_free_bytes: u64,
+    ) -> Result<(), DockerError> {
+        match self.journal.attempt_mut(number) {
+            Some(rec) if rec.end.is_some() => return Ok(()),
+            Some(_) => {}
+            None => {
+                // Recorded before the container exists, so a crash right after creating it still
+                // leaves a journal that names it.
+                self.journal.attempts.push(AttemptRecord {
+                    number,
+                    name: name.to_string(),
+                    precision,
+                    gate_report: None,
+                    end: None,
+                });
+                self.save()?;
+            }
+        }
+        if self.s.opts.gpus == GpuMode::All && self.s.opts.gate {
+            match self.gate(min_free_bytes).await {
+                Ok(report) => {
+                    if let Some(rec) = self.journal.attempt_mut(number) {
+                        rec.gate_report = serde_json::to_string(&report).ok();
+                    }
+                    self.save()?;
+                }
+                Err((exit_code, message)) => {
+                    self.s.say(&format!("GPU gate failed: {message}"));
+                    let gate = Exit {
+                        exit_code,
+                        reason: Some("GateFailed".into()),
+                        message: Some(message),
+                    };
+                    return self.record_end(
+                        number,
+                        AttemptEnd {
+                            gate: Some(gate),
+                            main: None,
+                            reason: None,
+                        },
+                    );
+                }
+            }
+        }
+        let spec = self.journal.spec.clone();
+        let image = spec
+            .model
+            .image
+            .clone()
+            .unwrap_or_else(|| self.s.opts.vidi_image.clone());
+        let c = VidiContainer {
+            job: &self.journal.job,
+            attempt: number,
+            name,
+            image: &image,
+            precision,
+            spec: &spec,
+            output_dir: &self.journal.output_dir,
+            gpus: &self.s.opts.gpus,
+            user: &self.s.opts.user,
+        };
+        let body = c.create_body();
+        let docker = &self.s.docker;
+        let created = docker
+            .create_container(Some(CreateContainerOptionsBuilder::default().name(name).build()), body)
+            .await;
+        let started = match created {
+            Ok(_) => docker.start_container(name, None::<StartContainerOptions>).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = started {
+            let end = start_failure(&e, &image);
+            self.s.say(&format!(
+                "could not start Vidi attempt {number}: {}",
+                end.gate
+                    .as_ref()
+                    .or(end.main.as_ref())
+                    .and_then(|x| x.message.clone())
+                    .or(end.reason.clone())
+                    .unwrap_or_default()
+            ));
+            let opts = RemoveContainerOptionsBuilder::default().force(true).build();
+            let _ = docker.remove_container(name, Some(opts)).await;
+            return self.record_end(number, end);
+        }
+        self.s.say(&format!("started {name} from {image}"));
+        self.logs.push((
+            name.to_string(),
+            stream_logs(docker.clone(), name.to_string(), self.s.progress.clone()),
+        ));
+        Ok(())
+    }
+
+    /// Waits in-process until the GPU has `min_free_bytes` free, telling the user free vs
+    /// needed. `Err((exit code, message))` uses the `gpu gate` exit codes.
+    async fn gate(&self, min_free_bytes: u64) -> Result<gpu::GateReport, (i32, String)> {
+        let probe = NvmlProbe::new().map_err(|e| {
+            (
+                gpu::EXIT_NO_GPU,
+                format!("{e}; without a GPU use --gpus none (no GPU request, no gate)"),
+            )
+        })?;
+        let selector = Session::gpu_selector(&self.journal.spec);
+        self.s.say(&format!(
+            "waiting until {} of GPU memory is free",
+            format_bytes(min_free_bytes)
+        ));
+        let mut last: Option<Instant> = None;
+        let progress = self.s.progress.clone();
+        let report = gpu::wait_for_free(
+            &probe,
+            &selector,
+            min_free_bytes,
+            self.s.opts.gate_timeout,
+            Duration::from_secs(1),
+            |r| {
+                if r.free_bytes >= min_free_bytes || last.is_some_and(|t| t.elapsed() < GATE_PROGRESS_EVERY) {
+                    return;
+                }
+                last = Some(Instant::now());
+                progress(&format!(
+                    "{}: {} free, {} needed; {}",
+                    r.label(),
+                    format_bytes(r.free_bytes),
+                    format_bytes(min_free_bytes),
+                    r.holders()
+                ));
+            },
+        )
+        .await
+        .map_err(|e| (e.exit_code(), e.to_string()))?;
+        self.s.say(&format!(
+            "GPU {} ({}): {} free >= {} needed",
+            report.device.index,
+            report.device.name,
+            format_bytes(report.free_bytes),
+            format_bytes(report.min_free_bytes)
+        ));
+        Ok(report)
+    }
+
+    /// Sleeps until something may have changed: the running Vidi container exits, the planner's
+    /// requeue time comes, or (with nothing to wait on) a short poll interval.
+    async fn wait(&self, requeue_after: Option<Duration>) {
+        let running = self
+            .journal
+            .attempts
+            .iter()
+            .rev()
+            .find(|a| a.end.is_none())
+            .map(|a| a.name.clone());
+        let Some(name) = running else {
+            tokio::time::sleep(POLL).await;
+            return;
+        };
+        let limit = requeue_after.unwrap_or(MAX_WAIT).min(MAX_WAIT).max(POLL);
+        let opts = WaitContainerOptionsBuilder::default().condition("not-running").build();
+        let mut exited = self.s.docker.wait_container(&name, Some(opts));
+        tokio::select! {
+            r = exited.next() => {
+                // An error here (e.g. the container is gone) needs a fresh look too; avoid
+                // spinning on a persistent one.
+                if matches!(r, Some(Err(ref e)) if !matches!(e, bollard::errors::Error::DockerContainerWaitError { .. })) {
+                    tokio::time::sleep(POLL).await;
+                }
+            }
+            _ = tokio::time::sleep(limit) => {}
+        }
+    }
+}
+
+/// Why creating or starting the Vidi container failed, as the attempt's end.
+fn start_failure(e: &bollard::errors::Error, image: &str) -> AttemptEnd {
+    let msg = engine_message(e);
+    if msg.contains("could not select device driver") || msg.contains("nvidia-container-cli") {
+        // Reported like a failed gate with "no GPU": retrying cannot help.
+        return AttemptEnd {
+            gate: Some(Exit {
+                exit_code: gpu::EXIT_NO_GPU,
+                reason: Some("NoNvidiaRuntime".into()),
+                message: Some(format!(
+                    "Docker has no NVIDIA runtime: install nvidia-container-toolkit, run \
+                     `sudo nvidia-ctk runtime configure --runtime=docker` and restart Docker \
+                     (or use --gpus none to run without a GPU); Docker said: {msg}"
+                )),
+            }),
+            main: None,
+            reason: None,
+        };
+    }
+    let why = if status_code(e) == Some(404) && msg.contains("image") {
+        format!("image {image} not found: build it with `vidi-operator docker build --tag {image}` ({msg})")
+    } else {
+        format!("Docker could not start the container: {msg}")
+    };
+    AttemptEnd {
+        gate: None,
+        main: None,
+        reason: Some(why),
+    }
+}
+
+/// Streams a container's output to the progress sink, one `[name] line` per line.
+fn stream_logs(docker: Docker, name: String, progress: Progress) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let opts = LogsOptionsBuilder::default()
+            .follow(true)
+            .stdout(true)
+            .stderr(true)
+            .build();
+        let mut logs = docker.logs(&name, Some(opts));
+        let mut partial = String::new();
+        while let Some(Ok(chunk)) = logs.next().await {
+            partial.push_str(&String::from_utf8_lossy(&chunk.into_bytes()));
+            while let Some(at) = partial.find('\n') {
+                let line: String = partial.drain(..=at).collect();
+                progress(&format!("[{name}] {}", line.trim_end()));
+            }
+        }
+        if !partial.trim().is_empty() {
+            progress(&format!("[{name}] {}", partial.trim_end()));
+        }
+    })
+}

@@ -1,0 +1,36 @@
+#!/bin/sh
+# Fake Vidi: follows the container contract (env in, result.json + exit code out) and does
+# what words in VIDI_QUERY say:
+#   exit=N        exit N (2 bad input, 3 CUDA out of memory, anything else a crash)
+#   oom-above=P   exit 3 unless VIDI_PRECISION is P (to test the precision fallback)
+#   sleep=N       run N seconds first (stops promptly on SIGTERM)
+echo "fake vidi: precision=$VIDI_PRECISION video=$VIDI_VIDEO model=$VIDI_MODEL_PATH offline=$HF_HUB_OFFLINE"
+code=0
+for word in $VIDI_QUERY; do
+  case "$word" in
+    exit=*) code="${word#exit=}" ;;
+    oom-above=*) lowest="${word#oom-above=}" ;;
+    sleep=*) nap="${word#sleep=}" ;;
+  esac
+done
+if [ -n "$nap" ]; then
+  trap 'echo "fake vidi: stopped"; exit 143' TERM INT
+  i=0
+  while [ "$i" -lt "$nap" ]; do sleep 1 & wait $!; i=$((i + 1)); done
+fi
+if [ -n "$lowest" ] && [ "$VIDI_PRECISION" != "$lowest" ]; then
+  echo "torch.OutOfMemoryError: CUDA out of memory at $VIDI_PRECISION" >&2
+  exit 3
+fi
+case "$code" in
+  0)
+    [ -r "$VIDI_VIDEO" ] || { echo "video not readable: $VIDI_VIDEO" >&2; exit 2; }
+    printf '{"segments":[[65,72.5],[180,184]],"precision":"%s","videoSeconds":600,"peakVramBytes":1073741824,"model":"fake"}\n' \
+      "$VIDI_PRECISION" > "$VIDI_OUTPUT_DIR/result.json" || exit 1
+    echo "fake vidi: wrote $VIDI_OUTPUT_DIR/result.json"
+    ;;
+  2) echo "bad input: video not found: $VIDI_VIDEO" >&2 ;;
+  3) echo "torch.OutOfMemoryError: CUDA out of memory" >&2 ;;
+  *) echo "Traceback: something broke" >&2 ;;
+esac
+exit "$code"
