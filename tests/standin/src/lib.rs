@@ -20,7 +20,6 @@ mod store;
 
 pub use error::ApiError;
 pub use selector::{FieldSelector, LabelSelector};
-pub use store::PatchType;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use serde_json::{Value, json};
@@ -28,7 +27,7 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
-use store::{DeleteOpts, Fault, State};
+use store::{DeleteOpts, Fault, PatchType, State};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
