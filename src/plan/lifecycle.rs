@@ -288,7 +288,11 @@ impl<'a> Plan<'a> {
     fn restoring(&mut self) {
         let alive = self.stop_alive_attempts();
         if alive > 0 {
-            self.st.message = Some("stopping Vidi before restoring the co-tenants".into());
+            // A failure's message says why it failed (and ends up in the Failed Event and
+            // conditions); keep it rather than replace it with this progress note.
+            if self.st.outcome != Some(Outcome::Failed) {
+                self.st.message = Some("stopping Vidi before restoring the co-tenants".into());
+            }
             return;
         }
         for i in self.held() {
