@@ -187,7 +187,10 @@ impl<'a> Plan<'a> {
         if self.deadline_passed() {
             return;
         }
-        self.keep_suspended();
+        // Holding and re-suspending happen only while Vidi goes on (here for a live attempt, in
+        // `start_attempt` for a new one): doing it before an attempt that has ended would scale a
+        // co-tenant to 0 and restore it in the same decision (a flap, and a second write with a
+        // stale resourceVersion).
         let number = self.current_number().max(1);
         let Some(attempt) = self.s.attempts.iter().find(|a| a.number == number) else {
             // Never created, or removed by someone: (re)create it under the same name.
@@ -209,6 +212,9 @@ impl<'a> Plan<'a> {
             self.st.gpu = Some(report);
         }
         let precision = self.attempt_precision(attempt);
+        if !matches!(attempt.state, AttemptState::Finished { .. }) {
+            self.keep_suspended();
+        }
         match &attempt.state {
             AttemptState::Pending { waiting } => {
                 self.st.message = Some(match waiting {
@@ -414,6 +420,7 @@ impl<'a> Plan<'a> {
     // ----- transitions -----
 
     fn start_attempt(&mut self, number: u32, precision: Precision) {
+        self.keep_suspended();
         let name = names::attempt(&self.me.name, number);
         let min_free_bytes = precision::min_free_bytes(&self.s.job.spec, precision);
         let new = self.st.attempts < number;
