@@ -19,6 +19,8 @@ use super::{conditions, names};
 
 /// A look again while a job is active, in case an event was missed.
 const RESYNC: Duration = Duration::from_secs(300);
+/// The look again that creates the first pod once Running is recorded.
+const START_DELAY: Duration = Duration::from_secs(1);
 
 /// Plans the next step of the job in `snapshot`.
 pub fn next(snapshot: &Snapshot) -> Decision {
@@ -81,7 +83,8 @@ impl<'a> Plan<'a> {
                 _ if self.invalid() => return,
                 _ if self.s.job.spec.suspend => return self.suspended(),
                 Phase::Pending | Phase::Queued => self.waiting(),
-                Phase::Suspending => self.suspending(),
+                // Suspending settles: it stays, fails, or records Running (see `suspending`).
+                Phase::Suspending => return self.suspending(),
                 Phase::Running => self.running(),
             }
             // Restoring and the end states were handled inline by the transition into them.
@@ -178,9 +181,17 @@ impl<'a> Plan<'a> {
             self.requeue_for_deadline();
             return;
         }
+        // Record Running first and create the pod on the next reconcile (`running` creates a
+        // missing attempt). A Vidi pod then exists only while the persisted phase tells rivals
+        // that the pool is taken: a crash between creating the pod and writing this status can
+        // no longer let an older job that was skipped (suspended) start beside it (invariant 3).
         self.st.phase = Phase::Running;
-        let precision = precision::first(self.s.job.spec.model.precision, self.s.gpu_total_bytes);
-        self.start_attempt(self.current_number().max(1), precision);
+        self.st.precision = Some(precision::first(
+            self.s.job.spec.model.precision,
+            self.s.gpu_total_bytes,
+        ));
+        self.st.message = Some("co-tenants suspended; starting Vidi".into());
+        self.requeue = Some(START_DELAY);
     }
 
     fn running(&mut self) {
