@@ -1,0 +1,873 @@
+//! Unit tests of the pure planner, one or more per transition: each asserts the phase, the exact
+//! writes (Hold/Release/Restore/StartAttempt/…), the Events and the counts it records.
+mod support;
+
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use vidi_operator::api::{FailureReason, Outcome, Phase, Precision, WorkloadKind, WorkloadRef};
+use vidi_operator::plan::{self, Action, AttemptState, Selection, Severity};
+
+use support::world::World;
+use support::*;
+
+/// A world with `ns/cosy` (2 replicas) and `ns/comfy` (1), both opted in, and job `a`.
+fn two_co_tenants(spec: vidi_operator::api::VidiJobSpec) -> World {
+    let mut w = World::new();
+    w.add_co(NS, "cosy", 2, true)
+        .add_co(NS, "comfy", 1, true)
+        .add_job("a", 1, spec);
+    w
+}
+
+/// Drives job `name` from Pending to a created, running Vidi pod.
+fn start(w: &mut World, name: &str) {
+    w.reconcile(name);
+    w.drain();
+    w.reconcile(name);
+    w.reconcile(name);
+    w.run_pod(name);
+    assert_eq!(w.phase(name), Phase::Running);
+    assert!(w.job(name).alive(), "{name} has a live attempt");
+}
+
+// ----- happy path -----
+
+#[test]
+fn happy_path_goes_through_every_phase_and_restores_exactly() {
+    let mut w = two_co_tenants(spec());
+
+    // Pending -> Suspending: one Hold per co-tenant, recording holder and original replicas.
+    let d = w.reconcile("a");
+    assert_eq!(
+        writes(&d),
+        ["hold ns/cosy orig=2 by=ns/a", "hold ns/comfy orig=1 by=ns/a"]
+    );
+    assert_eq!(d.status.phase, Phase::Suspending);
+    assert!(d.status.start_time.is_some());
+    assert_eq!(d.status.suspended.len(), 2);
+    assert_eq!(d.status.suspended[0].original_replicas, 2);
+    assert_eq!(notice(&d, "Started").map(|n| n.0), Some(Severity::Normal));
+    assert_eq!(w.co("ns/cosy").replicas, 0);
+    assert_eq!(w.co("ns/cosy").original_replicas, Some(2));
+
+    // Pods not gone yet: still Suspending, nothing started.
+    let d = w.reconcile("a");
+    assert!(writes(&d).is_empty(), "{:?}", writes(&d));
+    assert_eq!(d.status.phase, Phase::Suspending);
+    assert_eq!(
+        d.status.message.as_deref(),
+        Some("waiting for 2 pods of Deployment ns/cosy, 1 pod of Deployment ns/comfy to stop")
+    );
+
+    // Pods gone: Running is recorded first, the pod is created on the next look.
+    w.drain();
+    let d = w.reconcile("a");
+    assert_eq!(d.status.phase, Phase::Running);
+    assert!(writes(&d).is_empty(), "{:?}", writes(&d));
+    assert_eq!(d.status.precision, Some(Precision::Fp16));
+    assert!(d.requeue_after.is_some());
+    let d = w.reconcile("a");
+    assert_eq!(writes(&d), ["start 1 a-vidi-1 fp16"]);
+    assert_eq!(d.status.attempts, 1);
+    assert_eq!(d.status.pod_name.as_deref(), Some("a-vidi-1"));
+    assert!(notice(&d, "Starting").is_some());
+    let Some(Action::StartAttempt { min_free_bytes, .. }) =
+        d.actions.iter().find(|a| matches!(a, Action::StartAttempt { .. }))
+    else {
+        panic!("no StartAttempt")
+    };
+    assert_eq!(*min_free_bytes, 20 << 30);
+
+    w.run_pod("a");
+    let d = w.reconcile("a");
+    assert!(writes(&d).is_empty());
+    assert_eq!(
+        d.status.message.as_deref(),
+        Some("Vidi attempt 1 is running on gpu-node at fp16")
+    );
+    assert_eq!(d.status.node.as_deref(), Some("gpu-node"));
+    assert_eq!(cond(&d.status, "Reconciling"), "True");
+
+    // Vidi answers: restore both (each to its original, marks removed), Succeeded.
+    assert!(w.finish("a", finished(0)));
+    let d = w.reconcile("a");
+    assert_eq!(writes(&d), ["restore ns/cosy to=2", "restore ns/comfy to=1"]);
+    assert_eq!(d.status.phase, Phase::Succeeded);
+    assert_eq!(d.status.outcome, Some(Outcome::Succeeded));
+    assert_eq!(d.status.reason, None);
+    assert!(d.status.suspended.is_empty());
+    assert!(d.status.completion_time.is_some());
+    let result = d.status.result.as_ref().expect("result");
+    assert_eq!(result.segments.len(), 2);
+    assert_eq!(result.summary, "2 segments: 00:01:05-00:01:12, 00:03:00-00:03:04");
+    assert_eq!(result.precision, Some(Precision::Fp16));
+    assert!(notice(&d, "Answered").is_some());
+    assert!(notice(&d, "Succeeded").is_some());
+    assert_eq!(cond(&d.status, "Complete"), "True");
+    assert_eq!(cond(&d.status, "Ready"), "True");
+    assert_eq!(cond(&d.status, "Failed"), "False");
+    assert_eq!(cond(&d.status, "Stalled"), "False");
+    assert_eq!(cond(&d.status, "Reconciling"), "False");
+    for c in ["ns/cosy", "ns/comfy"] {
+        let co = w.co(c);
+        assert!(co.holders.is_empty() && co.original_replicas.is_none(), "{co:?}");
+    }
+    assert_eq!((w.co("ns/cosy").replicas, w.co("ns/comfy").replicas), (2, 1));
+    w.check_all_restored();
+
+    // Finished and settled: nothing more to do.
+    let d = w.reconcile("a");
+    assert!(writes(&d).is_empty());
+    assert_eq!(d.status.phase, Phase::Succeeded);
+}
+
+#[test]
+fn waits_for_co_tenant_pods_before_starting() {
+    let s = job("a").suspending().co(deploy("cosy").held(&["a"], 1).pods(1));
+    let d = s.plan();
+    assert_eq!(d.status.phase, Phase::Suspending);
+    assert!(writes(&d).is_empty(), "{:?}", writes(&d));
+    assert_eq!(
+        d.status.message.as_deref(),
+        Some("waiting for 1 pod of Deployment ns/cosy to stop")
+    );
+    assert!(d.requeue_after.is_some());
+
+    let d = s.clone().co(deploy("x").held(&["a"], 1)).with_spec(|_| {}).plan();
+    assert_eq!(d.status.phase, Phase::Suspending, "one pod left still blocks");
+
+    let s = job("a").suspending().co(deploy("cosy").held(&["a"], 1));
+    let d = s.plan();
+    assert_eq!(d.status.phase, Phase::Running);
+    assert!(writes(&d).is_empty(), "Running is recorded before the pod exists");
+    let d = job("a").running().co(deploy("cosy").held(&["a"], 1)).plan();
+    assert_eq!(writes(&d), ["start 1 a-vidi-1 fp16"]);
+}
+
+#[test]
+fn queued_behind_an_active_job_then_goes() {
+    let s = job("b")
+        .created(5)
+        .co(deploy("cosy").held(&["a"], 2))
+        .rival("a", 1, Phase::Running);
+    let d = s.plan();
+    assert_eq!(d.status.phase, Phase::Queued);
+    assert_eq!(d.status.waiting_for.as_deref(), Some("ns/a"));
+    assert_eq!(
+        d.status.message.as_deref(),
+        Some("waiting for VidiJob ns/a (running); position 1 in the GPU queue")
+    );
+    // Next in line joins the hold, keeping the recorded original.
+    assert_eq!(writes(&d), ["hold ns/cosy orig=2 by=ns/a,ns/b"]);
+    assert!(notice(&d, "Queued").is_some());
+}
+
+// ----- failures and retries -----
+
+#[test]
+fn exit_1_is_retried_up_to_backoff_limit_counting_failures() {
+    let mut w = World::new();
+    w.add_co(NS, "cosy", 1, true)
+        .add_job("a", 1, spec_from(serde_json::json!({"backoffLimit": 2})));
+    start(&mut w, "a");
+
+    w.finish("a", finished(1));
+    let d = w.reconcile("a");
+    assert_eq!(writes(&d), ["start 2 a-vidi-2 fp16"]);
+    assert_eq!(
+        (d.status.phase, d.status.failures, d.status.attempts),
+        (Phase::Running, 1, 2)
+    );
+    let (sev, msg) = notice(&d, "Retrying").expect("Retrying event");
+    assert_eq!(sev, Severity::Warning);
+    assert!(msg.contains("retry 1 of 2"), "{msg}");
+
+    w.finish("a", finished(1));
+    let d = w.reconcile("a");
+    assert_eq!(writes(&d), ["start 3 a-vidi-3 fp16"]);
+    assert_eq!((d.status.failures, d.status.attempts), (2, 3));
+
+    w.finish("a", finished(1));
+    let d = w.reconcile("a");
+    assert_eq!(writes(&d), ["restore ns/cosy to=1"]);
+    assert_eq!(d.status.phase, Phase::Failed);
+    assert_eq!(d.status.reason, Some(FailureReason::Failed));
+    assert_eq!((d.status.failures, d.status.attempts), (3, 3));
+    assert_eq!(d.status.message.as_deref(), Some("Vidi exited 1"));
+    w.check_all_restored();
+}
+
+#[test]
+fn exit_2_is_bad_input_and_never_retried() {
+    let d = job("a")
+        .running()
+        .with_spec(|s| s.backoff_limit = 5)
+        .co(deploy("cosy").held(&["a"], 3))
+        .attempt(1, finished(2))
+        .plan();
+    assert_eq!(writes(&d), ["restore ns/cosy to=3"]);
+    assert_eq!(d.status.phase, Phase::Failed);
+    assert_eq!(d.status.reason, Some(FailureReason::BadInput));
+    assert_eq!(d.status.failures, 0);
+    assert_eq!(d.status.attempts, 1);
+}
+
+#[test]
+fn exit_3_steps_auto_precision_down_then_fails_out_of_gpu_memory() {
+    let mut w = World::new();
+    w.add_co(NS, "cosy", 1, true).add_job("a", 1, spec());
+    start(&mut w, "a");
+    let mut seen = Vec::new();
+    for (next, precision) in [(2, "int8"), (3, "int4")] {
+        w.finish("a", finished(3));
+        let d = w.reconcile("a");
+        assert_eq!(writes(&d), [format!("start {next} a-vidi-{next} {precision}")]);
+        let (sev, msg) = notice(&d, "PrecisionLowered").expect("PrecisionLowered event");
+        assert_eq!(sev, Severity::Warning);
+        assert!(msg.contains(&format!("retrying at {precision}")), "{msg}");
+        assert_eq!(
+            d.status.failures, 0,
+            "out of memory does not count against backoffLimit"
+        );
+        seen.push(d.status.precision);
+    }
+    assert_eq!(seen, [Some(Precision::Int8), Some(Precision::Int4)]);
+    w.finish("a", finished(3));
+    let d = w.reconcile("a");
+    assert_eq!(writes(&d), ["restore ns/cosy to=1"]);
+    assert_eq!(d.status.phase, Phase::Failed);
+    assert_eq!(d.status.reason, Some(FailureReason::OutOfGpuMemory));
+    assert!(d.status.message.as_deref().unwrap_or("").contains("at int4"));
+    assert_eq!(d.status.attempts, 3);
+}
+
+#[test]
+fn exit_3_with_a_fixed_precision_fails_at_once() {
+    let d = job("a")
+        .running()
+        .with_spec(|s| s.model.precision = Precision::Int8)
+        .co(deploy("cosy").held(&["a"], 1))
+        .attempt_at(1, Precision::Int8, finished(3))
+        .plan();
+    assert_eq!(writes(&d), ["restore ns/cosy to=1"]);
+    assert_eq!(d.status.phase, Phase::Failed);
+    assert_eq!(d.status.reason, Some(FailureReason::OutOfGpuMemory));
+    assert!(notice(&d, "PrecisionLowered").is_none());
+}
+
+#[test]
+fn oom_killed_fails_and_points_at_spec_resources_memory() {
+    let d = job("a")
+        .running()
+        .with_spec(|s| s.backoff_limit = 3)
+        .co(deploy("cosy").held(&["a"], 1))
+        .attempt(1, oom_killed())
+        .plan();
+    assert_eq!(writes(&d), ["restore ns/cosy to=1"]);
+    assert_eq!(d.status.phase, Phase::Failed);
+    assert_eq!(d.status.reason, Some(FailureReason::OOMKilled));
+    let msg = d.status.message.clone().unwrap_or_default();
+    assert!(
+        msg.contains("spec.resources.memory") && msg.contains("OOMKilled"),
+        "{msg}"
+    );
+    let (sev, event) = notice(&d, "Failed").expect("Failed event");
+    assert_eq!(sev, Severity::Warning);
+    assert!(event.contains("spec.resources.memory"), "{event}");
+}
+
+#[test]
+fn gate_timeout_lowers_auto_precision_and_fails_a_fixed_one() {
+    let d = job("a")
+        .running()
+        .co(deploy("cosy").held(&["a"], 1))
+        .attempt(1, gate_timeout())
+        .plan();
+    assert_eq!(writes(&d), ["start 2 a-vidi-2 int8"]);
+    assert_eq!(d.status.failures, 0);
+
+    let d = job("a")
+        .running()
+        .with_spec(|s| s.model.precision = Precision::Fp16)
+        .co(deploy("cosy").held(&["a"], 1))
+        .attempt(1, gate_timeout())
+        .plan();
+    assert_eq!(writes(&d), ["restore ns/cosy to=1"]);
+    assert_eq!(d.status.reason, Some(FailureReason::GpuMemoryUnavailable));
+    assert!(d.status.message.as_deref().unwrap_or("").contains("12 GiB free"));
+}
+
+// ----- deletion, deadlines -----
+
+#[test]
+fn deletion_mid_run_stops_vidi_first_and_restores_once_the_pod_is_gone() {
+    let mut w = two_co_tenants(spec());
+    start(&mut w, "a");
+    w.delete("a");
+
+    let d = w.reconcile("a");
+    assert_eq!(writes(&d), ["stop 1 a-vidi-1"]);
+    assert_eq!(d.status.phase, Phase::Restoring);
+    assert!(!d.released);
+    assert_eq!(
+        w.co("ns/cosy").replicas,
+        0,
+        "nothing restored while Vidi may still use the GPU"
+    );
+
+    let d = w.reconcile("a");
+    assert!(writes(&d).is_empty(), "terminating: wait, {:?}", writes(&d));
+    assert!(!d.released);
+
+    w.settle_pods();
+    let d = w.reconcile("a");
+    assert_eq!(writes(&d), ["restore ns/cosy to=2", "restore ns/comfy to=1"]);
+    assert!(d.released);
+    assert!(!w.exists("a"));
+    w.check_all_restored();
+}
+
+#[test]
+fn deleting_a_job_that_shares_a_hold_only_releases_it() {
+    let d = job("b")
+        .phase(Phase::Queued)
+        .deleting()
+        .co(deploy("cosy").held(&["a", "b"], 2))
+        .plan();
+    assert_eq!(writes(&d), ["release ns/cosy by=ns/a"]);
+    assert!(d.released);
+}
+
+#[test]
+fn deadline_exceeded_while_suspending_fails_and_restores() {
+    let d = job("a")
+        .suspending()
+        .with_spec(|s| s.active_deadline_seconds = Some(60))
+        .co(deploy("cosy").held(&["a"], 2).pods(2))
+        .now(100)
+        .plan();
+    assert_eq!(writes(&d), ["restore ns/cosy to=2"]);
+    assert_eq!(d.status.phase, Phase::Failed);
+    assert_eq!(d.status.reason, Some(FailureReason::DeadlineExceeded));
+    assert_eq!(
+        d.status.message.as_deref(),
+        Some("activeDeadlineSeconds (60s) passed in phase Suspending")
+    );
+}
+
+#[test]
+fn deadline_exceeded_while_running_stops_then_restores_keeping_the_reason() {
+    let mut w = World::new();
+    w.add_co(NS, "cosy", 1, true)
+        .add_job("a", 1, spec_from(serde_json::json!({"activeDeadlineSeconds": 300})));
+    start(&mut w, "a");
+    let d = w.reconcile("a");
+    let left = d.requeue_after.expect("requeue before the deadline");
+    assert!(left <= Duration::from_secs(300), "{left:?}");
+
+    w.advance(301);
+    let d = w.reconcile("a");
+    assert_eq!(writes(&d), ["stop 1 a-vidi-1"]);
+    assert_eq!(d.status.phase, Phase::Restoring);
+    assert_eq!(d.status.reason, Some(FailureReason::DeadlineExceeded));
+
+    let d = w.reconcile("a");
+    assert!(writes(&d).is_empty());
+    assert!(
+        d.status
+            .message
+            .as_deref()
+            .unwrap_or("")
+            .contains("activeDeadlineSeconds")
+    );
+
+    w.settle_pods();
+    let d = w.reconcile("a");
+    assert_eq!(writes(&d), ["restore ns/cosy to=1"]);
+    assert_eq!(d.status.phase, Phase::Failed);
+    assert_eq!(d.status.reason, Some(FailureReason::DeadlineExceeded));
+    let msg = d.status.message.clone().unwrap_or_default();
+    assert!(msg.contains("activeDeadlineSeconds (300s) passed"), "{msg}");
+    let (_, event) = notice(&d, "Failed").expect("Failed event");
+    assert!(event.contains("activeDeadlineSeconds"), "{event}");
+    w.check_all_restored();
+}
+
+// ----- the queue -----
+
+#[test]
+fn three_jobs_for_one_gpu_run_oldest_first_and_restore_once_after_the_last() {
+    let mut w = World::new();
+    w.add_co(NS, "cosy", 2, true);
+    for (name, created) in [("a", 1), ("b", 2), ("c", 3)] {
+        w.add_job(name, created, spec());
+    }
+    // Newest first: each waits for the oldest.
+    let d = w.reconcile("c");
+    assert_eq!(d.status.phase, Phase::Queued);
+    assert_eq!(
+        d.status.message.as_deref(),
+        Some("waiting for VidiJob ns/a (ahead in the queue); position 2 in the GPU queue")
+    );
+    let d = w.reconcile("b");
+    assert_eq!(
+        (d.status.phase, d.status.waiting_for.as_deref()),
+        (Phase::Queued, Some("ns/a"))
+    );
+    assert!(!has_hold(&d));
+
+    let d = w.reconcile("a");
+    assert_eq!(writes(&d), ["hold ns/cosy orig=2 by=ns/a"]);
+    // b is next: it joins the hold; c still waits behind b.
+    let d = w.reconcile("b");
+    assert_eq!(writes(&d), ["hold ns/cosy orig=2 by=ns/a,ns/b"]);
+    assert_eq!(d.status.phase, Phase::Queued);
+    let d = w.reconcile("c");
+    assert!(writes(&d).is_empty());
+    assert_eq!(d.status.waiting_for.as_deref(), Some("ns/b"));
+
+    let mut restores = 0;
+    let mut order = Vec::new();
+    for (name, next) in [("a", Some("b")), ("b", Some("c")), ("c", None)] {
+        w.drain();
+        w.reconcile(name);
+        w.reconcile(name);
+        assert!(w.job(name).alive(), "{name} runs");
+        order.push(name);
+        w.check_one_per_pool();
+        for other in ["a", "b", "c"] {
+            if other != name && w.exists(other) && !w.phase(other).is_terminal() {
+                let d = w.reconcile(other);
+                assert!(!d.actions.iter().any(|a| matches!(a, Action::StartAttempt { .. })));
+            }
+        }
+        w.finish(name, finished(0));
+        let d = w.reconcile(name);
+        restores += d.actions.iter().filter(|a| matches!(a, Action::Restore { .. })).count();
+        match next {
+            Some(n) => {
+                assert_eq!(writes(&d), [format!("release ns/cosy by=ns/{n}")]);
+                assert_eq!(w.co("ns/cosy").replicas, 0, "stays down between jobs");
+                w.reconcile(n);
+            }
+            None => assert_eq!(writes(&d), ["restore ns/cosy to=2"]),
+        }
+        assert_eq!(w.phase(name), Phase::Succeeded);
+    }
+    assert_eq!(order, ["a", "b", "c"]);
+    assert_eq!(restores, 1);
+    w.check_all_restored();
+}
+
+#[test]
+fn a_crash_before_the_status_write_cannot_put_two_jobs_on_one_gpu() {
+    // b is older but suspended, so a (newer) goes first. Its co-tenant is already at 0, so its
+    // first decision takes it from Pending all the way to Running; the operator dies after that
+    // decision's writes, before its status is written. Then b is resumed.
+    let mut w = World::new();
+    w.add_co(NS, "cosy", 0, true)
+        .add_job("b", 1, spec_from(serde_json::json!({"suspend": true})))
+        .add_job("a", 2, spec());
+    w.reconcile("b");
+    let k = key("a");
+    for _ in 0..2 {
+        let d = plan::next(&w.snapshot(&k));
+        assert!(d.status.phase.is_active(), "{:?}", d.status.phase);
+        w.apply(&k, &d, Some(d.actions.len()));
+        w.check_one_per_pool();
+    }
+    assert_eq!(w.phase("a"), Phase::Pending, "nothing of a's status was written");
+    w.edit("b", |s| s.suspend = false);
+    for _ in 0..3 {
+        w.reconcile("b");
+        w.reconcile("a");
+        w.drain();
+        w.check_one_per_pool();
+    }
+    let alive: Vec<&str> = ["a", "b"].into_iter().filter(|n| w.job(n).alive()).collect();
+    assert_eq!(alive, ["b"], "b (older) runs; a waits");
+    assert_eq!(w.phase("a"), Phase::Queued);
+}
+
+// ----- co-tenants -----
+
+#[test]
+fn co_tenant_scaled_up_mid_job_is_suspended_again_with_a_warning() {
+    let d = job("a")
+        .running()
+        .co(deploy("cosy")
+            .held(&["a"], 2)
+            .replicas(3)
+            .pods(3)
+            .scaled_by("hpa-controller"))
+        .attempt(1, AttemptState::Running)
+        .plan();
+    assert_eq!(writes(&d), ["resuspend ns/cosy"]);
+    let (sev, msg) = notice(&d, "CoTenantFought").expect("CoTenantFought event");
+    assert_eq!(sev, Severity::Warning);
+    assert!(msg.contains("hpa-controller") && msg.contains("ns/a"), "{msg}");
+    assert!(msg.contains("restored to 2"), "{msg}");
+    assert_eq!(d.status.suspended[0].original_replicas, 2, "original kept");
+
+    // In the world: the recorded original survives the fight and is what comes back.
+    let mut w = World::new();
+    w.add_co(NS, "cosy", 2, true).add_job("a", 1, spec());
+    start(&mut w, "a");
+    w.scale(0, 5, "argocd");
+    let d = w.reconcile("a");
+    assert_eq!(writes(&d), ["resuspend ns/cosy"]);
+    assert!(notice(&d, "CoTenantFought").unwrap().1.contains("argocd"));
+    assert_eq!(
+        (w.co("ns/cosy").replicas, w.co("ns/cosy").original_replicas),
+        (0, Some(2))
+    );
+    w.finish("a", finished(0));
+    let d = w.reconcile("a");
+    assert_eq!(writes(&d), ["restore ns/cosy to=2"]);
+}
+
+#[test]
+fn an_attempt_that_ends_does_not_suspend_anything_on_its_way_out() {
+    // A co-tenant that appeared (or was scaled up) while Vidi ran: the ending restores, it does
+    // not first hold/resuspend and then restore in the same decision.
+    let d = job("a")
+        .running()
+        .co(deploy("cosy").held(&["a"], 2).replicas(2).pods(2))
+        .co(deploy("newcomer"))
+        .attempt(1, finished(0))
+        .plan();
+    assert_eq!(writes(&d), ["restore ns/cosy to=2"]);
+    assert_eq!(d.status.phase, Phase::Succeeded);
+}
+
+#[test]
+fn co_tenant_at_zero_before_the_job_is_restored_to_zero() {
+    let mut w = World::new();
+    w.add_co(NS, "cosy", 0, true)
+        .add_co(NS, "comfy", 1, true)
+        .add_job("a", 1, spec());
+    let d = w.reconcile("a");
+    assert_eq!(
+        writes(&d),
+        ["hold ns/cosy orig=0 by=ns/a", "hold ns/comfy orig=1 by=ns/a"]
+    );
+    start(&mut w, "a");
+    w.finish("a", finished(0));
+    let d = w.reconcile("a");
+    assert_eq!(writes(&d), ["restore ns/cosy to=0", "restore ns/comfy to=1"]);
+    assert_eq!(w.co("ns/cosy").replicas, 0);
+    w.check_all_restored();
+}
+
+#[test]
+fn cross_namespace_ref_needs_the_opt_in_label() {
+    let r = WorkloadRef {
+        kind: WorkloadKind::Deployment,
+        name: "cosy".into(),
+        namespace: Some("other".into()),
+    };
+    let base = job("a").with_spec(|s| s.co_tenants.refs = vec![r.clone()]);
+    let d = base
+        .clone()
+        .co(deploy("cosy").ns("other").opted_in(false).selection(Selection::Ref(0)))
+        .plan();
+    assert_eq!(d.status.phase, Phase::Failed);
+    assert_eq!(d.status.reason, Some(FailureReason::InvalidSpec));
+    let msg = d.status.message.clone().unwrap_or_default();
+    assert!(
+        msg.starts_with("spec.coTenants.refs[0]: Deployment other/cosy"),
+        "{msg}"
+    );
+    assert!(msg.contains("vidi.dev/yield-gpu=true"), "{msg}");
+    assert!(!has_hold(&d));
+
+    let d = base.co(deploy("cosy").ns("other").selection(Selection::Ref(0))).plan();
+    assert_eq!(d.status.phase, Phase::Suspending);
+    assert_eq!(writes(&d), ["hold other/cosy orig=1 by=ns/a"]);
+}
+
+#[test]
+fn cross_namespace_selector_match_without_the_label_is_skipped() {
+    let everything = serde_json::json!({"coTenants": {"selector": {"matchLabels": {}}, "namespaces": ["ns", "other"]}});
+    let mut w = World::new();
+    w.add_co(NS, "local", 1, false)
+        .add_co("other", "cosy", 1, false)
+        .add_co("other", "comfy", 1, true)
+        .add_job("a", 1, spec_from(everything.clone()));
+    let d = w.reconcile("a");
+    assert_eq!(
+        writes(&d),
+        ["hold ns/local orig=1 by=ns/a", "hold other/comfy orig=1 by=ns/a"]
+    );
+    assert_eq!(w.co("other/cosy").replicas, 1);
+
+    // Only unlabelled workloads elsewhere: nothing to suspend, and the message says why.
+    let mut w = World::new();
+    w.add_co("other", "cosy", 1, false)
+        .add_job("a", 1, spec_from(everything));
+    let d = w.reconcile("a");
+    assert_eq!(d.status.reason, Some(FailureReason::InvalidSpec));
+    let msg = d.status.message.clone().unwrap_or_default();
+    assert!(
+        msg.starts_with("spec.coTenants:") && msg.contains("1 in other namespaces were skipped"),
+        "{msg}"
+    );
+    assert!(!has_hold(&d));
+}
+
+// ----- invalid specs -----
+
+#[test]
+fn invalid_specs_fail_naming_the_field_and_suspend_nothing() {
+    let cases: Vec<(&str, vidi_operator::api::VidiJobSpec, bool)> = vec![
+        ("spec.query", spec_from(serde_json::json!({"query": "  "})), true),
+        (
+            "spec.video",
+            spec_from(
+                serde_json::json!({"video": {"url": "https://x/v.mp4", "volume": {"claimName": "v", "path": "a.mp4"}}}),
+            ),
+            true,
+        ),
+        (
+            "spec.video.hostPath",
+            spec_from(serde_json::json!({"video": {"hostPath": "/data/v.mp4"}})),
+            true,
+        ),
+        ("spec.coTenants", spec(), false),
+    ];
+    for (field, spec, with_co_tenant) in cases {
+        let mut s = job("a").spec(spec);
+        if with_co_tenant {
+            s = s.co(deploy("cosy"));
+        }
+        let d = s.plan();
+        assert_eq!(d.status.phase, Phase::Failed, "{field}");
+        assert_eq!(d.status.reason, Some(FailureReason::InvalidSpec), "{field}");
+        let msg = d.status.message.clone().unwrap_or_default();
+        assert!(msg.starts_with(&format!("{field}: ")), "{field}: {msg}");
+        assert!(writes(&d).is_empty(), "{field}: {:?}", writes(&d));
+        let (sev, event) = notice(&d, "InvalidSpec").expect("InvalidSpec event");
+        assert_eq!(sev, Severity::Warning);
+        assert!(event.contains(field));
+        assert_eq!(cond(&d.status, "Failed"), "True");
+        assert_eq!(cond(&d.status, "Stalled"), "True");
+        let failed = plan::conditions::find(&d.status, "Failed").unwrap();
+        assert_eq!(failed.reason, "InvalidSpec");
+    }
+    // allowNone: a selector that matches nothing is fine.
+    let d = job("a").with_spec(|s| s.co_tenants.allow_none = true).plan();
+    assert_eq!(d.status.phase, Phase::Running);
+    assert!(writes(&d).is_empty());
+    // A problem the adapter found (a missing claim) is reported the same way.
+    let mut s = job("a").co(deploy("cosy"));
+    s.0.problems.push(vidi_operator::api::FieldError::new(
+        "spec.model.weights.claimName",
+        "PersistentVolumeClaim ns/vidi-weights not found",
+    ));
+    let d = s.plan();
+    assert_eq!(d.status.reason, Some(FailureReason::InvalidSpec));
+    assert!(
+        d.status
+            .message
+            .clone()
+            .unwrap_or_default()
+            .starts_with("spec.model.weights.claimName")
+    );
+    assert!(!has_hold(&d));
+}
+
+#[test]
+fn host_paths_are_fine_on_docker() {
+    let d = job("a")
+        .docker()
+        .spec(spec_from(serde_json::json!({"video": {"hostPath": "/data/v.mp4"}})))
+        .co(deploy("cosy").ns(""))
+        .plan();
+    assert_eq!(d.status.phase, Phase::Suspending);
+    assert_eq!(writes(&d), ["hold cosy orig=1 by=ns/a"]);
+}
+
+#[test]
+fn spec_made_invalid_mid_run_stops_restores_and_fails() {
+    let mut w = two_co_tenants(spec());
+    start(&mut w, "a");
+    w.edit("a", |s| s.query = String::new());
+    let d = w.reconcile("a");
+    assert_eq!(writes(&d), ["stop 1 a-vidi-1"]);
+    assert_eq!(
+        (d.status.phase, d.status.reason),
+        (Phase::Restoring, Some(FailureReason::InvalidSpec))
+    );
+    w.settle_pods();
+    let d = w.reconcile("a");
+    assert_eq!(writes(&d), ["restore ns/cosy to=2", "restore ns/comfy to=1"]);
+    assert_eq!(d.status.phase, Phase::Failed);
+    assert!(d.status.message.unwrap_or_default().starts_with("spec.query: "));
+    assert_eq!(d.status.observed_generation, Some(2));
+    w.check_all_restored();
+}
+
+// ----- spec.suspend, dry run -----
+
+#[test]
+fn suspend_before_start_holds_nothing() {
+    let d = job("a").with_spec(|s| s.suspend = true).co(deploy("cosy")).plan();
+    assert_eq!(d.status.phase, Phase::Pending);
+    assert!(writes(&d).is_empty());
+    assert_eq!(d.status.message.as_deref(), Some("suspended (spec.suspend is true)"));
+    // A queued job that had joined a hold lets go of it.
+    let d = job("b")
+        .phase(Phase::Queued)
+        .with_spec(|s| s.suspend = true)
+        .co(deploy("cosy").held(&["a", "b"], 1))
+        .plan();
+    assert_eq!(writes(&d), ["release ns/cosy by=ns/a"]);
+    assert_eq!(d.status.phase, Phase::Pending);
+}
+
+#[test]
+fn suspend_mid_run_stops_restores_and_returns_to_pending() {
+    let mut w = two_co_tenants(spec());
+    start(&mut w, "a");
+    w.edit("a", |s| s.suspend = true);
+    let d = w.reconcile("a");
+    assert_eq!(writes(&d), ["stop 1 a-vidi-1"]);
+    assert_eq!(
+        (d.status.phase, d.status.outcome),
+        (Phase::Restoring, Some(Outcome::Suspended))
+    );
+    w.settle_pods();
+    let d = w.reconcile("a");
+    assert_eq!(writes(&d), ["restore ns/cosy to=2", "restore ns/comfy to=1"]);
+    assert_eq!((d.status.phase, d.status.outcome), (Phase::Pending, None));
+    assert!(d.status.completion_time.is_none());
+    w.check_all_restored();
+    // Resumed: suspends again and runs a new pod.
+    w.edit("a", |s| s.suspend = false);
+    let d = w.reconcile("a");
+    assert_eq!(
+        writes(&d),
+        ["hold ns/cosy orig=2 by=ns/a", "hold ns/comfy orig=1 by=ns/a"]
+    );
+    w.drain();
+    w.reconcile("a");
+    let d = w.reconcile("a");
+    assert_eq!(writes(&d), ["start 1 a-vidi-1 fp16"]);
+}
+
+#[test]
+fn dry_run_suspends_nothing_and_lists_what_it_would() {
+    let s = job("a").dry_run().co(deploy("cosy").replicas(2)).co(deploy("comfy"));
+    let d = s.plan();
+    assert!(writes(&d).is_empty());
+    assert_eq!(d.status.phase, Phase::Pending);
+    let msg = d.status.message.clone().unwrap_or_default();
+    assert!(
+        msg.starts_with("dry run: would suspend Deployment ns/cosy (2 replicas), Deployment ns/comfy (1 replicas)"),
+        "{msg}"
+    );
+    assert!(msg.contains("at fp16"), "{msg}");
+    assert!(notice(&d, "DryRun").is_some());
+    // Same again: no second Event.
+    let again = s.status(|st| *st = d.status.clone()).plan();
+    assert!(notice(&again, "DryRun").is_none());
+}
+
+// ----- after the end -----
+
+#[test]
+fn ttl_after_finished_deletes_when_due_and_requeues_before() {
+    let done = |now: i64| {
+        job("a")
+            .phase(Phase::Succeeded)
+            .with_spec(|s| s.ttl_seconds_after_finished = Some(100))
+            .status(|st| st.completion_time = Some(Time(t(50))))
+            .now(now)
+            .plan()
+    };
+    let d = done(100);
+    assert!(writes(&d).is_empty());
+    assert_eq!(d.requeue_after, Some(Duration::from_secs(50)));
+    let d = done(150);
+    assert_eq!(writes(&d), ["delete"]);
+
+    // ttl 0: restored, then deleted in the same decision.
+    let mut w = World::new();
+    w.add_co(NS, "cosy", 1, true)
+        .add_job("a", 1, spec_from(serde_json::json!({"ttlSecondsAfterFinished": 0})));
+    start(&mut w, "a");
+    w.finish("a", finished(0));
+    let d = w.reconcile("a");
+    assert_eq!(writes(&d), ["restore ns/cosy to=1", "delete"]);
+    assert!(!w.exists("a"));
+}
+
+#[test]
+fn a_finished_job_that_still_holds_something_releases_it() {
+    let d = job("a")
+        .phase(Phase::Failed)
+        .co(deploy("cosy").held(&["a", "b"], 2).selection(Selection::HeldOnly))
+        .co(deploy("comfy").held(&["a"], 1).selection(Selection::HeldOnly))
+        .plan();
+    assert_eq!(writes(&d), ["release ns/cosy by=ns/b", "restore ns/comfy to=1"]);
+    assert_eq!(d.status.phase, Phase::Failed);
+    assert!(d.status.suspended.is_empty());
+}
+
+#[test]
+fn stale_holders_sweep_releases_and_restores() {
+    let co = deploy("cosy").held(&["a", "gone"], 3);
+    assert_eq!(plan::stale_holders(&co, |_| true), None);
+    match plan::stale_holders(&co, |k| k.name == "a") {
+        Some(Action::Release { holders, .. }) => assert_eq!(holders, vec![key("a")]),
+        other => panic!("expected Release, got {other:?}"),
+    }
+    match plan::stale_holders(&co, |_| false) {
+        Some(Action::Restore { replicas, target, .. }) => {
+            assert_eq!(replicas, 3);
+            assert_eq!(target.name, "cosy");
+        }
+        other => panic!("expected Restore, got {other:?}"),
+    }
+    let unheld = deploy("x");
+    assert_eq!(plan::stale_holders(&unheld, |_| false), None);
+}
+
+#[test]
+fn conditions_follow_the_phase_and_keep_their_transition_time() {
+    let d1 = job("a").co(deploy("cosy")).now(100).plan();
+    assert_eq!(cond(&d1.status, "Reconciling"), "True");
+    assert_eq!(cond(&d1.status, "Ready"), "False");
+    let d2 = job("a")
+        .co(deploy("cosy").held(&["a"], 1).pods(1))
+        .status(|st| *st = d1.status.clone())
+        .now(200)
+        .plan();
+    let since = |d: &vidi_operator::plan::Decision, kind: &str| {
+        plan::conditions::find(&d.status, kind)
+            .unwrap()
+            .last_transition_time
+            .0
+            .as_second()
+    };
+    assert_eq!(since(&d2, "Reconciling"), 100, "unchanged condition keeps its time");
+    let failed = job("a")
+        .status(|st| *st = d2.status.clone())
+        .running()
+        .co(deploy("cosy").held(&["a"], 1))
+        .attempt(1, finished(2))
+        .now(300)
+        .plan();
+    assert_eq!(failed.status.phase, Phase::Failed);
+    assert_eq!(cond(&failed.status, "Failed"), "True");
+    assert_eq!(cond(&failed.status, "Stalled"), "True");
+    assert_eq!(cond(&failed.status, "Complete"), "False");
+    assert_eq!(cond(&failed.status, "Reconciling"), "False");
+    assert_eq!(since(&failed, "Failed"), 300);
+    assert_eq!(since(&failed, "Complete"), 100, "Complete stayed False");
+    assert_eq!(
+        plan::conditions::find(&failed.status, "Stalled").unwrap().reason,
+        "BadInput"
+    );
+}
