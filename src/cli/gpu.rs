@@ -109,6 +109,9 @@ fn status(args: StatusArgs) -> anyhow::Result<()> {
         Ok(g) => g,
         Err(e) => exit_with(gpu::EXIT_NO_GPU, &e.to_string()),
     };
+    if gpus.is_empty() {
+        exit_with(gpu::EXIT_NO_GPU, "the NVIDIA driver is loaded but lists no GPUs");
+    }
     let driver_version = probe.driver_version();
     let mut out = std::io::stdout().lock();
     if args.json {
@@ -116,9 +119,6 @@ fn status(args: StatusArgs) -> anyhow::Result<()> {
         serde_json::to_writer_pretty(&mut out, &json).context("writing JSON to stdout")?;
         writeln!(out)?;
         return Ok(());
-    }
-    if gpus.is_empty() {
-        exit_with(gpu::EXIT_NO_GPU, "the NVIDIA driver is loaded but lists no GPUs");
     }
     if let Some(v) = &driver_version {
         writeln!(out, "NVIDIA driver {v}")?;
