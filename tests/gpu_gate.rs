@@ -165,3 +165,19 @@ async fn zero_timeout_fails_on_the_first_reading_saying_who_holds_the_memory() {
          held by pid 4242 python3 (22.0 GiB), pid 77"
     );
 }
+
+/// The runtimes keep probes in shared state and run the gate inside spawned tasks.
+#[test]
+fn probes_errors_and_the_gate_future_cross_threads() {
+    fn send_sync<T: Send + Sync + 'static>() {}
+    fn send<T: Send>(_: &T) {}
+    send_sync::<FakeProbe>();
+    send_sync::<gpu::NvmlProbe>();
+    send_sync::<std::sync::Arc<dyn GpuProbe>>();
+    send_sync::<GateError>();
+    send_sync::<ProbeError>();
+    let probe = FakeProbe::one(GIB, GIB);
+    let selector = gpu0();
+    let gate = wait_for_free(&probe, &selector, 0, Duration::ZERO, SEC, |_| {});
+    send(&gate);
+}
