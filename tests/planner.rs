@@ -199,6 +199,29 @@ fn exit_1_is_retried_up_to_backoff_limit_counting_failures() {
 }
 
 #[test]
+fn a_crash_after_starting_a_retry_grants_no_extra_retry() {
+    let mut w = World::new();
+    w.add_co(NS, "cosy", 1, true)
+        .add_job("a", 1, spec_from(serde_json::json!({"backoffLimit": 1})));
+    start(&mut w, "a");
+    w.finish("a", finished(1));
+    // The retry's pod is created, then the operator dies before writing failures=1.
+    let k = key("a");
+    let d = plan::next(&w.snapshot(&k));
+    assert_eq!(writes(&d), ["start 2 a-vidi-2 fp16"]);
+    w.apply(&k, &d, Some(d.actions.len()));
+    assert_eq!(w.job("a").status.failures, 0);
+    w.finish("a", finished(1));
+    let d = w.reconcile("a");
+    assert_eq!(
+        writes(&d),
+        ["restore ns/cosy to=1"],
+        "both failures are seen on the pods"
+    );
+    assert_eq!((d.status.phase, d.status.failures), (Phase::Failed, 2));
+}
+
+#[test]
 fn exit_2_is_bad_input_and_never_retried() {
     let d = job("a")
         .running()
@@ -539,6 +562,27 @@ fn an_attempt_that_ends_does_not_suspend_anything_on_its_way_out() {
         .plan();
     assert_eq!(writes(&d), ["restore ns/cosy to=2"]);
     assert_eq!(d.status.phase, Phase::Succeeded);
+}
+
+#[test]
+fn a_crash_half_way_through_restoring_does_not_suspend_again() {
+    let mut w = two_co_tenants(spec());
+    start(&mut w, "a");
+    w.finish("a", finished(0));
+    let k = key("a");
+    let d = plan::next(&w.snapshot(&k));
+    let first_restore = d
+        .actions
+        .iter()
+        .position(|a| matches!(a, Action::Restore { .. }))
+        .expect("a Restore");
+    w.apply(&k, &d, Some(first_restore + 1));
+    assert_eq!((w.co("ns/cosy").replicas, w.phase("a")), (2, Phase::Running));
+    // Restarted: only the rest is restored; cosy is not scaled to 0 and back.
+    let d = w.reconcile("a");
+    assert_eq!(writes(&d), ["restore ns/comfy to=1"]);
+    assert_eq!(d.status.phase, Phase::Succeeded);
+    w.check_all_restored();
 }
 
 #[test]
