@@ -343,7 +343,7 @@ fn clock(seconds: f64) -> String {
     let tenths = (seconds.max(0.0) * 10.0).round() as u64;
     let s = tenths / 10;
     let base = format!("{:02}:{:02}:{:02}", s / 3600, (s / 60) % 60, s % 60);
-    if tenths % 10 == 0 {
+    if tenths.is_multiple_of(10) {
         base
     } else {
         format!("{base}.{}", tenths % 10)

@@ -7,6 +7,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 
 use bollard::Docker;
+use bollard::container::LogOutput;
 use bollard::models::{ContainerStateStatusEnum, ContainerSummaryStateEnum};
 use bollard::query_parameters::{InspectContainerOptions, ListContainersOptionsBuilder, LogsOptionsBuilder};
 use futures::StreamExt as _;
@@ -385,7 +386,8 @@ pub fn compact_result(output_dir: &Path) -> Option<String> {
     serde_json::to_string(&keep).ok()
 }
 
-/// The last non-empty line Vidi printed: usually the exception that ended it.
+/// The last non-empty line Vidi printed on stderr (usually the exception that ended it), else
+/// on stdout. The two streams are kept apart: Docker does not keep their relative order.
 async fn last_log_line(docker: &Docker, name: &str) -> Option<String> {
     let opts = LogsOptionsBuilder::default()
         .stdout(true)
@@ -393,12 +395,20 @@ async fn last_log_line(docker: &Docker, name: &str) -> Option<String> {
         .tail("20")
         .build();
     let mut logs = docker.logs(name, Some(opts));
-    let mut text = String::new();
+    let (mut out, mut err) = (String::new(), String::new());
     while let Some(Ok(chunk)) = logs.next().await {
-        text.push_str(&String::from_utf8_lossy(&chunk.into_bytes()));
+        let to = if matches!(chunk, LogOutput::StdErr { .. }) {
+            &mut err
+        } else {
+            &mut out
+        };
+        to.push_str(&String::from_utf8_lossy(&chunk.into_bytes()));
     }
-    text.lines()
-        .map(str::trim)
-        .rfind(|l| !l.is_empty())
-        .map(|l| l.chars().take(500).collect())
+    let last = |text: &str| -> Option<String> {
+        text.lines()
+            .map(str::trim)
+            .rfind(|l| !l.is_empty())
+            .map(|l| l.chars().take(500).collect())
+    };
+    last(&err).or_else(|| last(&out))
 }

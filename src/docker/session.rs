@@ -588,6 +588,8 @@ impl<'s> Run<'s> {
     ) -> Result<(), DockerError> {
         match self.journal.attempt_mut(number) {
             Some(rec) if rec.end.is_some() => return Ok(()),
+            // StartAttempt is idempotent: an attempt whose container exists is already started.
+            Some(_) if observe::container_running(&self.s.docker, name).await?.is_some() => return Ok(()),
             Some(_) => {}
             None => {
                 // Recorded before the container exists, so a crash right after creating it still

@@ -1,0 +1,240 @@
+//! `vidi-operator docker run` against the real Docker engine, with the fake Vidi image
+//! (tests/images/fake-vidi) and `--gpus none`. Each test uses its own names, label and state
+//! dir, and removes its containers even when it fails.
+mod docker_support;
+
+use docker_support::{Fixture, eventually, status_json};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cotenant_containers_and_commands_are_stopped_and_started_again() {
+    let Some(fx) = Fixture::new("cot").await else { return };
+    let tts = fx.cotenant("tts", true).await;
+    // Stopped before the job: held (original 0) and left stopped afterwards (invariant 6).
+    let idle = fx.cotenant("idle", false).await;
+    let job = fx.job("a");
+    let file = fx.job_file(&job, "find sleep=2", &fx.command_yaml(), "");
+    let mut run = fx.run(&file, &[]);
+
+    // While Vidi runs, every co-tenant is down and the journal records how to undo it.
+    eventually("the Vidi container to run", || async {
+        fx.vidi_containers(&job).await.iter().any(|(_, running)| *running)
+    })
+    .await;
+    assert_eq!(
+        fx.running(&tts).await,
+        Some(false),
+        "{tts} should be stopped while Vidi runs"
+    );
+    assert!(
+        !fx.command_running(),
+        "the command co-tenant should be stopped while Vidi runs"
+    );
+    let journal = std::fs::read_to_string(fx.path("state/journal.json")).expect("journal while running");
+    assert!(journal.contains(&tts) && journal.contains("\"comfy\""), "{journal}");
+
+    let code = run.wait().await;
+    let err = run.stderr();
+    assert_eq!(code, Some(0), "stderr:\n{err}");
+    assert_eq!(fx.running(&tts).await, Some(true), "{tts} must run again");
+    assert_eq!(
+        fx.running(&idle).await,
+        Some(false),
+        "{idle} was stopped before, so stays stopped"
+    );
+    assert!(fx.command_running());
+    assert_eq!(fx.command_log(), "stop\nstart\n");
+    assert!(
+        err.contains(&format!("suspended Container {tts} (was 1 replicas)")),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("restored Container {tts} to 1 replicas")),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("[{job}-vidi-1] fake vidi: precision=fp16")),
+        "Vidi's output is streamed:\n{err}"
+    );
+    // The result table on stdout.
+    let out = run.stdout();
+    assert!(
+        out.contains("Succeeded") && out.contains("00:01:05") && out.contains("00:01:12.5"),
+        "{out}"
+    );
+    // Nothing is left behind: no journal, no Vidi container.
+    assert!(!fx.journal_exists());
+    assert!(fx.vidi_containers(&job).await.is_empty());
+}
+
+/// Runs one job to its end with `--output json`; returns (exit code, status, stderr).
+async fn outcome(
+    fx: &Fixture,
+    suffix: &str,
+    query: &str,
+    extra: &str,
+    precision: Option<&str>,
+) -> (Option<i32>, serde_json::Value, String) {
+    let job = fx.job(suffix);
+    let file = fx.job_file(&job, query, "", extra);
+    if let Some(p) = precision {
+        let text = std::fs::read_to_string(&file).expect("job file");
+        std::fs::write(&file, text.replace("precision: auto", &format!("precision: {p}"))).expect("job file");
+    }
+    let mut run = fx.run(&file, &["--output", "json"]);
+    let code = run.wait().await;
+    let (out, err) = (run.stdout(), run.stderr());
+    assert!(
+        !out.trim().is_empty(),
+        "no JSON on stdout (exit {code:?}); stderr:\n{err}"
+    );
+    (code, status_json(&out), err)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exit_codes_are_reported_per_the_contract() {
+    let Some(fx) = Fixture::new("exit").await else { return };
+    let tts = fx.cotenant("tts", true).await;
+    let no_retry = "  backoffLimit: 0";
+
+    let (code, st, err) = outcome(&fx, "ok", "find exit=0", "", None).await;
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(st["phase"], "Succeeded");
+    assert_eq!(st["result"]["segments"][0]["startSeconds"], 65.0);
+    assert_eq!(st["result"]["segments"][1]["endSeconds"], 184.0);
+    assert_eq!(st["result"]["precision"], "fp16");
+
+    let (code, st, err) = outcome(&fx, "crash", "find exit=1", no_retry, None).await;
+    assert_eq!(code, Some(1), "{err}");
+    assert_eq!(
+        (st["phase"].as_str(), st["reason"].as_str()),
+        (Some("Failed"), Some("Failed"))
+    );
+    assert!(
+        err.contains("Failed (Failed): Vidi exited 1: Traceback: something broke"),
+        "{err}"
+    );
+
+    let (code, st, err) = outcome(&fx, "bad", "find exit=2", "", None).await;
+    assert_eq!(code, Some(1), "{err}");
+    assert_eq!(st["reason"], "BadInput");
+    assert_eq!(st["attempts"], 1, "bad input is never retried");
+    assert!(
+        err.contains("Failed (BadInput)") && err.contains("video not found"),
+        "{err}"
+    );
+
+    // A fixed precision does not step down: CUDA OOM is final.
+    let (code, st, err) = outcome(&fx, "oom", "find exit=3", "", Some("int8")).await;
+    assert_eq!(code, Some(1), "{err}");
+    assert_eq!(st["reason"], "OutOfGpuMemory");
+    assert_eq!(st["precision"], "int8");
+
+    // Every ending restored the co-tenant.
+    assert_eq!(fx.running(&tts).await, Some(true));
+    assert!(!fx.journal_exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_precision_steps_down_after_cuda_oom() {
+    let Some(fx) = Fixture::new("auto").await else { return };
+    let tts = fx.cotenant("tts", true).await;
+    let (code, st, err) = outcome(&fx, "a", "find oom-above=int4", "", None).await;
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(st["attempts"], 3, "{st}");
+    assert_eq!(st["precision"], "int4");
+    assert_eq!(st["result"]["precision"], "int4");
+    assert!(
+        err.contains("CUDA out of memory at fp16 (exit 3)") && err.contains("retrying at int8"),
+        "{err}"
+    );
+    assert!(err.contains("retrying at int4"), "{err}");
+    assert_eq!(fx.running(&tts).await, Some(true));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gpu_request_without_nvidia_runtime_fails_clearly_and_restores() {
+    let Some(fx) = Fixture::new("gpu").await else { return };
+    let info = fx.docker.info().await.expect("docker info");
+    if info.runtimes.unwrap_or_default().contains_key("nvidia") {
+        eprintln!("NOTE: this engine has the NVIDIA runtime; the no-runtime failure cannot be shown here");
+        return;
+    }
+    let tts = fx.cotenant("tts", true).await;
+    let cmd = fx.command_yaml();
+
+    // The engine refuses the GPU request (the gate is skipped, as when NVML is elsewhere).
+    let file = fx.job_file(&fx.job("rt"), "find", &cmd, "");
+    let mut run = fx.run(&file, &["--gpus", "all", "--no-gate"]);
+    let code = run.wait().await;
+    let err = run.stderr();
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("Failed (NoGpu)"), "{err}");
+    assert!(
+        err.contains("Docker has no NVIDIA runtime: install nvidia-container-toolkit"),
+        "{err}"
+    );
+    assert_eq!(
+        fx.running(&tts).await,
+        Some(true),
+        "co-tenants are restored after the failure"
+    );
+    assert!(fx.command_running());
+
+    // With the gate (the default) on a machine without a driver, the gate says so first.
+    if !std::path::Path::new("/proc/driver/nvidia").exists() {
+        let file = fx.job_file(&fx.job("gate"), "find", "", "");
+        let mut run = fx.run(&file, &["--gpus", "all"]);
+        let code = run.wait().await;
+        let err = run.stderr();
+        assert_eq!(code, Some(1), "{err}");
+        assert!(
+            err.contains("Failed (NoGpu)") && err.contains("no NVIDIA driver"),
+            "{err}"
+        );
+        assert_eq!(fx.running(&tts).await, Some(true));
+    }
+    assert_eq!(fx.command_log(), "stop\nstart\n");
+    assert!(!fx.journal_exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dry_run_touches_nothing() {
+    let Some(fx) = Fixture::new("dry").await else { return };
+    let tts = fx.cotenant("tts", true).await;
+    let job = fx.job("a");
+    let file = fx.job_file(&job, "find", &fx.command_yaml(), "");
+    let mut run = fx.run(&file, &["--dry-run"]);
+    let code = run.wait().await;
+    let err = run.stderr();
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        err.contains(&format!(
+            "would suspend Container {tts} (1 replicas), Command comfy (1 replicas)"
+        )),
+        "{err}"
+    );
+    assert!(err.contains(&format!("would run container {job}-vidi-1")), "{err}");
+    assert_eq!(fx.running(&tts).await, Some(true));
+    assert!(fx.command_running());
+    assert_eq!(fx.command_log(), "");
+    assert!(!fx.path("state").exists(), "a dry run creates no state");
+}
+
+#[test]
+fn an_invalid_job_file_names_the_field() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("job.yaml");
+    std::fs::write(
+        &file,
+        "apiVersion: vidi.dev/v1alpha1\nkind: VidiJob\nmetadata: {name: j}\nspec:\n  video: {hostPath: /v.mp4}\n  query: q\n  model: {weights: {hostPath: /w}}\n  coTenant: {}\n",
+    )
+    .expect("write");
+    let out = std::process::Command::new(docker_support::BIN)
+        .args(["docker", "run", "--gpus", "none", "-f"])
+        .arg(&file)
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("spec.coTenant: unknown field"), "{err}");
+}
