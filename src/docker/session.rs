@@ -17,7 +17,7 @@ use jiff::Timestamp;
 use tokio::task::JoinHandle;
 
 use crate::api::{JOB_LABEL, Phase, Precision, VidiJob, VidiJobStatus};
-use crate::gpu::{self, DeviceSelector, GpuProbe as _, NvmlProbe, format_bytes};
+use crate::gpu::{self, DeviceSelector, GpuProbe, NvmlProbe, ProbeError, format_bytes};
 use crate::plan::{self, Action, Decision, Severity, names, precision};
 
 use super::act::CoTenantActor;
@@ -51,6 +51,8 @@ pub struct Options {
     /// Run the NVML gate before starting Vidi (with `GpuMode::All`).
     pub gate: bool,
     pub gate_timeout: Duration,
+    /// How often the gate reads the GPU.
+    pub gate_interval: Duration,
     /// `uid:gid` the Vidi container runs as.
     pub user: String,
     /// Wait for another job's lock (else fail at once).
@@ -85,6 +87,8 @@ pub struct Session {
     docker: Docker,
     opts: Options,
     progress: Progress,
+    /// The GPU probe; NVML (opened when needed) unless a test gives a fake.
+    probe: Option<Arc<dyn GpuProbe>>,
 }
 
 impl Session {
@@ -93,7 +97,25 @@ impl Session {
         if let Ok(abs) = std::path::absolute(&opts.state_dir) {
             opts.state_dir = abs;
         }
-        Session { docker, opts, progress }
+        Session {
+            docker,
+            opts,
+            progress,
+            probe: None,
+        }
+    }
+
+    /// Uses `probe` instead of NVML (tests: `gpu::fake::FakeProbe`).
+    pub fn with_probe(mut self, probe: Arc<dyn GpuProbe>) -> Self {
+        self.probe = Some(probe);
+        self
+    }
+
+    fn open_probe(&self) -> Result<Arc<dyn GpuProbe>, ProbeError> {
+        match &self.probe {
+            Some(p) => Ok(p.clone()),
+            None => Ok(Arc::new(NvmlProbe::new()?)),
+        }
     }
 
     fn say(&self, line: &str) {
@@ -275,7 +297,7 @@ impl Session {
         if self.opts.gpus == GpuMode::None {
             return None;
         }
-        let probe = NvmlProbe::new().ok()?;
+        let probe = self.open_probe().ok()?;
         probe
             .reading(&Self::gpu_selector(&job.spec))
             .ok()
@@ -682,7 +704,7 @@ impl<'s> Run<'s> {
     /// Waits in-process until the GPU has `min_free_bytes` free, telling the user free vs
     /// needed. `Err((exit code, message))` uses the `gpu gate` exit codes.
     async fn gate(&self, min_free_bytes: u64) -> Result<gpu::GateReport, (i32, String)> {
-        let probe = NvmlProbe::new().map_err(|e| {
+        let probe = self.s.open_probe().map_err(|e| {
             (
                 gpu::EXIT_NO_GPU,
                 format!("{e}; without a GPU use --gpus none (no GPU request, no gate)"),
@@ -696,11 +718,11 @@ impl<'s> Run<'s> {
         let mut last: Option<Instant> = None;
         let progress = self.s.progress.clone();
         let report = gpu::wait_for_free(
-            &probe,
+            &*probe,
             &selector,
             min_free_bytes,
             self.s.opts.gate_timeout,
-            Duration::from_secs(1),
+            self.s.opts.gate_interval,
             |r| {
                 if r.free_bytes >= min_free_bytes || last.is_some_and(|t| t.elapsed() < GATE_PROGRESS_EVERY) {
                     return;
