@@ -62,6 +62,21 @@ enum Event {
     Delete(usize),
     ToggleSuspend(usize),
     Advance(i64),
+    /// A user edits the job's spec (a new generation).
+    Edit(usize, Edit),
+    /// Someone adds or removes a co-tenant's `vidi.dev/yield-gpu` label.
+    FlipLabel(usize),
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Edit {
+    /// An empty query (invalid) or a valid one.
+    Query(bool),
+    /// Name co-tenant `i` in refs, or no refs.
+    Refs(Option<usize>),
+    /// Toggle looking in the other namespace too.
+    Wide,
+    AllowNone,
 }
 
 fn co_setup() -> impl Strategy<Value = CoSetup> {
@@ -130,6 +145,17 @@ fn event() -> impl Strategy<Value = Event> {
         1 => (0..3usize).prop_map(Event::Delete),
         2 => (0..3usize).prop_map(Event::ToggleSuspend),
         2 => (50..2_500i64).prop_map(Event::Advance),
+        2 => (0..3usize, edit()).prop_map(|(j, e)| Event::Edit(j, e)),
+        1 => (0..4usize).prop_map(Event::FlipLabel),
+    ]
+}
+
+fn edit() -> impl Strategy<Value = Edit> {
+    prop_oneof![
+        any::<bool>().prop_map(Edit::Query),
+        prop::option::of(0..4usize).prop_map(Edit::Refs),
+        Just(Edit::Wide),
+        Just(Edit::AllowNone),
     ]
 }
 
@@ -270,6 +296,34 @@ fn step(w: &mut World, e: &Event, jobs: usize) {
         Event::Delete(j) => w.delete(&name(j % jobs)),
         Event::ToggleSuspend(j) => w.edit(&name(j % jobs), |s| s.suspend = !s.suspend),
         Event::Advance(secs) => w.advance(secs),
+        Event::Edit(j, edit) => {
+            let target = match edit {
+                Edit::Refs(Some(i)) => w.cos.get(i).map(|c| (c.co.id.name.clone(), c.co.id.namespace.clone())),
+                _ => None,
+            };
+            w.edit(&name(j % jobs), |s| match edit {
+                Edit::Query(valid) => s.query = if valid { "a dog".into() } else { String::new() },
+                Edit::Refs(_) => {
+                    s.co_tenants.refs = target
+                        .into_iter()
+                        .map(|(name, ns)| WorkloadRef {
+                            kind: WorkloadKind::Deployment,
+                            name,
+                            namespace: Some(ns),
+                        })
+                        .collect()
+                }
+                Edit::Wide => {
+                    s.co_tenants.namespaces = if s.co_tenants.namespaces.is_empty() {
+                        vec![NS.into(), "other".into()]
+                    } else {
+                        Vec::new()
+                    }
+                }
+                Edit::AllowNone => s.co_tenants.allow_none = !s.co_tenants.allow_none,
+            });
+        }
+        Event::FlipLabel(c) => w.flip_label(c),
     }
     w.check();
 }

@@ -588,6 +588,14 @@ impl World {
         self.trace.push(line);
     }
 
+    /// Someone adds or removes co-tenant `i`'s opt-in label.
+    pub fn flip_label(&mut self, i: usize) {
+        let Some(c) = self.cos.get_mut(i) else { return };
+        c.co.opted_in = !c.co.opted_in;
+        let line = format!("t={} {} opted in: {}", self.now.as_second(), c.co.id, c.co.opted_in);
+        self.trace.push(line);
+    }
+
     /// The newest alive attempt of `name` moves to `state`; false when none is alive.
     pub fn finish(&mut self, name: &str, state: AttemptState) -> bool {
         let k = JobKey::new(NS, name);
