@@ -339,6 +339,10 @@ impl<'a> Plan<'a> {
             Outcome::Suspended => {
                 self.st.phase = Phase::Pending;
                 self.st.outcome = None;
+                // activeDeadlineSeconds counts "from leaving the queue": a resumed job leaves it
+                // again with a fresh clock (as a resumed Kubernetes Job resets its startTime),
+                // instead of failing at once for the time it spent suspended.
+                self.st.start_time = None;
                 self.st.message = Some("suspended (spec.suspend is true); every co-tenant restored".into());
             }
         }
