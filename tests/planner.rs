@@ -801,6 +801,28 @@ fn suspend_mid_run_stops_restores_and_returns_to_pending() {
 }
 
 #[test]
+fn resuming_a_suspended_job_restarts_its_deadline() {
+    let mut w = World::new();
+    w.add_co(NS, "cosy", 1, true)
+        .add_job("a", 1, spec_from(serde_json::json!({"activeDeadlineSeconds": 600})));
+    start(&mut w, "a");
+    w.advance(300);
+    w.edit("a", |s| s.suspend = true);
+    w.reconcile("a");
+    w.settle_pods();
+    let d = w.reconcile("a");
+    assert_eq!(d.status.phase, Phase::Pending);
+    assert_eq!(d.status.start_time, None, "the clock stops while suspended");
+    // An hour later the job is resumed: it leaves the queue again with a fresh deadline.
+    w.advance(3_600);
+    w.edit("a", |s| s.suspend = false);
+    let d = w.reconcile("a");
+    assert_eq!(d.status.phase, Phase::Suspending);
+    assert_eq!(d.status.start_time.as_ref().map(|t| t.0), Some(w.now));
+    assert_eq!(writes(&d), ["hold ns/cosy orig=1 by=ns/a"]);
+}
+
+#[test]
 fn dry_run_suspends_nothing_and_lists_what_it_would() {
     let s = job("a").dry_run().co(deploy("cosy").replicas(2)).co(deploy("comfy"));
     let d = s.plan();
