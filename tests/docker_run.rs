@@ -118,8 +118,10 @@ async fn exit_codes_are_reported_per_the_contract() {
     assert_eq!(code, Some(1), "{err}");
     assert_eq!(st["reason"], "BadInput");
     assert_eq!(st["attempts"], 1, "bad input is never retried");
+    // The message is the wrapper's termination log (as on Kubernetes), not its last log line.
     assert!(
-        err.contains("Failed (BadInput)") && err.contains("video not found"),
+        err.contains("Failed (BadInput)")
+            && err.contains("rejected its input (exit 2: video missing or unreadable, or empty query): bad input: VIDI_VIDEO: /input/video.mp4 is not a video"),
         "{err}"
     );
 

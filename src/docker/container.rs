@@ -14,6 +14,10 @@ use super::GpuMode;
 pub const MODEL_PATH: &str = "/models/vidi";
 pub const HF_HOME: &str = "/hf-cache";
 pub const OUTPUT_DIR: &str = "/output";
+/// Where the wrapper writes its termination message (the compact result, or one line saying
+/// why it failed). Docker has no `/dev/termination-log`, and a non-root user could not write
+/// there anyway; in the output dir the operator can read it after the container exits.
+pub const TERMINATION_LOG_FILE: &str = ".termination-log";
 pub const VIDEO_DIR: &str = "/input";
 /// Label with the precision of an attempt (read back after a restart).
 pub const PRECISION_LABEL: &str = "vidi.dev/precision";
@@ -55,6 +59,7 @@ impl VidiContainer<'_> {
             format!("VIDI_MODEL_PATH={MODEL_PATH}"),
             format!("VIDI_PRECISION={}", self.precision),
             format!("VIDI_OUTPUT_DIR={OUTPUT_DIR}"),
+            format!("VIDI_TERMINATION_LOG={OUTPUT_DIR}/{TERMINATION_LOG_FILE}"),
             // Everything the model needs is mounted; a download at run time would be a
             // surprise (and fails on an offline GPU box anyway).
             "HF_HUB_OFFLINE=1".to_string(),

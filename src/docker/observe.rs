@@ -343,10 +343,12 @@ pub async fn record_ends(docker: &Docker, journal: &mut Journal) -> Result<bool,
         }
         let exit_code = state.exit_code.unwrap_or(-1) as i32;
         let oom = state.oom_killed.unwrap_or(false);
-        let message = if exit_code == 0 {
-            compact_result(&output_dir)
-        } else {
-            last_log_line(docker, &rec.name).await
+        // The wrapper's termination message first (as Kubernetes would read it); without one,
+        // result.json for a success and the last line on stderr for a failure.
+        let message = match termination_log(&output_dir) {
+            Some(m) => Some(m),
+            None if exit_code == 0 => compact_result(&output_dir),
+            None => last_log_line(docker, &rec.name).await,
         };
         rec.end = Some(AttemptEnd {
             gate: None,
@@ -369,6 +371,13 @@ pub async fn record_ends(docker: &Docker, journal: &mut Journal) -> Result<bool,
         changed = true;
     }
     Ok(changed)
+}
+
+/// The termination message the attempt left in the output dir, if any.
+pub fn termination_log(output_dir: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(output_dir.join(super::container::TERMINATION_LOG_FILE)).ok()?;
+    let text = text.trim();
+    (!text.is_empty()).then(|| text.chars().take(COMPACT_MAX).collect())
 }
 
 /// The contract's compact result from `result.json`: the same shape, reduced to the fields the

@@ -326,6 +326,7 @@ impl Session {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(DockerError::io("removing the earlier result", stale, e)),
         }
+        remove_termination_log(&dir)?;
         Ok(dir)
     }
 }
@@ -354,6 +355,15 @@ fn make_writable_for(dir: &Path, user: &str) -> Result<(), DockerError> {
             .map_err(|e| DockerError::io("opening up the output directory", dir, e))
     } else {
         Ok(())
+    }
+}
+
+fn remove_termination_log(dir: &Path) -> Result<(), DockerError> {
+    let path = dir.join(super::container::TERMINATION_LOG_FILE);
+    match std::fs::remove_file(&path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(DockerError::io("removing the earlier termination message", path, e)),
     }
 }
 
@@ -652,6 +662,8 @@ impl<'s> Run<'s> {
                 }
             }
         }
+        // An earlier attempt's message must not pass for this one's.
+        remove_termination_log(&self.journal.output_dir)?;
         let spec = self.journal.spec.clone();
         let image = spec
             .model

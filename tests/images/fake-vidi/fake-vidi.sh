@@ -29,7 +29,11 @@ case "$code" in
       "$VIDI_PRECISION" > "$VIDI_OUTPUT_DIR/result.json" || exit 1
     echo "fake vidi: wrote $VIDI_OUTPUT_DIR/result.json"
     ;;
-  2) echo "bad input: video not found: $VIDI_VIDEO" >&2 ;;
+  2)
+    echo "bad input: video not found: $VIDI_VIDEO" >&2
+    # The contract's one-line reason, where the operator reads it back.
+    echo "bad input: VIDI_VIDEO: $VIDI_VIDEO is not a video" > "$VIDI_TERMINATION_LOG"
+    ;;
   3) echo "torch.OutOfMemoryError: CUDA out of memory" >&2 ;;
   *) echo "Traceback: something broke" >&2 ;;
 esac
