@@ -141,6 +141,7 @@ impl Session {
     }
 
     /// `docker recover`: finishes an unfinished journal, if any, and says what it restored.
+    #[tracing::instrument(skip_all, fields(state_dir = %self.opts.state_dir.display()))]
     pub async fn recover(&self) -> Result<Option<Recovered>, DockerError> {
         let _lock = self.lock("recover").await?;
         self.finish_unfinished().await
@@ -220,6 +221,7 @@ impl Session {
 
     /// `docker run`: runs the job to its end. `cancel` resolving (a signal) stops Vidi, restores
     /// every co-tenant and returns with `cancelled` set.
+    #[tracing::instrument(skip_all, fields(job = job.metadata.name.as_deref().unwrap_or_default()))]
     pub async fn run<C>(&self, job: &VidiJob, cancel: impl Future<Output = C>) -> Result<RunResult<C>, DockerError> {
         let name = job_name(job)?;
         tokio::pin!(cancel);
@@ -472,6 +474,7 @@ impl<'s> Run<'s> {
             let acted = self.apply(&decision, &mut errors).await?;
             self.journal.status = decision.status.clone();
             self.save()?;
+            tracing::info!(phase = %decision.status.phase, message = decision.status.message.as_deref().unwrap_or_default(), "planned");
             if !errors.is_empty() {
                 // Every co-tenant was tried; the caller unwinds (and retries) from the journal.
                 return Err(errors.remove(0));
@@ -496,6 +499,7 @@ impl<'s> Run<'s> {
     /// Stops Vidi and restores everything the journal holds (the planner with `deleting`),
     /// then removes the journal. Returns the co-tenants restored and Vidi containers stopped.
     async fn unwind(&mut self) -> Result<(Vec<String>, Vec<String>), DockerError> {
+        tracing::info!(job = %self.journal.job, holds = self.journal.holds.len(), "unwinding: stopping Vidi, restoring co-tenants");
         let mut restored = Vec::new();
         let mut stopped = Vec::new();
         let mut last_error = None;
@@ -558,6 +562,7 @@ impl<'s> Run<'s> {
                 self.s.say(&notice_line(n.severity, &n.message));
                 said_early = Some(i + 1);
             }
+            tracing::debug!(?action, "applying");
             match action {
                 Action::Notify(_) if said_early == Some(i) => {}
                 Action::Notify(n) => self.s.say(&notice_line(n.severity, &n.message)),
