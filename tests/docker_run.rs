@@ -240,3 +240,22 @@ fn an_invalid_job_file_names_the_field() {
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("spec.coTenant: unknown field"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn active_deadline_stops_vidi_and_restores() {
+    let Some(fx) = Fixture::new("deadline").await else {
+        return;
+    };
+    let tts = fx.cotenant("tts", true).await;
+    let job = fx.job("a");
+    let (code, st, err) = outcome(&fx, "a", "find sleep=120", "  activeDeadlineSeconds: 2", None).await;
+    assert_eq!(code, Some(1), "{err}");
+    assert_eq!(st["reason"], "DeadlineExceeded", "{err}");
+    assert!(
+        err.contains(&format!("stopping the Vidi container {job}-vidi-1")),
+        "{err}"
+    );
+    assert_eq!(fx.running(&tts).await, Some(true));
+    assert!(fx.vidi_containers(&job).await.is_empty());
+    assert!(!fx.journal_exists());
+}

@@ -849,3 +849,41 @@ fn stream_logs(docker: Docker, name: String, progress: Progress) -> JoinHandle<(
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn engine_error(status_code: u16, message: &str) -> bollard::errors::Error {
+        bollard::errors::Error::DockerResponseServerError {
+            status_code,
+            message: message.into(),
+        }
+    }
+
+    #[test]
+    fn a_missing_nvidia_runtime_is_a_gpu_failure_that_says_what_to_install() {
+        let end = start_failure(
+            &engine_error(
+                500,
+                "could not select device driver \"nvidia\" with capabilities: [[gpu]]",
+            ),
+            "vidi:latest",
+        );
+        let gate = end.gate.expect("reported as the gate");
+        assert_eq!(gate.exit_code, gpu::EXIT_NO_GPU);
+        let message = gate.message.unwrap_or_default();
+        assert!(
+            message.starts_with("Docker has no NVIDIA runtime: install nvidia-container-toolkit"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn a_missing_image_says_how_to_build_it() {
+        let end = start_failure(&engine_error(404, "No such image: vidi:latest"), "vidi:latest");
+        assert!(end.gate.is_none() && end.main.is_none());
+        let why = end.reason.unwrap_or_default();
+        assert!(why.contains("vidi-operator docker build --tag vidi:latest"), "{why}");
+    }
+}
