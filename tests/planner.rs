@@ -733,6 +733,55 @@ fn host_paths_are_fine_on_docker() {
 }
 
 #[test]
+fn docker_waits_for_processes_and_has_no_namespace_rule() {
+    let comfy = vidi_operator::plan::CoTenant {
+        id: vidi_operator::plan::CoTenantId {
+            kind: WorkloadKind::Command,
+            namespace: String::new(),
+            name: "comfyui".into(),
+        },
+        ..deploy("comfyui")
+    };
+    let cosy = deploy("cosyvoice").ns("").opted_in(false);
+    let s = job("a").docker().co(cosy).co(comfy);
+    let d = s.plan();
+    assert_eq!(
+        writes(&d),
+        ["hold cosyvoice orig=1 by=ns/a", "hold comfyui orig=1 by=ns/a"]
+    );
+    assert_eq!(
+        d.status.message.as_deref(),
+        Some("waiting for 1 pod of Deployment cosyvoice, 1 process of Command comfyui to stop")
+    );
+}
+
+#[test]
+fn auto_precision_fits_the_gpu_when_its_size_is_known() {
+    // A 16 GiB GPU: fp16 (20 GiB with headroom) cannot fit, int8 (12 GiB) can.
+    let mut snap = job("a").suspending().co(deploy("cosy").held(&["a"], 1)).build();
+    snap.gpu_total_bytes = Some(16 << 30);
+    let d = plan::next(&snap);
+    assert_eq!(
+        (d.status.phase, d.status.precision),
+        (Phase::Running, Some(Precision::Int8))
+    );
+
+    let mut snap = job("a")
+        .status(|st| *st = d.status.clone())
+        .co(deploy("cosy").held(&["a"], 1))
+        .build();
+    snap.gpu_total_bytes = Some(16 << 30);
+    let d = plan::next(&snap);
+    assert_eq!(writes(&d), ["start 1 a-vidi-1 int8"]);
+    let Some(Action::StartAttempt { min_free_bytes, .. }) =
+        d.actions.iter().find(|a| matches!(a, Action::StartAttempt { .. }))
+    else {
+        panic!("no StartAttempt")
+    };
+    assert_eq!(*min_free_bytes, 12 << 30, "int8 weights plus headroom");
+}
+
+#[test]
 fn spec_made_invalid_mid_run_stops_restores_and_fails() {
     let mut w = two_co_tenants(spec());
     start(&mut w, "a");
