@@ -136,9 +136,21 @@ impl Journal {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(DockerError::io("reading the journal", path, e)),
         };
-        serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|source| DockerError::JournalCorrupt { path, source })
+        let journal: Journal = serde_json::from_slice(&bytes).map_err(|source| DockerError::JournalCorrupt {
+            path: path.clone(),
+            source,
+        })?;
+        if journal.version > VERSION {
+            // Guessing at a newer format could restore the wrong thing; an upgrade-then-downgrade
+            // must be finished by the newer binary.
+            return Err(DockerError::Other(format!(
+                "the journal {} was written by a newer vidi-operator (format {}, this one reads {VERSION}); \
+                 run `docker recover` with that version",
+                path.display(),
+                journal.version
+            )));
+        }
+        Ok(Some(journal))
     }
 
     /// Writes the journal atomically and durably.

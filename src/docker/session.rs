@@ -480,8 +480,13 @@ impl<'s> Run<'s> {
                 return Err(errors.remove(0));
             }
             let st = &decision.status;
-            // Lines the notices do not cover (waiting for a co-tenant to stop).
-            if st.phase == Phase::Suspending && st.message != said {
+            // Lines the notices do not cover: still waiting for a co-tenant to stop. In the
+            // decision that stops them the planner cannot know `docker stop` already waited.
+            let stopped_now = decision
+                .actions
+                .iter()
+                .any(|a| matches!(a, Action::Hold { .. } | Action::Resuspend { .. }));
+            if st.phase == Phase::Suspending && st.message != said && !stopped_now {
                 if let Some(m) = &st.message {
                     self.s.say(m);
                 }
