@@ -1,11 +1,6 @@
 //! The GPU gate waiting, against the fake probe on tokio's paused clock: the clock jumps
 //! to each poll, so no test really sleeps and every time below is exact.
-//!
-//! `start_paused` needs tokio's `test-util` feature, which is not a dev-dependency yet.
-//! Until it is, this file compiles to nothing; to run it, add to Cargo.toml
-//! `[dev-dependencies] tokio = { version = "1", features = ["test-util"] }` and delete the
-//! `cfg(any())` line below. (All of these tests passed with that feature on 2026-11-26.)
-#![cfg(any())]
+//! (`start_paused` needs tokio's `test-util` feature, a dev-dependency.)
 
 use std::time::Duration;
 

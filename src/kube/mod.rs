@@ -1,2 +1,42 @@
-//! The Kubernetes runtime: observe VidiJobs, co-tenants and pods; plan; act.
+//! The Kubernetes runtime: observe VidiJobs, co-tenants and pods from watch caches; plan; act.
+mod act;
+pub mod controller;
+pub mod observe;
+pub mod pod;
 pub mod rbac;
+
+pub use controller::{FINALIZER, Settings, run};
+pub use pod::PodDefaults;
+
+/// What can go wrong in a reconcile. Variant names are the `error` label of
+/// `vidi_operator_reconcile_errors`.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("writing {what}: {source}")]
+    Write {
+        what: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("serializing status: {0}")]
+    Serialize(#[source] serde_json::Error),
+    #[error("finalizer: {0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+    #[error("{0} cannot be suspended by the Kubernetes runtime")]
+    Unsupported(String),
+    /// Deleting, and co-tenants are still being restored (not a failure: the finalizer waits).
+    #[error("still stopping Vidi and restoring co-tenants")]
+    StillReleasing,
+}
+
+impl Error {
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::Write { .. } => "Write",
+            Error::Serialize(_) => "Serialize",
+            Error::Finalizer(_) => "Finalizer",
+            Error::Unsupported(_) => "Unsupported",
+            Error::StillReleasing => "StillReleasing",
+        }
+    }
+}

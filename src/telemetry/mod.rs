@@ -1,1 +1,93 @@
-//! TODO
+//! Logs, metrics and the health endpoints.
+mod metrics;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+
+pub use metrics::{ErrorLabels, Metrics, PhaseLabels};
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Sets up `tracing` (RUST_LOG filters; default info).
+pub fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+/// What `/readyz` reports: ready once the caches are synced (and, with leader election, while
+/// waiting to lead, still ready: a standby replica is healthy).
+#[derive(Clone, Default)]
+pub struct Health {
+    pub ready: Arc<AtomicBool>,
+}
+
+impl Health {
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::SeqCst);
+    }
+}
+
+#[derive(Clone)]
+struct Endpoints {
+    health: Health,
+    metrics: Metrics,
+    refresh: Arc<dyn Fn() + Send + Sync>,
+}
+
+/// Serves `/healthz`, `/readyz` and `/metrics` on `addr` until the process ends. `refresh` runs
+/// before each scrape (it updates gauges computed from caches).
+pub async fn serve(
+    addr: SocketAddr,
+    health: Health,
+    metrics: Metrics,
+    refresh: Arc<dyn Fn() + Send + Sync>,
+) -> std::io::Result<()> {
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(scrape))
+        .with_state(Endpoints {
+            health,
+            metrics,
+            refresh,
+        });
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    axum::serve(listener, app).await
+}
+
+async fn readyz(State(e): State<Endpoints>) -> (StatusCode, &'static str) {
+    if e.health.ready.load(Ordering::SeqCst) {
+        (StatusCode::OK, "ready")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "caches not synced yet")
+    }
+}
+
+async fn scrape(State(e): State<Endpoints>) -> ([(axum::http::HeaderName, &'static str); 1], String) {
+    (e.refresh)();
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        e.metrics.encode(),
+    )
+}

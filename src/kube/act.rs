@@ -1,0 +1,215 @@
+//! Applies the planner's actions to the cluster, in order. Each co-tenant write is one merge patch
+//! carrying the observed resourceVersion, so a stale view fails with 409 and is planned again.
+use jiff::Timestamp;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde_json::{Value, json};
+
+use crate::api::{HELD_BY, ORIGINAL_REPLICAS, VidiJob, WorkloadKind};
+use crate::plan::{Action, CoTenantId, JobKey, Severity};
+
+use super::Error;
+use super::observe::MANAGER;
+use super::pod::{self, PodDefaults};
+
+/// What the actions need besides the job.
+pub struct Actor<'a> {
+    pub client: &'a Client,
+    pub recorder: &'a Recorder,
+    pub defaults: &'a PodDefaults,
+    pub metrics: &'a crate::telemetry::Metrics,
+}
+
+fn holder_list(holders: &[JobKey]) -> String {
+    holders.iter().map(|k| k.to_string()).collect::<Vec<_>>().join(",")
+}
+
+/// The merge patch for one co-tenant write.
+pub fn co_tenant_patch(action: &Action) -> Option<(&CoTenantId, Value)> {
+    let with_version = |revision: &Option<String>, mut meta: Value| {
+        if let Some(rv) = revision {
+            meta["resourceVersion"] = json!(rv);
+        }
+        meta
+    };
+    Some(match action {
+        Action::Hold {
+            target,
+            holders,
+            original_replicas,
+            revision,
+        } => (
+            target,
+            json!({
+                "metadata": with_version(revision, json!({"annotations": {
+                    HELD_BY: holder_list(holders),
+                    ORIGINAL_REPLICAS: original_replicas.to_string(),
+                }})),
+                "spec": {"replicas": 0},
+            }),
+        ),
+        Action::Resuspend { target, revision } => (
+            target,
+            json!({"metadata": with_version(revision, json!({})), "spec": {"replicas": 0}}),
+        ),
+        Action::Release {
+            target,
+            holders,
+            revision,
+        } => (
+            target,
+            json!({"metadata": with_version(revision, json!({"annotations": {HELD_BY: holder_list(holders)}}))}),
+        ),
+        Action::Restore {
+            target,
+            replicas,
+            revision,
+        } => (
+            target,
+            json!({
+                "metadata": with_version(revision, json!({"annotations": {HELD_BY: null, ORIGINAL_REPLICAS: null}})),
+                "spec": {"replicas": replicas},
+            }),
+        ),
+        _ => return None,
+    })
+}
+
+pub(super) async fn patch_workload(client: &Client, target: &CoTenantId, patch: Value) -> Result<(), Error> {
+    let params = PatchParams {
+        field_manager: Some(MANAGER.into()),
+        ..Default::default()
+    };
+    let merge = Patch::Merge(&patch);
+    let result = match target.kind {
+        WorkloadKind::Deployment => Api::<Deployment>::namespaced(client.clone(), &target.namespace)
+            .patch(&target.name, &params, &merge)
+            .await
+            .map(|_| ()),
+        WorkloadKind::StatefulSet => Api::<StatefulSet>::namespaced(client.clone(), &target.namespace)
+            .patch(&target.name, &params, &merge)
+            .await
+            .map(|_| ()),
+        WorkloadKind::Container | WorkloadKind::Command => return Err(Error::Unsupported(target.to_string())),
+    };
+    result.map_err(|source| Error::Write {
+        what: target.to_string(),
+        source,
+    })
+}
+
+impl Actor<'_> {
+    /// Applies `actions` for `job` in order; stops at the first failure.
+    pub async fn apply(&self, job: &VidiJob, actions: &[Action], now: Timestamp) -> Result<(), Error> {
+        let ns = job.namespace().unwrap_or_default();
+        for action in actions {
+            match action {
+                Action::Hold { .. } | Action::Resuspend { .. } | Action::Release { .. } | Action::Restore { .. } => {
+                    if let Some((target, patch)) = co_tenant_patch(action) {
+                        patch_workload(self.client, target, patch).await?;
+                        self.metrics.count_co_tenant_write(action, job, now);
+                    }
+                }
+                Action::StartAttempt {
+                    attempt,
+                    name,
+                    precision,
+                    min_free_bytes,
+                } => {
+                    let left = deadline_left(job, now);
+                    let pod = pod::build(job, self.defaults, name, *attempt, *precision, *min_free_bytes, left);
+                    let pods: Api<Pod> = Api::namespaced(self.client.clone(), &ns);
+                    match pods
+                        .create(
+                            &PostParams {
+                                field_manager: Some(MANAGER.into()),
+                                ..Default::default()
+                            },
+                            &pod,
+                        )
+                        .await
+                    {
+                        Ok(_) => {}
+                        Err(kube::Error::Api(e)) if e.code == 409 => {}
+                        Err(source) => {
+                            return Err(Error::Write {
+                                what: format!("pod {ns}/{name}"),
+                                source,
+                            });
+                        }
+                    }
+                }
+                Action::StopAttempt { name, .. } => {
+                    let pods: Api<Pod> = Api::namespaced(self.client.clone(), &ns);
+                    match pods.delete(name, &DeleteParams::default()).await {
+                        Ok(_) => {}
+                        Err(kube::Error::Api(e)) if e.code == 404 => {}
+                        Err(source) => {
+                            return Err(Error::Write {
+                                what: format!("pod {ns}/{name}"),
+                                source,
+                            });
+                        }
+                    }
+                }
+                Action::Notify(notice) => {
+                    let event = Event {
+                        type_: match notice.severity {
+                            Severity::Normal => EventType::Normal,
+                            Severity::Warning => EventType::Warning,
+                        },
+                        reason: notice.reason.clone(),
+                        note: Some(truncate(&notice.message, 1000)),
+                        action: notice.reason.clone(),
+                        secondary: None,
+                    };
+                    // An Event that cannot be published must not stop a restore.
+                    if let Err(e) = self.recorder.publish(&event, &job.object_ref(&())).await {
+                        tracing::warn!(error = %e, reason = %notice.reason, "could not publish event");
+                    }
+                    tracing::info!(reason = %notice.reason, "{}", notice.message);
+                }
+                Action::DeleteJob => {
+                    let jobs: Api<VidiJob> = Api::namespaced(self.client.clone(), &ns);
+                    match jobs.delete(&job.name_any(), &DeleteParams::background()).await {
+                        Ok(_) => {}
+                        Err(kube::Error::Api(e)) if e.code == 404 => {}
+                        Err(source) => {
+                            return Err(Error::Write {
+                                what: format!("VidiJob {ns}/{}", job.name_any()),
+                                source,
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+/// Seconds left of the job's activeDeadlineSeconds, counted from status.startTime.
+fn deadline_left(job: &VidiJob, now: Timestamp) -> Option<i64> {
+    let limit = job.spec.active_deadline_seconds?;
+    let start = job
+        .status
+        .as_ref()
+        .and_then(|s| s.start_time.as_ref())
+        .map(|t| t.0)
+        .unwrap_or(now);
+    Some(limit - (now.as_second() - start.as_second()))
+}

@@ -1,0 +1,463 @@
+//! The controller: one reconcile = observe (caches) → plan → act → write status.
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use jiff::Timestamp;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use kube::api::{Patch, PatchParams};
+use kube::core::SelectorExt;
+use kube::runtime::controller::Action as Requeue;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::{Controller, WatchStreamExt, watcher};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde_json::{Value, json};
+use tracing::{Instrument, info_span};
+
+use crate::api::{JOB_LABEL, Phase, VidiJob, VidiJobStatus};
+use crate::plan::{self, Decision, stale_holders};
+use crate::telemetry::{ErrorLabels, Health, Metrics};
+
+use super::Error;
+use super::act::{Actor, co_tenant_patch};
+use super::observe::{self, MANAGER, Stores, job_key};
+use super::pod::PodDefaults;
+
+/// The finalizer that guarantees a restore before a job goes away.
+pub const FINALIZER: &str = "vidi.dev/restore-co-tenants";
+
+/// Operator settings from the command line.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Watch only this namespace (jobs, co-tenants, pods); `None` = all namespaces.
+    pub namespace: Option<String>,
+    pub dry_run: bool,
+    pub pods: PodDefaults,
+    /// Name this replica publishes Events as.
+    pub instance: String,
+}
+
+/// What every reconcile shares.
+pub struct Context {
+    pub client: Client,
+    pub stores: Stores,
+    pub recorder: Recorder,
+    pub settings: Settings,
+    pub metrics: Metrics,
+    /// The status last written per job uid, with the resourceVersion it was written over: a
+    /// reconcile that still sees that version in the cache plans from the written status instead.
+    written: std::sync::Mutex<std::collections::HashMap<String, (String, VidiJobStatus)>>,
+}
+
+fn api<K>(client: &Client, namespace: &Option<String>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// Runs the controller until `shutdown` resolves.
+pub async fn run(
+    client: Client,
+    settings: Settings,
+    metrics: Metrics,
+    health: Health,
+    jobs_cache: Arc<std::sync::Mutex<Option<reflector::Store<VidiJob>>>>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) -> Result<(), Error> {
+    let ns = settings.namespace.clone();
+    let wc = watcher::Config::default();
+
+    let (deployments, dw) = reflector::store();
+    let deployment_stream = reflector::reflector(dw, watcher(api::<Deployment>(&client, &ns), wc.clone()))
+        .default_backoff()
+        .touched_objects();
+    let (statefulsets, sw) = reflector::store();
+    let statefulset_stream = reflector::reflector(sw, watcher(api::<StatefulSet>(&client, &ns), wc.clone()))
+        .default_backoff()
+        .touched_objects();
+    let (pods, pw) = reflector::store();
+    let pod_stream = reflector::reflector(pw, watcher(api::<Pod>(&client, &ns), wc.clone()))
+        .default_backoff()
+        .touched_objects();
+    let (claims, cw) = reflector::store();
+    let claim_stream = reflector::reflector(cw, watcher(api::<PersistentVolumeClaim>(&client, &ns), wc.clone()))
+        .default_backoff()
+        .touched_objects();
+
+    // One watch on VidiJobs feeds the controller and the pool-peer trigger alike.
+    let (jobs, jw) = reflector::store_shared(1024);
+    let job_events = jw
+        .subscribe()
+        .ok_or(Error::Unsupported("shared VidiJob stream".into()))?;
+    let peer_events = jw
+        .subscribe()
+        .ok_or(Error::Unsupported("shared VidiJob stream".into()))?;
+    let job_reflector = reflector::reflector(jw, watcher(api::<VidiJob>(&client, &ns), wc.clone()))
+        .default_backoff()
+        .touched_objects()
+        .for_each(|_| futures::future::ready(()));
+    let controller = Controller::for_shared_stream(job_events, jobs.clone());
+    let stores = Stores {
+        jobs,
+        deployments,
+        statefulsets,
+        pods,
+        claims,
+    };
+    if let Ok(mut slot) = jobs_cache.lock() {
+        *slot = Some(stores.jobs.clone());
+    }
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: MANAGER.into(),
+            instance: Some(settings.instance.clone()),
+        },
+    );
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        stores: stores.clone(),
+        recorder,
+        settings,
+        metrics,
+        written: Default::default(),
+    });
+    // Readiness for /readyz: once every cache has listed.
+    {
+        let stores = stores.clone();
+        tokio::spawn(async move {
+            let listed = futures::future::join5(
+                stores.jobs.wait_until_ready(),
+                stores.deployments.wait_until_ready(),
+                stores.statefulsets.wait_until_ready(),
+                stores.pods.wait_until_ready(),
+                stores.claims.wait_until_ready(),
+            )
+            .await;
+            if matches!(listed, (Ok(()), Ok(()), Ok(()), Ok(()), Ok(()))) {
+                health.set_ready(true);
+                tracing::info!("caches synced");
+            }
+        });
+    }
+
+    // Start-up sweep: restore co-tenants whose holders are gone or finished.
+    {
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            if ctx.stores.jobs.wait_until_ready().await.is_ok()
+                && ctx.stores.deployments.wait_until_ready().await.is_ok()
+                && ctx.stores.statefulsets.wait_until_ready().await.is_ok()
+            {
+                sweep(&ctx).await;
+            }
+        });
+    }
+
+    let jobs_for_workload = {
+        let stores = stores.clone();
+        move |meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| -> Vec<ObjectRef<VidiJob>> {
+            interested_jobs(&stores, meta)
+        }
+    };
+    let by_deployment = jobs_for_workload.clone();
+    let by_set = jobs_for_workload;
+    let by_peer = {
+        let stores = stores.clone();
+        move |job: Arc<VidiJob>| -> Vec<ObjectRef<VidiJob>> { waiting_peers(&stores, &job) }
+    };
+    let by_pod = {
+        let stores = stores.clone();
+        move |pod: Pod| -> Vec<ObjectRef<VidiJob>> { jobs_waiting_on_pod(&stores, &pod) }
+    };
+
+    let controller = controller
+        .watches_shared_stream(peer_events, by_peer)
+        .watches_stream(pod_stream, by_pod)
+        .watches_stream(deployment_stream, move |d: Deployment| by_deployment(&d.metadata))
+        .watches_stream(statefulset_stream, move |s: StatefulSet| by_set(&s.metadata))
+        .watches_stream(claim_stream, |_c: PersistentVolumeClaim| {
+            Vec::<ObjectRef<VidiJob>>::new()
+        })
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|_| futures::future::ready(()));
+    // The controller stops on shutdown; the job reflector then has no reader left to feed.
+    tokio::select! {
+        _ = controller => {}
+        _ = job_reflector => {}
+    }
+    Ok(())
+}
+
+/// Jobs that hold this workload or may select it (unfinished ones).
+fn interested_jobs(
+    stores: &Stores,
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+) -> Vec<ObjectRef<VidiJob>> {
+    let held = observe::holders(meta);
+    let ns = meta.namespace.clone().unwrap_or_default();
+    let empty = Default::default();
+    let labels = meta.labels.as_ref().unwrap_or(&empty);
+    stores
+        .jobs
+        .state()
+        .iter()
+        .filter(|job| {
+            if held.contains(&job_key(job)) {
+                return true;
+            }
+            let unfinished = job.status.as_ref().is_none_or(|s| !s.phase.is_terminal());
+            unfinished
+                && observe::co_tenant_namespaces(job).contains(&ns)
+                && observe::co_tenant_selector(job).is_some_and(|s| s.matches(labels))
+        })
+        .map(|job| ObjectRef::from_obj(&**job))
+        .collect()
+}
+
+/// A Vidi pod changed: wake its job. A co-tenant pod came or went: wake the jobs suspending in
+/// its namespace.
+fn jobs_waiting_on_pod(stores: &Stores, pod: &Pod) -> Vec<ObjectRef<VidiJob>> {
+    if pod.labels().contains_key(JOB_LABEL) {
+        let ns = pod.namespace().unwrap_or_default();
+        return pod
+            .owner_references()
+            .iter()
+            .filter(|o| o.kind == "VidiJob" && o.api_version.starts_with("vidi.dev/"))
+            .map(|o| ObjectRef::new(&o.name).within(&ns))
+            .collect();
+    }
+    let ns = pod.namespace().unwrap_or_default();
+    stores
+        .jobs
+        .state()
+        .iter()
+        .filter(|job| job.status.as_ref().is_some_and(|s| s.phase == Phase::Suspending))
+        .filter(|job| observe::co_tenant_namespaces(job).contains(&ns) || job.namespace().as_deref() == Some(&ns))
+        .map(|job| ObjectRef::from_obj(&**job))
+        .collect()
+}
+
+async fn reconcile(job: Arc<VidiJob>, ctx: Arc<Context>) -> Result<Requeue, Error> {
+    let ns = job.namespace().unwrap_or_default();
+    let span = info_span!("reconcile", namespace = %ns, name = %job.name_any());
+    async move {
+        let unsynced = ctx.stores.unsynced();
+        if !unsynced.is_empty() {
+            tracing::debug!(?unsynced, "caches not listed yet; waiting before planning");
+            return Ok(Requeue::requeue(Duration::from_millis(500)));
+        }
+        ctx.metrics.reconciles.inc();
+        let jobs: Api<VidiJob> = Api::namespaced(ctx.client.clone(), &ns);
+        finalizer(&jobs, FINALIZER, job, |event| async {
+            match event {
+                Finalizer::Apply(job) => step(&job, &ctx).await,
+                Finalizer::Cleanup(job) => step(&job, &ctx).await,
+            }
+        })
+        .await
+        .map_err(|e| match e {
+            kube::runtime::finalizer::Error::ApplyFailed(e) | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
+            other => Error::Finalizer(Box::new(other)),
+        })
+    }
+    .instrument(span)
+    .await
+}
+
+/// The job as last written: the cache may not have caught up with our own status write yet.
+fn current(job: &VidiJob, ctx: &Context) -> VidiJob {
+    let mut job = job.clone();
+    let (Some(uid), Some(rv)) = (job.metadata.uid.clone(), job.metadata.resource_version.clone()) else {
+        return job;
+    };
+    if let Ok(mut written) = ctx.written.lock() {
+        match written.get(&uid) {
+            Some((over, status)) if *over == rv => job.status = Some(status.clone()),
+            Some(_) => {
+                written.remove(&uid);
+            }
+            None => {}
+        }
+    }
+    job
+}
+
+/// One pass: observe → plan → act → status.
+async fn step(job: &VidiJob, ctx: &Context) -> Result<Requeue, Error> {
+    let job = &current(job, ctx);
+    let now = Timestamp::now();
+    let snapshot = observe::snapshot(job, &ctx.stores, ctx.settings.dry_run, now);
+    let decision = plan::next(&snapshot);
+    let writes = decision
+        .actions
+        .iter()
+        .filter(|a| !matches!(a, plan::Action::Notify(_)))
+        .count();
+    if ctx.settings.dry_run && writes > 0 {
+        // The planner writes nothing in dry-run before a job starts; anything else is a bug.
+        tracing::warn!(?decision.actions, "dry run: not applying");
+    } else {
+        let actor = Actor {
+            client: &ctx.client,
+            recorder: &ctx.recorder,
+            defaults: &ctx.settings.pods,
+            metrics: &ctx.metrics,
+        };
+        actor.apply(job, &decision.actions, now).await?;
+    }
+    let old = job.status.clone().unwrap_or_default();
+    if decision.status != old {
+        write_status(ctx, job, &old, &decision.status).await?;
+    }
+    if snapshot.job.deleting {
+        if decision.released {
+            if let (Some(uid), Ok(mut written)) = (job.metadata.uid.as_ref(), ctx.written.lock()) {
+                written.remove(uid);
+            }
+            return Ok(Requeue::await_change());
+        }
+        return Err(Error::StillReleasing);
+    }
+    Ok(requeue(&decision))
+}
+
+fn requeue(decision: &Decision) -> Requeue {
+    match decision.requeue_after {
+        Some(after) => Requeue::requeue(after.max(Duration::from_secs(1))),
+        None => Requeue::await_change(),
+    }
+}
+
+/// Writes the status with a merge patch; fields the new status drops are removed explicitly.
+async fn write_status(ctx: &Context, job: &VidiJob, old: &VidiJobStatus, new: &VidiJobStatus) -> Result<(), Error> {
+    let mut body = serde_json::to_value(new).map_err(Error::Serialize)?;
+    if let (Value::Object(map), Ok(Value::Object(before))) = (&mut body, serde_json::to_value(old)) {
+        for key in before.keys() {
+            map.entry(key.clone()).or_insert(Value::Null);
+        }
+    }
+    let ns = job.namespace().unwrap_or_default();
+    let jobs: Api<VidiJob> = Api::namespaced(ctx.client.clone(), &ns);
+    let params = PatchParams {
+        field_manager: Some(MANAGER.into()),
+        ..Default::default()
+    };
+    jobs.patch_status(&job.name_any(), &params, &Patch::Merge(json!({ "status": body })))
+        .await
+        .map_err(|source| Error::Write {
+            what: format!("VidiJob {ns}/{} status", job.name_any()),
+            source,
+        })?;
+    if let (Some(uid), Some(rv), Ok(mut written)) = (
+        job.metadata.uid.clone(),
+        job.metadata.resource_version.clone(),
+        ctx.written.lock(),
+    ) {
+        written.insert(uid, (rv, new.clone()));
+    }
+    Ok(())
+}
+
+/// A job changed: the waiting jobs of its pool may go now (or must keep waiting).
+fn waiting_peers(stores: &Stores, job: &VidiJob) -> Vec<ObjectRef<VidiJob>> {
+    let pool = plan::queue::pool_key(&job.spec);
+    stores
+        .jobs
+        .state()
+        .iter()
+        .filter(|other| other.metadata.uid != job.metadata.uid)
+        .filter(|other| {
+            other
+                .status
+                .as_ref()
+                .is_none_or(|s| matches!(s.phase, Phase::Pending | Phase::Queued))
+        })
+        .filter(|other| plan::queue::pool_key(&other.spec) == pool)
+        .map(|other| ObjectRef::from_obj(&**other))
+        .collect()
+}
+
+fn error_policy(_job: Arc<VidiJob>, error: &Error, ctx: Arc<Context>) -> Requeue {
+    match error {
+        Error::StillReleasing => Requeue::requeue(Duration::from_secs(2)),
+        other => {
+            ctx.metrics
+                .errors
+                .get_or_create(&ErrorLabels {
+                    error: other.metric_label().into(),
+                })
+                .inc();
+            tracing::warn!(error = %other, "reconcile failed; retrying");
+            Requeue::requeue(Duration::from_secs(5))
+        }
+    }
+}
+
+/// Restores co-tenants whose holders no longer exist or have finished.
+async fn sweep(ctx: &Context) {
+    let jobs = ctx.stores.jobs.state();
+    let live = |key: &plan::JobKey| {
+        // A holder outside the watched namespace is not ours to judge.
+        let foreign = ctx.settings.namespace.as_ref().is_some_and(|ns| *ns != key.namespace);
+        foreign
+            || jobs
+                .iter()
+                .any(|j| job_key(j) == *key && j.status.as_ref().is_none_or(|s| !s.phase.is_terminal()))
+    };
+    let deployments = ctx.stores.deployments.state();
+    let sets = ctx.stores.statefulsets.state();
+    let metas = deployments
+        .iter()
+        .map(|d| (crate::api::WorkloadKind::Deployment, &d.metadata, d.spec.replicas))
+        .chain(
+            sets.iter()
+                .map(|s| (crate::api::WorkloadKind::StatefulSet, &s.metadata, s.spec.replicas)),
+        );
+    for (kind, meta, replicas) in metas {
+        let holders = observe::holders(meta);
+        if holders.is_empty() {
+            continue;
+        }
+        let co = plan::CoTenant {
+            id: plan::CoTenantId {
+                kind,
+                namespace: meta.namespace.clone().unwrap_or_default(),
+                name: meta.name.clone().unwrap_or_default(),
+            },
+            replicas: replicas.unwrap_or(1),
+            live_pods: 0,
+            holders,
+            original_replicas: meta
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(crate::api::ORIGINAL_REPLICAS))
+                .and_then(|v| v.parse().ok()),
+            opted_in: false,
+            selection: plan::Selection::HeldOnly,
+            last_scaled_by: None,
+            revision: meta.resource_version.clone(),
+        };
+        if let Some(action) = stale_holders(&co, live)
+            && let Some((target, patch)) = co_tenant_patch(&action)
+        {
+            tracing::info!(co_tenant = %target, "sweep: releasing holders that no longer exist or have finished");
+            if ctx.settings.dry_run {
+                continue;
+            }
+            let result = super::act::patch_workload(&ctx.client, target, patch).await;
+            if let Err(e) = result {
+                tracing::warn!(co_tenant = %target, error = %e, "sweep could not restore; the holders' reconciles will retry");
+            }
+        }
+    }
+}

@@ -1,0 +1,414 @@
+//! Turns the watch caches into the planner's `Snapshot`. Reads only reflector stores: no API
+//! call per reconcile, so the cost stays flat as jobs and nodes grow.
+use std::collections::{BTreeMap, BTreeSet};
+
+use jiff::Timestamp;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::{ContainerStatus, PersistentVolumeClaim, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use kube::ResourceExt;
+use kube::core::{Selector, SelectorExt};
+use kube::runtime::reflector::{ObjectRef, Store};
+
+use crate::api::{
+    ATTEMPT_LABEL, FieldError, HELD_BY, JOB_LABEL, ORIGINAL_REPLICAS, Phase, Precision, Runtime, VidiJob, WorkloadKind,
+    YIELD_LABEL,
+};
+use crate::plan::{
+    Attempt, AttemptState, CoTenant, CoTenantId, JobKey, JobView, Rival, Selection, Snapshot, Termination, queue,
+};
+
+use super::pod::{GATE_CONTAINER, PRECISION_LABEL, VIDI_CONTAINER};
+
+/// The field manager the operator writes with; changes by any other manager are "someone else".
+pub const MANAGER: &str = "vidi-operator";
+
+/// The watch caches the controller keeps.
+#[derive(Clone)]
+pub struct Stores {
+    pub jobs: Store<VidiJob>,
+    pub deployments: Store<Deployment>,
+    pub statefulsets: Store<StatefulSet>,
+    pub pods: Store<Pod>,
+    pub claims: Store<PersistentVolumeClaim>,
+}
+
+impl Stores {
+    /// The caches that have not listed yet. Planning before every cache has listed would see
+    /// co-tenants, pods and claims as missing (a restarted operator would fail jobs whose claims
+    /// simply were not listed yet).
+    pub fn unsynced(&self) -> Vec<&'static str> {
+        use futures::FutureExt;
+        let ready = [
+            ("vidijobs", self.jobs.wait_until_ready().now_or_never()),
+            ("deployments", self.deployments.wait_until_ready().now_or_never()),
+            ("statefulsets", self.statefulsets.wait_until_ready().now_or_never()),
+            ("pods", self.pods.wait_until_ready().now_or_never()),
+            ("persistentvolumeclaims", self.claims.wait_until_ready().now_or_never()),
+        ];
+        ready
+            .into_iter()
+            .filter(|(_, r)| !matches!(r, Some(Ok(()))))
+            .map(|(name, _)| name)
+            .collect()
+    }
+}
+
+/// The key a job is known by in holder marks.
+pub fn job_key(job: &VidiJob) -> JobKey {
+    JobKey::new(job.namespace().unwrap_or_default(), job.name_any())
+}
+
+/// Parses `vidi.dev/held-by`.
+pub fn holders(meta: &ObjectMeta) -> BTreeSet<JobKey> {
+    meta.annotations
+        .as_ref()
+        .and_then(|a| a.get(HELD_BY))
+        .map(|v| v.split(',').filter_map(JobKey::parse).collect())
+        .unwrap_or_default()
+}
+
+fn original_replicas(meta: &ObjectMeta) -> Option<i32> {
+    meta.annotations.as_ref()?.get(ORIGINAL_REPLICAS)?.trim().parse().ok()
+}
+
+/// The selector a job uses for co-tenants (default: the opt-in label).
+pub fn co_tenant_selector(job: &VidiJob) -> Option<Selector> {
+    let selector = job.spec.co_tenants.selector.clone().unwrap_or_else(|| LabelSelector {
+        match_labels: Some([(YIELD_LABEL.to_string(), "true".to_string())].into()),
+        match_expressions: None,
+    });
+    Selector::try_from(selector).ok()
+}
+
+/// Namespaces a job looks for co-tenants in.
+pub fn co_tenant_namespaces(job: &VidiJob) -> Vec<String> {
+    if job.spec.co_tenants.namespaces.is_empty() {
+        vec![job.namespace().unwrap_or_default()]
+    } else {
+        job.spec.co_tenants.namespaces.clone()
+    }
+}
+
+/// One workload, whatever its kind.
+struct Workload<'a> {
+    kind: WorkloadKind,
+    meta: &'a ObjectMeta,
+    replicas: i32,
+    pod_selector: Option<&'a LabelSelector>,
+}
+
+fn workloads<'a>(
+    deployments: &'a [std::sync::Arc<Deployment>],
+    sets: &'a [std::sync::Arc<StatefulSet>],
+) -> Vec<Workload<'a>> {
+    let d = deployments.iter().map(|d| Workload {
+        kind: WorkloadKind::Deployment,
+        meta: &d.metadata,
+        replicas: d.spec.replicas.unwrap_or(1),
+        pod_selector: Some(&d.spec.selector),
+    });
+    let s = sets.iter().map(|s| Workload {
+        kind: WorkloadKind::StatefulSet,
+        meta: &s.metadata,
+        replicas: s.spec.replicas.unwrap_or(1),
+        pod_selector: Some(&s.spec.selector),
+    });
+    d.chain(s).collect()
+}
+
+/// Who last changed `spec.replicas`, other than the operator (from managedFields).
+fn last_scaled_by(meta: &ObjectMeta) -> Option<String> {
+    meta.managed_fields
+        .as_ref()?
+        .iter()
+        .filter(|f| f.manager.as_deref() != Some(MANAGER))
+        .filter(|f| {
+            f.fields_v1
+                .as_ref()
+                .is_some_and(|v| v.0.to_string().contains("\"f:replicas\""))
+        })
+        .max_by_key(|f| f.time.as_ref().map(|t| t.0))
+        .and_then(|f| f.manager.clone())
+}
+
+fn live_pods(pods: &[std::sync::Arc<Pod>], namespace: &str, selector: Option<&LabelSelector>) -> u32 {
+    let Some(selector) = selector.cloned().and_then(|s| Selector::try_from(s).ok()) else {
+        return 0;
+    };
+    if selector.selects_all() {
+        return 0;
+    }
+    pods.iter()
+        .filter(|p| p.namespace().as_deref() == Some(namespace))
+        .filter(|p| selector.matches(p.labels()))
+        .filter(|p| !matches!(pod_phase(p), Some("Succeeded" | "Failed")))
+        .count() as u32
+}
+
+fn pod_phase(pod: &Pod) -> Option<&str> {
+    pod.status.as_ref()?.phase.as_deref()
+}
+
+/// Builds the snapshot for `job`.
+pub fn snapshot(job: &VidiJob, stores: &Stores, dry_run: bool, now: Timestamp) -> Snapshot {
+    let key = job_key(job);
+    let namespace = key.namespace.clone();
+    let deployments = stores.deployments.state();
+    let sets = stores.statefulsets.state();
+    let pods = stores.pods.state();
+    let all = workloads(&deployments, &sets);
+    let selector = co_tenant_selector(job);
+    let namespaces = co_tenant_namespaces(job);
+    let mut problems = Vec::new();
+
+    let mut co_tenants = Vec::new();
+    let mut seen = BTreeSet::new();
+    for (i, r) in job.spec.co_tenants.refs.iter().enumerate() {
+        let ns = r.namespace.clone().unwrap_or_else(|| namespace.clone());
+        match all.iter().find(|w| {
+            w.kind == r.kind && w.meta.name.as_deref() == Some(&r.name) && w.meta.namespace.as_deref() == Some(&ns)
+        }) {
+            Some(w) => {
+                seen.insert((w.kind, ns.clone(), r.name.clone()));
+                co_tenants.push(co_tenant(w, Selection::Ref(i), &pods));
+            }
+            None => problems.push(FieldError::new(
+                format!("spec.coTenants.refs[{i}]"),
+                format!("{} {ns}/{} not found", r.kind, r.name),
+            )),
+        }
+    }
+    for w in &all {
+        let ns = w.meta.namespace.clone().unwrap_or_default();
+        let name = w.meta.name.clone().unwrap_or_default();
+        if seen.contains(&(w.kind, ns.clone(), name.clone())) {
+            continue;
+        }
+        let empty = BTreeMap::new();
+        let labels = w.meta.labels.as_ref().unwrap_or(&empty);
+        let selected = namespaces.contains(&ns) && selector.as_ref().is_some_and(|s| s.matches(labels));
+        let held = holders(w.meta).contains(&key);
+        if selected || held {
+            let selection = if selected {
+                Selection::Selector
+            } else {
+                Selection::HeldOnly
+            };
+            co_tenants.push(co_tenant(w, selection, &pods));
+        }
+    }
+    if job.spec.co_tenants.selector.is_some() && selector.is_none() {
+        problems.push(FieldError::new(
+            "spec.coTenants.selector",
+            "is not a valid label selector",
+        ));
+    }
+    problems.extend(missing_claims(job, &stores.claims));
+
+    let attempts = pods
+        .iter()
+        .filter(|p| p.namespace().as_deref() == Some(&namespace))
+        .filter(|p| p.labels().get(JOB_LABEL) == Some(&key.name))
+        .filter(|p| {
+            p.owner_references()
+                .iter()
+                .any(|o| Some(&o.uid) == job.metadata.uid.as_ref())
+        })
+        .filter_map(|p| attempt(p))
+        .collect();
+
+    let pool = queue::pool_key(&job.spec);
+    let rivals = stores
+        .jobs
+        .state()
+        .iter()
+        .filter(|other| other.metadata.uid != job.metadata.uid && job_key(other) != key)
+        .filter(|other| other.status.as_ref().is_none_or(|s| !s.phase.is_terminal()))
+        .filter(|other| queue::pool_key(&other.spec) == pool)
+        .map(|other| Rival {
+            key: job_key(other),
+            created: created(other),
+            phase: other.status.as_ref().map(|s| s.phase).unwrap_or(Phase::Pending),
+            suspended: other.spec.suspend,
+            deleting: other.metadata.deletion_timestamp.is_some(),
+        })
+        .collect();
+
+    Snapshot {
+        runtime: Runtime::Kubernetes,
+        job: JobView {
+            key,
+            generation: job.metadata.generation,
+            created: created(job),
+            spec: job.spec.clone(),
+            status: job.status.clone().unwrap_or_default(),
+            deleting: job.metadata.deletion_timestamp.is_some(),
+        },
+        co_tenants,
+        attempts,
+        rivals,
+        problems,
+        gpu_total_bytes: None,
+        dry_run,
+        now,
+    }
+}
+
+fn created(job: &VidiJob) -> Timestamp {
+    job.metadata
+        .creation_timestamp
+        .as_ref()
+        .map(|t| t.0)
+        .unwrap_or(Timestamp::UNIX_EPOCH)
+}
+
+fn co_tenant(w: &Workload<'_>, selection: Selection, pods: &[std::sync::Arc<Pod>]) -> CoTenant {
+    let ns = w.meta.namespace.clone().unwrap_or_default();
+    CoTenant {
+        id: CoTenantId {
+            kind: w.kind,
+            namespace: ns.clone(),
+            name: w.meta.name.clone().unwrap_or_default(),
+        },
+        replicas: w.replicas,
+        live_pods: live_pods(pods, &ns, w.pod_selector),
+        holders: holders(w.meta),
+        original_replicas: original_replicas(w.meta),
+        opted_in: w
+            .meta
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(YIELD_LABEL))
+            .is_some_and(|v| v == "true"),
+        selection,
+        last_scaled_by: last_scaled_by(w.meta),
+        revision: w.meta.resource_version.clone(),
+    }
+}
+
+/// PersistentVolumeClaims the spec names that do not exist.
+fn missing_claims(job: &VidiJob, claims: &Store<PersistentVolumeClaim>) -> Vec<FieldError> {
+    let ns = job.namespace().unwrap_or_default();
+    let spec = &job.spec;
+    let named = [
+        (
+            "spec.video.volume.claimName",
+            spec.video.volume.as_ref().map(|v| &v.claim_name),
+        ),
+        ("spec.model.weights.claimName", spec.model.weights.claim_name.as_ref()),
+        (
+            "spec.model.hfCache.claimName",
+            spec.model.hf_cache.as_ref().and_then(|c| c.claim_name.as_ref()),
+        ),
+        (
+            "spec.output.volume.claimName",
+            spec.output
+                .as_ref()
+                .and_then(|o| o.volume.as_ref())
+                .map(|v| &v.claim_name),
+        ),
+    ];
+    named
+        .into_iter()
+        .filter_map(|(field, claim)| {
+            let claim = claim?;
+            let exists = claims.get(&ObjectRef::new(claim).within(&ns)).is_some();
+            (!exists).then(|| {
+                FieldError::new(
+                    field,
+                    format!("PersistentVolumeClaim {claim:?} not found in namespace {ns:?}"),
+                )
+            })
+        })
+        .collect()
+}
+
+fn termination(status: Option<&ContainerStatus>) -> Option<Termination> {
+    let t = status?.state.as_ref()?.terminated.as_ref()?;
+    Some(Termination {
+        exit_code: t.exit_code,
+        reason: t.reason.clone(),
+        message: t.message.clone(),
+    })
+}
+
+/// One Vidi pod as the planner's `Attempt`.
+fn attempt(pod: &Pod) -> Option<Attempt> {
+    let number: u32 = pod.labels().get(ATTEMPT_LABEL)?.parse().ok()?;
+    let precision = pod.labels().get(PRECISION_LABEL).and_then(|p| match p.as_str() {
+        "fp16" => Some(Precision::Fp16),
+        "int8" => Some(Precision::Int8),
+        "int4" => Some(Precision::Int4),
+        _ => None,
+    });
+    let status = pod.status.as_ref();
+    let gate_status = status.and_then(|s| {
+        s.init_container_statuses
+            .as_ref()?
+            .iter()
+            .find(|c| c.name == GATE_CONTAINER)
+    });
+    let main_status = status.and_then(|s| s.container_statuses.as_ref()?.iter().find(|c| c.name == VIDI_CONTAINER));
+    let gate = termination(gate_status);
+    let main = termination(main_status);
+    let gate_report = gate
+        .as_ref()
+        .filter(|g| g.exit_code == 0)
+        .and_then(|g| g.message.clone());
+    let state = match pod_phase(pod) {
+        Some("Succeeded" | "Failed") => AttemptState::Finished {
+            gate: gate.clone(),
+            main,
+            reason: status.and_then(|s| s.reason.clone()),
+        },
+        _ if pod.metadata.deletion_timestamp.is_some() => AttemptState::Terminating,
+        Some("Running") => AttemptState::Running,
+        _ => AttemptState::Pending {
+            waiting: waiting_reason(pod),
+        },
+    };
+    Some(Attempt {
+        number,
+        name: pod.name_any(),
+        node: pod.spec.as_ref().and_then(|s| s.node_name.clone()),
+        precision,
+        gate_report,
+        state,
+    })
+}
+
+/// Why a pod is not running yet: a container waiting (image pull, …) or the scheduler's word.
+fn waiting_reason(pod: &Pod) -> Option<String> {
+    let status = pod.status.as_ref()?;
+    let containers = status
+        .init_container_statuses
+        .iter()
+        .flatten()
+        .chain(status.container_statuses.iter().flatten());
+    for c in containers {
+        if let Some(w) = c.state.as_ref().and_then(|s| s.waiting.as_ref())
+            && let Some(reason) = &w.reason
+            && reason != "PodInitializing"
+            && reason != "ContainerCreating"
+        {
+            return Some(match &w.message {
+                Some(m) => format!("{} {reason}: {m}", c.name),
+                None => format!("{} {reason}", c.name),
+            });
+        }
+    }
+    status
+        .conditions
+        .iter()
+        .flatten()
+        .find(|c| c.type_ == "PodScheduled" && c.status == "False")
+        .map(|c| {
+            format!(
+                "unschedulable: {}",
+                c.message
+                    .clone()
+                    .unwrap_or_else(|| c.reason.clone().unwrap_or_default())
+            )
+        })
+}
