@@ -10,9 +10,11 @@
 //! - [`lock`]: one job per host (flock, released by the kernel when the process dies).
 //! - [`journal`]: what is held and how to undo it, plus the job's status.
 //! - [`container`]: the Vidi container's create body (pure, unit-tested).
-//! - [`session`]: the observe → plan → act loop, recovery and cancellation.
+//! - [`session`]: the observe → plan → act loop, recovery and cancellation; `attempt`: the
+//!   GPU gate and one Vidi container.
 //! - [`build`]: builds an image from a directory through the Engine API.
 pub mod act;
+mod attempt;
 pub mod build;
 pub mod commands;
 pub mod container;

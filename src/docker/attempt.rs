@@ -1,0 +1,289 @@
+//! One Vidi attempt on a Docker host: the GPU gate, then create and start the container and
+//! stream its output; failures before Vidi runs become the attempt's recorded end, so the
+//! planner classifies them like any other (a gate timeout steps precision down, a missing
+//! NVIDIA runtime is NoGpu).
+use std::time::{Duration, Instant};
+
+use bollard::Docker;
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder, StartContainerOptions,
+    StopContainerOptionsBuilder,
+};
+use futures::StreamExt as _;
+use tokio::task::JoinHandle;
+
+use crate::api::Precision;
+use crate::gpu::{self, format_bytes};
+
+use super::container::VidiContainer;
+use super::journal::{AttemptEnd, AttemptRecord, Exit};
+use super::session::{Progress, Run, Session, remove_termination_log};
+use super::{DockerError, GpuMode, engine_message, observe, status_code};
+
+/// How long a Vidi container gets to stop before it is killed.
+const VIDI_STOP_TIMEOUT_SECS: i32 = 10;
+/// How often the gate tells the user it is still waiting (it polls more often).
+const GATE_PROGRESS_EVERY: Duration = Duration::from_secs(5);
+
+impl Run<'_> {
+    pub(super) async fn stop_attempt(&self, name: &str) -> Result<(), DockerError> {
+        self.s.say(&format!("stopping the Vidi container {name}"));
+        let opts = StopContainerOptionsBuilder::default().t(VIDI_STOP_TIMEOUT_SECS).build();
+        match self.s.docker.stop_container(name, Some(opts)).await {
+            Ok(()) => Ok(()),
+            Err(e) if matches!(status_code(&e), Some(304 | 404)) => Ok(()),
+            Err(e) => Err(DockerError::api(format!("stopping the Vidi container {name}"), e)),
+        }
+    }
+
+    fn record_end(&mut self, number: u32, end: AttemptEnd) -> Result<(), DockerError> {
+        if let Some(rec) = self.journal.attempt_mut(number) {
+            rec.end = Some(end);
+        }
+        self.save()
+    }
+
+    /// GPU gate, then create and start the Vidi container. Failures before Vidi runs become the
+    /// attempt's recorded end, for the planner to classify like any other.
+    pub(super) async fn start_attempt(
+        &mut self,
+        number: u32,
+        name: &str,
+        precision: Precision,
+        min_free_bytes: u64,
+    ) -> Result<(), DockerError> {
+        match self.journal.attempt_mut(number) {
+            Some(rec) if rec.end.is_some() => return Ok(()),
+            // StartAttempt is idempotent: an attempt whose container exists is already started.
+            Some(_) if observe::container_running(&self.s.docker, name).await?.is_some() => return Ok(()),
+            Some(_) => {}
+            None => {
+                // Recorded before the container exists, so a crash right after creating it still
+                // leaves a journal that names it.
+                self.journal.attempts.push(AttemptRecord {
+                    number,
+                    name: name.to_string(),
+                    precision,
+                    gate_report: None,
+                    end: None,
+                });
+                self.save()?;
+            }
+        }
+        if self.s.opts.gpus == GpuMode::All && self.s.opts.gate {
+            match self.gate(min_free_bytes).await {
+                Ok(report) => {
+                    if let Some(rec) = self.journal.attempt_mut(number) {
+                        rec.gate_report = serde_json::to_string(&report).ok();
+                    }
+                    self.save()?;
+                }
+                Err((exit_code, message)) => {
+                    self.s.say(&format!("GPU gate failed: {message}"));
+                    let gate = Exit {
+                        exit_code,
+                        reason: Some("GateFailed".into()),
+                        message: Some(message),
+                    };
+                    return self.record_end(
+                        number,
+                        AttemptEnd {
+                            gate: Some(gate),
+                            main: None,
+                            reason: None,
+                        },
+                    );
+                }
+            }
+        }
+        // An earlier attempt's message must not pass for this one's.
+        remove_termination_log(&self.journal.output_dir)?;
+        let spec = self.journal.spec.clone();
+        let image = spec
+            .model
+            .image
+            .clone()
+            .unwrap_or_else(|| self.s.opts.vidi_image.clone());
+        let c = VidiContainer {
+            job: &self.journal.job,
+            attempt: number,
+            name,
+            image: &image,
+            precision,
+            spec: &spec,
+            output_dir: &self.journal.output_dir,
+            gpus: &self.s.opts.gpus,
+            user: &self.s.opts.user,
+        };
+        let body = c.create_body();
+        let docker = &self.s.docker;
+        let created = docker
+            .create_container(Some(CreateContainerOptionsBuilder::default().name(name).build()), body)
+            .await;
+        let started = match created {
+            Ok(_) => docker.start_container(name, None::<StartContainerOptions>).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = started {
+            let end = start_failure(&e, &image);
+            self.s.say(&format!(
+                "could not start Vidi attempt {number}: {}",
+                end.gate
+                    .as_ref()
+                    .or(end.main.as_ref())
+                    .and_then(|x| x.message.clone())
+                    .or(end.reason.clone())
+                    .unwrap_or_default()
+            ));
+            let opts = RemoveContainerOptionsBuilder::default().force(true).build();
+            let _ = docker.remove_container(name, Some(opts)).await;
+            return self.record_end(number, end);
+        }
+        self.s.say(&format!("started {name} from {image}"));
+        self.logs.push((
+            name.to_string(),
+            stream_logs(docker.clone(), name.to_string(), self.s.progress.clone()),
+        ));
+        Ok(())
+    }
+
+    /// Waits in-process until the GPU has `min_free_bytes` free, telling the user free vs
+    /// needed. `Err((exit code, message))` uses the `gpu gate` exit codes.
+    async fn gate(&self, min_free_bytes: u64) -> Result<gpu::GateReport, (i32, String)> {
+        let probe = self.s.open_probe().map_err(|e| {
+            (
+                gpu::EXIT_NO_GPU,
+                format!("{e}; without a GPU use --gpus none (no GPU request, no gate)"),
+            )
+        })?;
+        let selector = Session::gpu_selector(&self.journal.spec);
+        self.s.say(&format!(
+            "waiting until {} of GPU memory is free",
+            format_bytes(min_free_bytes)
+        ));
+        let mut last: Option<Instant> = None;
+        let progress = self.s.progress.clone();
+        let report = gpu::wait_for_free(
+            &*probe,
+            &selector,
+            min_free_bytes,
+            self.s.opts.gate_timeout,
+            self.s.opts.gate_interval,
+            |r| {
+                if r.free_bytes >= min_free_bytes || last.is_some_and(|t| t.elapsed() < GATE_PROGRESS_EVERY) {
+                    return;
+                }
+                last = Some(Instant::now());
+                progress(&format!(
+                    "{}: {} free, {} needed; {}",
+                    r.label(),
+                    format_bytes(r.free_bytes),
+                    format_bytes(min_free_bytes),
+                    r.holders()
+                ));
+            },
+        )
+        .await
+        .map_err(|e| (e.exit_code(), e.to_string()))?;
+        self.s.say(&format!(
+            "GPU {} ({}): {} free >= {} needed",
+            report.device.index,
+            report.device.name,
+            format_bytes(report.free_bytes),
+            format_bytes(report.min_free_bytes)
+        ));
+        Ok(report)
+    }
+}
+
+/// Why creating or starting the Vidi container failed, as the attempt's end.
+fn start_failure(e: &bollard::errors::Error, image: &str) -> AttemptEnd {
+    let msg = engine_message(e);
+    if msg.contains("could not select device driver") || msg.contains("nvidia-container-cli") {
+        // Reported like a failed gate with "no GPU": retrying cannot help.
+        return AttemptEnd {
+            gate: Some(Exit {
+                exit_code: gpu::EXIT_NO_GPU,
+                reason: Some("NoNvidiaRuntime".into()),
+                message: Some(format!(
+                    "Docker has no NVIDIA runtime: install nvidia-container-toolkit, run \
+                     `sudo nvidia-ctk runtime configure --runtime=docker` and restart Docker \
+                     (or use --gpus none to run without a GPU); Docker said: {msg}"
+                )),
+            }),
+            main: None,
+            reason: None,
+        };
+    }
+    let why = if status_code(e) == Some(404) && msg.contains("image") {
+        format!("image {image} not found: build it with `vidi-operator docker build --tag {image}` ({msg})")
+    } else {
+        format!("Docker could not start the container: {msg}")
+    };
+    AttemptEnd {
+        gate: None,
+        main: None,
+        reason: Some(why),
+    }
+}
+
+/// Streams a container's output to the progress sink, one `[name] line` per line.
+fn stream_logs(docker: Docker, name: String, progress: Progress) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let opts = LogsOptionsBuilder::default()
+            .follow(true)
+            .stdout(true)
+            .stderr(true)
+            .build();
+        let mut logs = docker.logs(&name, Some(opts));
+        let mut partial = String::new();
+        while let Some(Ok(chunk)) = logs.next().await {
+            partial.push_str(&String::from_utf8_lossy(&chunk.into_bytes()));
+            while let Some(at) = partial.find('\n') {
+                let line: String = partial.drain(..=at).collect();
+                progress(&format!("[{name}] {}", line.trim_end()));
+            }
+        }
+        if !partial.trim().is_empty() {
+            progress(&format!("[{name}] {}", partial.trim_end()));
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn engine_error(status_code: u16, message: &str) -> bollard::errors::Error {
+        bollard::errors::Error::DockerResponseServerError {
+            status_code,
+            message: message.into(),
+        }
+    }
+
+    #[test]
+    fn a_missing_nvidia_runtime_is_a_gpu_failure_that_says_what_to_install() {
+        let end = start_failure(
+            &engine_error(
+                500,
+                "could not select device driver \"nvidia\" with capabilities: [[gpu]]",
+            ),
+            "vidi:latest",
+        );
+        let gate = end.gate.expect("reported as the gate");
+        assert_eq!(gate.exit_code, gpu::EXIT_NO_GPU);
+        let message = gate.message.unwrap_or_default();
+        assert!(
+            message.starts_with("Docker has no NVIDIA runtime: install nvidia-container-toolkit"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn a_missing_image_says_how_to_build_it() {
+        let end = start_failure(&engine_error(404, "No such image: vidi:latest"), "vidi:latest");
+        assert!(end.gate.is_none() && end.main.is_none());
+        let why = end.reason.unwrap_or_default();
+        assert!(why.contains("vidi-operator docker build --tag vidi:latest"), "{why}");
+    }
+}
