@@ -144,7 +144,7 @@ async fn two_runs_on_one_host_serialize() {
     let _tts = fx.cotenant("tts", true).await;
     let first = fx.job("first");
     let second = fx.job("second");
-    let file1 = fx.job_file(&first, "find sleep=3", "", "");
+    let file1 = fx.job_file(&first, "find sleep=6", "", "");
     let file2 = fx.job_file(&second, "find", "", "");
     let mut run1 = fx.run(&file1, &[]);
     eventually("the first job's Vidi to run", || async {

@@ -12,7 +12,7 @@ async fn cotenant_containers_and_commands_are_stopped_and_started_again() {
     // Stopped before the job: held (original 0) and left stopped afterwards (invariant 6).
     let idle = fx.cotenant("idle", false).await;
     let job = fx.job("a");
-    let file = fx.job_file(&job, "find sleep=2", &fx.command_yaml(), "");
+    let file = fx.job_file(&job, "find sleep=4", &fx.command_yaml(), "");
     let mut run = fx.run(&file, &[]);
 
     // While Vidi runs, every co-tenant is down and the journal records how to undo it.
