@@ -8,7 +8,7 @@ use kube_standin::{Gvr, InitOutcome, PodOutcome, Standin, View};
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 use vidi_operator::api::VidiJob;
-use vidi_operator::kube::{PodDefaults, Settings};
+use vidi_operator::kube::{PodDefaults, Scope, Settings};
 use vidi_operator::telemetry::{Health, Metrics};
 
 const NS: &str = "media";
@@ -22,11 +22,15 @@ struct Operator {
 
 impl Operator {
     fn start(api: &Standin) -> Self {
+        Self::watching(api, Scope::All)
+    }
+
+    fn watching(api: &Standin, scope: Scope) -> Self {
         if std::env::var_os("VIDI_TEST_LOG").is_some() {
             vidi_operator::telemetry::init_logging(vidi_operator::telemetry::LogFormat::Text);
         }
         let settings = Settings {
-            namespace: None,
+            scope,
             dry_run: false,
             pods: PodDefaults {
                 vidi_image: "vidi:test".into(),
@@ -783,5 +787,50 @@ async fn invalid_specs_fail_naming_the_field_and_suspend_nothing() {
     assert_eq!(replicas(&api, NS, "cosyvoice"), Some(1));
     assert!(no_marks(&api, NS, "cosyvoice"));
     assert!(events(&api).iter().any(|e| e.0 == "Warning" && e.1 == "InvalidSpec"));
+    op.crash().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_namespaces_limit_what_the_operator_touches() {
+    let api = standin().await;
+    api.create(&Gvr::deployments(), "tts", deployment("cosyvoice", "tts", 1, true))
+        .unwrap();
+    api.create(
+        &Gvr::deployments(),
+        "elsewhere",
+        deployment("other", "elsewhere", 1, true),
+    )
+    .unwrap();
+    api.kubelet()
+        .on_pod(|_| Some(PodOutcome::succeed().with_message(RESULT)));
+    let op = Operator::watching(&api, Scope::Namespaces(vec![NS.into(), "tts".into()]));
+    api.create(
+        &Gvr::vidijobs(),
+        NS,
+        job("j", json!({"coTenants": {"namespaces": ["tts"]}})),
+    )
+    .unwrap();
+    let mut ignored = job("ignored", json!({}));
+    ignored["metadata"]["namespace"] = json!("elsewhere");
+    api.create(&Gvr::vidijobs(), "elsewhere", ignored).unwrap();
+    settle(&api, "cosyvoice suspended", WAIT, |v| {
+        replicas(v, "tts", "cosyvoice") == Some(0)
+    })
+    .await;
+    wait_phase(&api, "j", "Succeeded").await;
+    assert_eq!(replicas(&api, "tts", "cosyvoice"), Some(1));
+    assert!(no_marks(&api, "tts", "cosyvoice"));
+    let outside = api.get(&Gvr::vidijobs(), "elsewhere", "ignored").expect("job");
+    assert!(
+        outside["status"].is_null(),
+        "a job outside the watched namespaces is left alone: {outside}"
+    );
+    assert_eq!(replicas(&api, "elsewhere", "other"), Some(1));
+    assert!(
+        api.access_records()
+            .iter()
+            .all(|r| r.namespace.as_deref().is_none_or(|n| n == NS || n == "tts")),
+        "every call stays inside the watched namespaces"
+    );
     op.crash().await;
 }

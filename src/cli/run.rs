@@ -5,16 +5,17 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use kube::Client;
-use kube::runtime::reflector::Store;
 use vidi_operator::api::VidiJob;
-use vidi_operator::kube::{PodDefaults, Settings};
+use vidi_operator::kube::cache::Cache;
+use vidi_operator::kube::{PodDefaults, Scope, Settings};
 use vidi_operator::telemetry::{self, Health, LogFormat, Metrics};
 
 #[derive(clap::Args, Debug)]
 pub struct RunArgs {
-    /// Watch only this namespace (jobs, co-tenants and pods). Default: all namespaces.
-    #[arg(long, env = "VIDI_WATCH_NAMESPACE")]
-    namespace: Option<String>,
+    /// Watch only these namespaces (jobs, co-tenants, pods and claims), comma-separated.
+    /// Default: all namespaces.
+    #[arg(long, env = "VIDI_WATCH_NAMESPACES", value_delimiter = ',')]
+    watch_namespaces: Vec<String>,
     /// Address for /healthz, /readyz and /metrics.
     #[arg(long, env = "VIDI_METRICS_ADDR", default_value = "0.0.0.0:8080")]
     metrics_addr: SocketAddr,
@@ -65,7 +66,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let health = Health::default();
 
     let settings = Settings {
-        namespace: args.namespace.clone(),
+        scope: if args.watch_namespaces.is_empty() {
+            Scope::All
+        } else {
+            Scope::Namespaces(args.watch_namespaces.clone())
+        },
         dry_run: args.dry_run,
         pods: PodDefaults {
             vidi_image: args.vidi_image.clone(),
@@ -76,7 +81,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
 
     // The jobs-by-phase gauge is filled at scrape time from the controller's cache.
-    let jobs_cache: Arc<std::sync::Mutex<Option<Store<VidiJob>>>> = Arc::default();
+    let jobs_cache: Arc<std::sync::Mutex<Option<Cache<VidiJob>>>> = Arc::default();
     let refresh = {
         let metrics = metrics.clone();
         let cache = jobs_cache.clone();

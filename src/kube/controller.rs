@@ -2,18 +2,18 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use kube::api::{Patch, PatchParams};
 use kube::core::SelectorExt;
+use kube::runtime::Controller;
 use kube::runtime::controller::Action as Requeue;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
-use kube::runtime::reflector::{self, ObjectRef};
-use kube::runtime::{Controller, WatchStreamExt, watcher};
-use kube::{Api, Client, Resource, ResourceExt};
+use kube::runtime::reflector::ObjectRef;
+use kube::{Api, Client, ResourceExt};
 use serde_json::{Value, json};
 use tracing::{Instrument, info_span};
 
@@ -23,6 +23,7 @@ use crate::telemetry::{ErrorLabels, Health, Metrics};
 
 use super::Error;
 use super::act::{Actor, co_tenant_patch};
+use super::cache::{Cache, Scope, feed};
 use super::observe::{self, MANAGER, Stores, job_key};
 use super::pod::PodDefaults;
 
@@ -32,8 +33,8 @@ pub const FINALIZER: &str = "vidi.dev/restore-co-tenants";
 /// Operator settings from the command line.
 #[derive(Clone, Debug)]
 pub struct Settings {
-    /// Watch only this namespace (jobs, co-tenants, pods); `None` = all namespaces.
-    pub namespace: Option<String>,
+    /// The namespaces watched for jobs, co-tenants, pods and claims.
+    pub scope: Scope,
     pub dry_run: bool,
     pub pods: PodDefaults,
     /// Name this replica publishes Events as.
@@ -52,59 +53,28 @@ pub struct Context {
     written: std::sync::Mutex<std::collections::HashMap<String, (String, VidiJobStatus)>>,
 }
 
-fn api<K>(client: &Client, namespace: &Option<String>) -> Api<K>
-where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
-    K::DynamicType: Default,
-{
-    match namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    }
-}
-
 /// Runs the controller until `shutdown` resolves.
 pub async fn run(
     client: Client,
     settings: Settings,
     metrics: Metrics,
     health: Health,
-    jobs_cache: Arc<std::sync::Mutex<Option<reflector::Store<VidiJob>>>>,
+    jobs_cache: Arc<std::sync::Mutex<Option<Cache<VidiJob>>>>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) -> Result<(), Error> {
-    let ns = settings.namespace.clone();
-    let wc = watcher::Config::default();
-
-    let (deployments, dw) = reflector::store();
-    let deployment_stream = reflector::reflector(dw, watcher(api::<Deployment>(&client, &ns), wc.clone()))
-        .default_backoff()
-        .touched_objects();
-    let (statefulsets, sw) = reflector::store();
-    let statefulset_stream = reflector::reflector(sw, watcher(api::<StatefulSet>(&client, &ns), wc.clone()))
-        .default_backoff()
-        .touched_objects();
-    let (pods, pw) = reflector::store();
-    let pod_stream = reflector::reflector(pw, watcher(api::<Pod>(&client, &ns), wc.clone()))
-        .default_backoff()
-        .touched_objects();
-    let (claims, cw) = reflector::store();
-    let claim_stream = reflector::reflector(cw, watcher(api::<PersistentVolumeClaim>(&client, &ns), wc.clone()))
-        .default_backoff()
-        .touched_objects();
-
-    // One watch on VidiJobs feeds the controller and the pool-peer trigger alike.
-    let (jobs, jw) = reflector::store_shared(1024);
-    let job_events = jw
-        .subscribe()
-        .ok_or(Error::Unsupported("shared VidiJob stream".into()))?;
-    let peer_events = jw
-        .subscribe()
-        .ok_or(Error::Unsupported("shared VidiJob stream".into()))?;
-    let job_reflector = reflector::reflector(jw, watcher(api::<VidiJob>(&client, &ns), wc.clone()))
-        .default_backoff()
-        .touched_objects()
-        .for_each(|_| futures::future::ready(()));
-    let controller = Controller::for_shared_stream(job_events, jobs.clone());
+    let scope = settings.scope.clone();
+    let namespaces: Vec<Option<String>> = match &scope {
+        Scope::All => vec![None],
+        Scope::Namespaces(list) => list.iter().cloned().map(Some).collect(),
+    };
+    // One job controller per watched namespace (a kube Controller reads one store).
+    let controllers = namespaces.len();
+    let mut tasks = Vec::new();
+    let (jobs, mut job_subs) = feed(scoped::<VidiJob>(&client), &scope, 1 + controllers, &mut tasks);
+    let (deployments, mut deployment_subs) = feed(scoped::<Deployment>(&client), &scope, controllers, &mut tasks);
+    let (statefulsets, mut statefulset_subs) = feed(scoped::<StatefulSet>(&client), &scope, controllers, &mut tasks);
+    let (pods, mut pod_subs) = feed(scoped::<Pod>(&client), &scope, controllers, &mut tasks);
+    let (claims, _) = feed(scoped::<PersistentVolumeClaim>(&client), &scope, 0, &mut tasks);
     let stores = Stores {
         jobs,
         deployments,
@@ -130,72 +100,92 @@ pub async fn run(
         metrics,
         written: Default::default(),
     });
-    // Readiness for /readyz: once every cache has listed.
-    {
-        let stores = stores.clone();
-        tokio::spawn(async move {
-            let listed = futures::future::join5(
-                stores.jobs.wait_until_ready(),
-                stores.deployments.wait_until_ready(),
-                stores.statefulsets.wait_until_ready(),
-                stores.pods.wait_until_ready(),
-                stores.claims.wait_until_ready(),
-            )
-            .await;
-            if matches!(listed, (Ok(()), Ok(()), Ok(()), Ok(()), Ok(()))) {
-                health.set_ready(true);
-                tracing::info!("caches synced");
-            }
-        });
-    }
 
-    // Start-up sweep: restore co-tenants whose holders are gone or finished.
+    // Readiness for /readyz, then the start-up sweep: once every cache has listed.
     {
         let ctx = ctx.clone();
-        tokio::spawn(async move {
-            if ctx.stores.jobs.wait_until_ready().await.is_ok()
-                && ctx.stores.deployments.wait_until_ready().await.is_ok()
-                && ctx.stores.statefulsets.wait_until_ready().await.is_ok()
-            {
+        tasks.push(tokio::spawn(async move {
+            let s = &ctx.stores;
+            let listed = s.jobs.listed().await
+                && s.deployments.listed().await
+                && s.statefulsets.listed().await
+                && s.pods.listed().await
+                && s.claims.listed().await;
+            if listed {
+                health.set_ready(true);
+                tracing::info!("caches synced");
                 sweep(&ctx).await;
             }
-        });
+        }));
     }
 
-    let jobs_for_workload = {
-        let stores = stores.clone();
-        move |meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| -> Vec<ObjectRef<VidiJob>> {
-            interested_jobs(&stores, meta)
+    let mut runs = Vec::new();
+    let shutdown = shutdown.shared();
+    for (c, namespace) in namespaces.iter().enumerate() {
+        let own = namespace.clone();
+        let Some(events) = job_subs[c][0].take() else { continue };
+        let Some(store) = stores.jobs.store(c) else { continue };
+        let mut controller = Controller::for_stream(events.map(Ok), store);
+        for s in 0..namespaces.len() {
+            if let Some(peers) = job_subs[s][1 + c].take() {
+                let (stores, own) = (stores.clone(), own.clone());
+                controller = controller.watches_stream(peers.map(Ok), move |job: VidiJob| {
+                    within(&own, waiting_peers(&stores, &job))
+                });
+            }
+            if let Some(events) = deployment_subs[s][c].take() {
+                let (stores, own) = (stores.clone(), own.clone());
+                controller = controller.watches_stream(events.map(Ok), move |d: Deployment| {
+                    within(&own, interested_jobs(&stores, &d.metadata))
+                });
+            }
+            if let Some(events) = statefulset_subs[s][c].take() {
+                let (stores, own) = (stores.clone(), own.clone());
+                controller = controller.watches_stream(events.map(Ok), move |d: StatefulSet| {
+                    within(&own, interested_jobs(&stores, &d.metadata))
+                });
+            }
+            if let Some(events) = pod_subs[s][c].take() {
+                let (stores, own) = (stores.clone(), own.clone());
+                controller = controller.watches_stream(events.map(Ok), move |p: Pod| {
+                    within(&own, jobs_waiting_on_pod(&stores, &p))
+                });
+            }
         }
-    };
-    let by_deployment = jobs_for_workload.clone();
-    let by_set = jobs_for_workload;
-    let by_peer = {
-        let stores = stores.clone();
-        move |job: Arc<VidiJob>| -> Vec<ObjectRef<VidiJob>> { waiting_peers(&stores, &job) }
-    };
-    let by_pod = {
-        let stores = stores.clone();
-        move |pod: Pod| -> Vec<ObjectRef<VidiJob>> { jobs_waiting_on_pod(&stores, &pod) }
-    };
-
-    let controller = controller
-        .watches_shared_stream(peer_events, by_peer)
-        .watches_stream(pod_stream, by_pod)
-        .watches_stream(deployment_stream, move |d: Deployment| by_deployment(&d.metadata))
-        .watches_stream(statefulset_stream, move |s: StatefulSet| by_set(&s.metadata))
-        .watches_stream(claim_stream, |_c: PersistentVolumeClaim| {
-            Vec::<ObjectRef<VidiJob>>::new()
-        })
-        .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, ctx)
-        .for_each(|_| futures::future::ready(()));
-    // The controller stops on shutdown; the job reflector then has no reader left to feed.
-    tokio::select! {
-        _ = controller => {}
-        _ = job_reflector => {}
+        let run = controller
+            .graceful_shutdown_on(shutdown.clone())
+            .run(reconcile, error_policy, ctx.clone())
+            .for_each(|_| futures::future::ready(()));
+        runs.push(run);
+    }
+    futures::future::join_all(runs).await;
+    for task in tasks {
+        task.abort();
     }
     Ok(())
+}
+
+/// An `Api` for one namespace, or for all of them.
+fn scoped<K>(client: &Client) -> impl Fn(Option<&str>) -> Api<K> + '_
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    K::DynamicType: Default,
+{
+    move |ns| match ns {
+        Some(n) => Api::namespaced(client.clone(), n),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// Keeps the jobs a controller of namespace `own` (or of all namespaces) reconciles.
+fn within(own: &Option<String>, refs: Vec<ObjectRef<VidiJob>>) -> Vec<ObjectRef<VidiJob>> {
+    match own {
+        None => refs,
+        Some(ns) => refs
+            .into_iter()
+            .filter(|r| r.namespace.as_deref() == Some(ns.as_str()))
+            .collect(),
+    }
 }
 
 /// Jobs that hold this workload or may select it (unfinished ones).
@@ -408,7 +398,7 @@ async fn sweep(ctx: &Context) {
     let jobs = ctx.stores.jobs.state();
     let live = |key: &plan::JobKey| {
         // A holder outside the watched namespace is not ours to judge.
-        let foreign = ctx.settings.namespace.as_ref().is_some_and(|ns| *ns != key.namespace);
+        let foreign = !ctx.settings.scope.covers(&key.namespace);
         foreign
             || jobs
                 .iter()

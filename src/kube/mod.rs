@@ -1,10 +1,12 @@
 //! The Kubernetes runtime: observe VidiJobs, co-tenants and pods from watch caches; plan; act.
 mod act;
+pub mod cache;
 pub mod controller;
 pub mod observe;
 pub mod pod;
 pub mod rbac;
 
+pub use cache::Scope;
 pub use controller::{FINALIZER, Settings, run};
 pub use pod::PodDefaults;
 

@@ -8,7 +8,7 @@ use k8s_openapi::api::core::v1::{ContainerStatus, PersistentVolumeClaim, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use kube::ResourceExt;
 use kube::core::{Selector, SelectorExt};
-use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::reflector::ObjectRef;
 
 use crate::api::{
     ATTEMPT_LABEL, FieldError, HELD_BY, JOB_LABEL, ORIGINAL_REPLICAS, Phase, Precision, Runtime, VidiJob, WorkloadKind,
@@ -18,6 +18,7 @@ use crate::plan::{
     Attempt, AttemptState, CoTenant, CoTenantId, JobKey, JobView, Rival, Selection, Snapshot, Termination, queue,
 };
 
+use super::cache::Cache;
 use super::pod::{GATE_CONTAINER, PRECISION_LABEL, VIDI_CONTAINER};
 
 /// The field manager the operator writes with; changes by any other manager are "someone else".
@@ -26,11 +27,11 @@ pub const MANAGER: &str = "vidi-operator";
 /// The watch caches the controller keeps.
 #[derive(Clone)]
 pub struct Stores {
-    pub jobs: Store<VidiJob>,
-    pub deployments: Store<Deployment>,
-    pub statefulsets: Store<StatefulSet>,
-    pub pods: Store<Pod>,
-    pub claims: Store<PersistentVolumeClaim>,
+    pub jobs: Cache<VidiJob>,
+    pub deployments: Cache<Deployment>,
+    pub statefulsets: Cache<StatefulSet>,
+    pub pods: Cache<Pod>,
+    pub claims: Cache<PersistentVolumeClaim>,
 }
 
 impl Stores {
@@ -38,19 +39,14 @@ impl Stores {
     /// co-tenants, pods and claims as missing (a restarted operator would fail jobs whose claims
     /// simply were not listed yet).
     pub fn unsynced(&self) -> Vec<&'static str> {
-        use futures::FutureExt;
-        let ready = [
-            ("vidijobs", self.jobs.wait_until_ready().now_or_never()),
-            ("deployments", self.deployments.wait_until_ready().now_or_never()),
-            ("statefulsets", self.statefulsets.wait_until_ready().now_or_never()),
-            ("pods", self.pods.wait_until_ready().now_or_never()),
-            ("persistentvolumeclaims", self.claims.wait_until_ready().now_or_never()),
+        let listed = [
+            ("vidijobs", self.jobs.is_listed()),
+            ("deployments", self.deployments.is_listed()),
+            ("statefulsets", self.statefulsets.is_listed()),
+            ("pods", self.pods.is_listed()),
+            ("persistentvolumeclaims", self.claims.is_listed()),
         ];
-        ready
-            .into_iter()
-            .filter(|(_, r)| !matches!(r, Some(Ok(()))))
-            .map(|(name, _)| name)
-            .collect()
+        listed.into_iter().filter(|(_, ok)| !ok).map(|(name, _)| name).collect()
     }
 }
 
@@ -288,7 +284,7 @@ fn co_tenant(w: &Workload<'_>, selection: Selection, pods: &[std::sync::Arc<Pod>
 }
 
 /// PersistentVolumeClaims the spec names that do not exist.
-fn missing_claims(job: &VidiJob, claims: &Store<PersistentVolumeClaim>) -> Vec<FieldError> {
+fn missing_claims(job: &VidiJob, claims: &Cache<PersistentVolumeClaim>) -> Vec<FieldError> {
     let ns = job.namespace().unwrap_or_default();
     let spec = &job.spec;
     let named = [

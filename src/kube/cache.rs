@@ -1,0 +1,136 @@
+//! Watch caches: one shared reflector per kind and watched namespace, read through one `Cache`
+//! per kind, with subscriptions that trigger reconciles. One watch per kind and namespace serves
+//! every reader, so a reconcile never lists anything.
+use std::sync::Arc;
+
+use futures::StreamExt;
+use futures::future::FutureExt;
+use kube::Api;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use tokio::task::JoinHandle;
+
+/// The namespaces watched: all of them, or a list.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Scope {
+    All,
+    Namespaces(Vec<String>),
+}
+
+impl Scope {
+    fn parts(&self) -> Vec<Option<String>> {
+        match self {
+            Scope::All => vec![None],
+            Scope::Namespaces(list) => list.iter().cloned().map(Some).collect(),
+        }
+    }
+
+    /// Whether objects of `namespace` are watched.
+    pub fn covers(&self, namespace: &str) -> bool {
+        match self {
+            Scope::All => true,
+            Scope::Namespaces(list) => list.iter().any(|n| n == namespace),
+        }
+    }
+}
+
+/// One kind's cache over every watched namespace.
+pub struct Cache<K: reflector::Lookup + Clone + 'static>
+where
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    stores: Vec<Store<K>>,
+}
+
+impl<K: reflector::Lookup + Clone + 'static> Clone for Cache<K>
+where
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    fn clone(&self) -> Self {
+        Cache {
+            stores: self.stores.clone(),
+        }
+    }
+}
+
+impl<K> Cache<K>
+where
+    K: reflector::Lookup + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    /// Every cached object.
+    pub fn state(&self) -> Vec<Arc<K>> {
+        match self.stores.as_slice() {
+            [one] => one.state(),
+            many => many.iter().flat_map(|s| s.state()).collect(),
+        }
+    }
+
+    /// One object, wherever it is cached.
+    pub fn get(&self, key: &ObjectRef<K>) -> Option<Arc<K>> {
+        self.stores.iter().find_map(|s| s.get(key))
+    }
+
+    /// Every reflector has listed once.
+    pub fn is_listed(&self) -> bool {
+        self.stores
+            .iter()
+            .all(|s| matches!(s.wait_until_ready().now_or_never(), Some(Ok(()))))
+    }
+
+    /// Resolves once every reflector has listed (false if one stopped first).
+    pub async fn listed(&self) -> bool {
+        for s in &self.stores {
+            if s.wait_until_ready().await.is_err() {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// The store of the first namespace (the controller needs one store per job controller).
+    pub fn store(&self, index: usize) -> Option<Store<K>> {
+        self.stores.get(index).cloned()
+    }
+}
+
+/// Every change of one kind (deletions included), as a stream a controller can watch.
+pub type Changes<K> = futures::channel::mpsc::UnboundedReceiver<K>;
+
+/// A kind's caches plus `subscribers` change streams per watched namespace; the reflectors run
+/// as tasks pushed onto `tasks`. A change reaches every subscriber after the cache has it.
+pub fn feed<K>(
+    make_api: impl Fn(Option<&str>) -> Api<K>,
+    scope: &Scope,
+    subscribers: usize,
+    tasks: &mut Vec<JoinHandle<()>>,
+) -> (Cache<K>, Vec<Vec<Option<Changes<K>>>>)
+where
+    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone + Default + Send + Sync,
+{
+    let mut stores = Vec::new();
+    let mut subs = Vec::new();
+    for ns in scope.parts() {
+        let (store, writer) = reflector::store();
+        let (senders, receivers): (Vec<_>, Vec<_>) = (0..subscribers)
+            .map(|_| futures::channel::mpsc::unbounded::<K>())
+            .unzip();
+        let stream = reflector::reflector(writer, watcher(make_api(ns.as_deref()), watcher::Config::default()))
+            .default_backoff()
+            .touched_objects()
+            .for_each(move |change| {
+                if let Ok(obj) = change {
+                    for tx in &senders {
+                        // A stopped controller no longer listens; the others still do.
+                        let _ = tx.unbounded_send(obj.clone());
+                    }
+                }
+                futures::future::ready(())
+            });
+        tasks.push(tokio::spawn(stream));
+        stores.push(store);
+        subs.push(receivers.into_iter().map(Some).collect());
+    }
+    (Cache { stores }, subs)
+}
