@@ -97,6 +97,9 @@ where
 /// Every change of one kind (deletions included), as a stream a controller can watch.
 pub type Changes<K> = futures::channel::mpsc::UnboundedReceiver<K>;
 
+/// Change streams by watched namespace, then by subscriber (taken as they are wired up).
+pub type Subscriptions<K> = Vec<Vec<Option<Changes<K>>>>;
+
 /// A kind's caches plus `subscribers` change streams per watched namespace; the reflectors run
 /// as tasks pushed onto `tasks`. A change reaches every subscriber after the cache has it.
 pub fn feed<K>(
@@ -104,7 +107,7 @@ pub fn feed<K>(
     scope: &Scope,
     subscribers: usize,
     tasks: &mut Vec<JoinHandle<()>>,
-) -> (Cache<K>, Vec<Vec<Option<Changes<K>>>>)
+) -> (Cache<K>, Subscriptions<K>)
 where
     K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
     K::DynamicType: Eq + std::hash::Hash + Clone + Default + Send + Sync,
