@@ -105,6 +105,37 @@ pub fn validate(spec: &VidiJobSpec, runtime: Runtime) -> Vec<FieldError> {
             "is for the Docker runtime; on Kubernetes use nodeSelector and resourceName".into(),
         );
     }
+    if let Some(device) = &spec.gpu.device
+        && device.parse::<crate::gpu::DeviceSelector>().is_err()
+    {
+        err(
+            "spec.gpu.device",
+            format!("expected a GPU index such as 0 or a UUID such as GPU-5f0c…, got {device:?}"),
+        );
+    }
+    if runtime == Runtime::Docker {
+        // PersistentVolumeClaims exist only on Kubernetes.
+        let claims = [
+            ("spec.video.volume", spec.video.volume.is_some()),
+            ("spec.model.weights.claimName", spec.model.weights.claim_name.is_some()),
+            (
+                "spec.model.hfCache.claimName",
+                spec.model.hf_cache.as_ref().is_some_and(|c| c.claim_name.is_some()),
+            ),
+            (
+                "spec.output.volume",
+                spec.output.as_ref().is_some_and(|o| o.volume.is_some()),
+            ),
+        ];
+        for (field, set) in claims {
+            if set {
+                err(
+                    field,
+                    "PersistentVolumeClaims exist only on Kubernetes; on a Docker host use hostPath".into(),
+                );
+            }
+        }
+    }
 
     let co = &spec.co_tenants;
     for (i, r) in co.refs.iter().enumerate() {

@@ -122,37 +122,10 @@ fn is_dns_label(name: &str) -> bool {
     ok_chars && name.len() <= 53 && ends_ok(name.bytes().next()) && ends_ok(name.bytes().last())
 }
 
-/// PersistentVolumeClaims exist only on Kubernetes; the shared `validate` accepts them on both
-/// runtimes because the spec types are shared, so refuse them here with the Docker-side fix.
+/// What only the Docker adapter can check: the selector subset it evaluates on container labels.
 fn docker_only(job: &VidiJob) -> Vec<FieldError> {
     let mut errors = Vec::new();
-    let mut no_claim = |field: &str| {
-        errors.push(FieldError::new(
-            field,
-            "PersistentVolumeClaims exist only on Kubernetes; on a Docker host use hostPath",
-        ))
-    };
     let spec = &job.spec;
-    if spec.video.volume.is_some() {
-        no_claim("spec.video.volume");
-    }
-    if spec.model.weights.claim_name.is_some() {
-        no_claim("spec.model.weights.claimName");
-    }
-    if spec.model.hf_cache.as_ref().is_some_and(|c| c.claim_name.is_some()) {
-        no_claim("spec.model.hfCache.claimName");
-    }
-    if spec.output.as_ref().is_some_and(|o| o.volume.is_some()) {
-        no_claim("spec.output.volume");
-    }
-    if let Some(device) = &spec.gpu.device
-        && device.parse::<crate::gpu::DeviceSelector>().is_err()
-    {
-        errors.push(FieldError::new(
-            "spec.gpu.device",
-            format!("expected a GPU index such as 0 or a UUID such as GPU-5f0c…, got {device:?}"),
-        ));
-    }
     if let Some(selector) = &spec.co_tenants.selector {
         errors.extend(super::selector::check(selector));
     }

@@ -1,7 +1,6 @@
 //! Logs, metrics and the health endpoints.
 mod metrics;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -55,7 +54,17 @@ struct Endpoints {
 /// Serves `/healthz`, `/readyz` and `/metrics` on `addr` until the process ends. `refresh` runs
 /// before each scrape (it updates gauges computed from caches).
 pub async fn serve(
-    addr: SocketAddr,
+    addr: std::net::SocketAddr,
+    health: Health,
+    metrics: Metrics,
+    refresh: Arc<dyn Fn() + Send + Sync>,
+) -> std::io::Result<()> {
+    serve_on(tokio::net::TcpListener::bind(addr).await?, health, metrics, refresh).await
+}
+
+/// [`serve`] on a listener already bound (tests bind port 0).
+pub async fn serve_on(
+    listener: tokio::net::TcpListener,
     health: Health,
     metrics: Metrics,
     refresh: Arc<dyn Fn() + Send + Sync>,
@@ -69,7 +78,6 @@ pub async fn serve(
             metrics,
             refresh,
         });
-    let listener = tokio::net::TcpListener::bind(addr).await?;
     axum::serve(listener, app).await
 }
 
