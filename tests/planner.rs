@@ -725,7 +725,10 @@ fn invalid_specs_fail_naming_the_field_and_suspend_nothing() {
 fn host_paths_are_fine_on_docker() {
     let d = job("a")
         .docker()
-        .spec(spec_from(serde_json::json!({"video": {"hostPath": "/data/v.mp4"}})))
+        .spec(spec_from(serde_json::json!({
+            "video": {"hostPath": "/data/v.mp4"},
+            "model": {"weights": {"hostPath": "/models/vidi"}},
+        })))
         .co(deploy("cosy").ns(""))
         .plan();
     assert_eq!(d.status.phase, Phase::Suspending);
@@ -915,6 +918,9 @@ fn ttl_after_finished_deletes_when_due_and_requeues_before() {
     w.finish("a", finished(0));
     let d = w.reconcile("a");
     assert_eq!(writes(&d), ["restore ns/cosy to=1", "delete"]);
+    assert!(w.job("a").deleting);
+    let d = w.reconcile("a");
+    assert!(d.released && writes(&d).is_empty());
     assert!(!w.exists("a"));
 }
 

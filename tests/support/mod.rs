@@ -283,8 +283,13 @@ impl Snap {
         self.0.dry_run = true;
         self
     }
+    /// On a Docker host: claims do not exist there, so the weights come from a host path.
     pub fn docker(mut self) -> Self {
         self.0.runtime = Runtime::Docker;
+        let weights = &mut self.0.job.spec.model.weights;
+        if weights.claim_name.take().is_some() {
+            weights.host_path = Some("/models/vidi".into());
+        }
         self
     }
     pub fn build(self) -> Snapshot {
