@@ -21,6 +21,8 @@ use super::{conditions, names};
 const RESYNC: Duration = Duration::from_secs(300);
 /// The look again that creates the first pod once Running is recorded.
 const START_DELAY: Duration = Duration::from_secs(1);
+/// The look again before a deleted job lets go, when its status lists a hold the view lacks.
+const RELEASE_RECHECK: Duration = Duration::from_secs(2);
 
 /// Plans the next step of the job in `snapshot`.
 pub fn next(snapshot: &Snapshot) -> Decision {
@@ -400,6 +402,45 @@ impl<'a> Plan<'a> {
         }
         for i in self.held() {
             self.release(i);
+        }
+        // The recorded status says this job holds co-tenants that the snapshot does not show as
+        // held by it: the adapter's view may lag behind the job's own Hold (a cache that has not
+        // seen the write yet). Letting the job go now would leave that hold with no holder to
+        // restore it; write the status from this view and look again first. (Where the view is
+        // right, e.g. a restore whose status write was lost, this costs one more look.)
+        let unseen: Vec<String> = self
+            .s
+            .job
+            .status
+            .suspended
+            .iter()
+            .filter(|s| {
+                !self.s.co_tenants.iter().any(|c| {
+                    c.id.kind == s.kind
+                        && c.id.namespace == s.namespace
+                        && c.id.name == s.name
+                        && c.holders.contains(self.me)
+                })
+            })
+            .map(|s| {
+                format!(
+                    "{} {}",
+                    s.kind,
+                    if s.namespace.is_empty() {
+                        s.name.clone()
+                    } else {
+                        format!("{}/{}", s.namespace, s.name)
+                    }
+                )
+            })
+            .collect();
+        if !unseen.is_empty() {
+            self.st.message = Some(format!(
+                "deleted: the status still lists {} as held; looking again before letting go",
+                unseen.join(", ")
+            ));
+            self.requeue = Some(RELEASE_RECHECK);
+            return;
         }
         self.st.message = Some("deleted; every co-tenant restored".into());
         self.released = true;
