@@ -139,6 +139,34 @@ impl<'a> Plan<'a> {
         }
     }
 
+    /// Another job of the pool is active where this one should be alone: it is Running or
+    /// Restoring (it may have a Vidi pod), or Suspending and ahead in the queue. In a consistent
+    /// view this never happens; it does when two jobs left the queue on views that had not seen
+    /// each other yet (a lagging cache, concurrent reconciles, a spec.suspend edit racing).
+    fn pool_taken(&self) -> Option<JobKey> {
+        let me = (self.s.job.created, self.me);
+        self.s
+            .rivals
+            .iter()
+            .filter(|r| r.key != *self.me)
+            .find(|r| match r.phase {
+                Phase::Running | Phase::Restoring => true,
+                Phase::Suspending => (r.created, &r.key) < me,
+                _ => false,
+            })
+            .map(|r| r.key.clone())
+    }
+
+    /// Invariant 3 before a Vidi pod exists: go back to the queue behind `other`.
+    fn back_off(&mut self, other: JobKey) {
+        self.notify(
+            Severity::Warning,
+            "BackedOff",
+            format!("VidiJob {other} is active on the same GPU pool; going back to the queue before starting Vidi"),
+        );
+        self.waiting();
+    }
+
     fn queue(&mut self, blocker: JobKey, position: usize, what: &str) {
         let entering = self.st.phase != Phase::Queued;
         self.st.phase = Phase::Queued;
@@ -157,6 +185,9 @@ impl<'a> Plan<'a> {
         let errors = self.admission_errors();
         if !errors.is_empty() {
             return self.fail_invalid(errors);
+        }
+        if let Some(other) = self.pool_taken() {
+            return self.back_off(other);
         }
         self.keep_suspended();
         let waiting: Vec<String> = self
@@ -207,6 +238,9 @@ impl<'a> Plan<'a> {
         let number = self.current_number().max(1);
         let Some(attempt) = self.s.attempts.iter().find(|a| a.number == number) else {
             // Never created, or removed by someone: (re)create it under the same name.
+            if let Some(other) = self.pool_taken() {
+                return self.back_off(other);
+            }
             let precision = self
                 .st
                 .precision
