@@ -66,6 +66,12 @@ enum Event {
     Edit(usize, Edit),
     /// Someone adds or removes a co-tenant's `vidi.dev/yield-gpu` label.
     FlipLabel(usize),
+    /// Two jobs reconciled at the same time: both plan from the same view, then both apply (the
+    /// second with a view that misses the first's writes; stale co-tenant writes conflict).
+    Concurrent(usize, usize),
+    /// A job reconciled from a lagging cache: co-tenants and other jobs as they were `lag`
+    /// events ago (1–4).
+    Stale(usize, usize),
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -147,6 +153,8 @@ fn event() -> impl Strategy<Value = Event> {
         2 => (50..2_500i64).prop_map(Event::Advance),
         2 => (0..3usize, edit()).prop_map(|(j, e)| Event::Edit(j, e)),
         1 => (0..4usize).prop_map(Event::FlipLabel),
+        3 => (0..3usize, 0..3usize).prop_map(|(a, b)| Event::Concurrent(a, b)),
+        3 => (0..3usize, 1..5usize).prop_map(|(j, lag)| Event::Stale(j, lag)),
     ]
 }
 
@@ -169,6 +177,8 @@ fn crash_event() -> impl Strategy<Value = Event> {
         3 => (0..3usize, prop_oneof![Just(Exit::Ok), Just(Exit::One)]).prop_map(|(j, e)| Event::Finish(j, e)),
         2 => Just(Event::SettlePods),
         1 => (0..3usize).prop_map(Event::Delete),
+        3 => (0..3usize, 0..3usize).prop_map(|(a, b)| Event::Concurrent(a, b)),
+        3 => (0..3usize, 1..5usize).prop_map(|(j, lag)| Event::Stale(j, lag)),
     ]
 }
 
@@ -261,7 +271,10 @@ fn check_after_reconcile(w: &World, k: &plan::JobKey, d: &plan::Decision, applie
     }
 }
 
-fn step(w: &mut World, e: &Event, jobs: usize) {
+/// The last few states of the world, newest last, for lagging views.
+type History = std::collections::VecDeque<World>;
+
+fn step(w: &mut World, history: &History, e: &Event, jobs: usize) {
     let k = |j: usize| plan::JobKey::new(NS, name(j % jobs));
     match *e {
         Event::Reconcile(j) => {
@@ -324,6 +337,31 @@ fn step(w: &mut World, e: &Event, jobs: usize) {
             });
         }
         Event::FlipLabel(c) => w.flip_label(c),
+        Event::Stale(j, lag) => {
+            let k = k(j);
+            let old = &history[history.len().saturating_sub(lag)];
+            // A cache catches up within a requeue: two lagging looks in a row are not modelled.
+            if !w.stale_deciders.contains(&k)
+                && let Some(snap) = w.stale_snapshot(&k, old)
+            {
+                w.trace.push(format!("  {k} reconciles from a lagging cache"));
+                let d = plan::next(&snap);
+                w.apply_stale(&k, &d);
+            }
+        }
+        Event::Concurrent(a, b) => {
+            let (ka, kb) = (k(a), k(b));
+            if ka != kb && w.find(&ka).is_some() && w.find(&kb).is_some() {
+                let da = plan::next(&w.snapshot(&ka));
+                let db = plan::next(&w.snapshot(&kb));
+                w.trace.push(format!("  {ka} and {kb} reconcile concurrently"));
+                let applied = w.apply(&ka, &da, None);
+                check_after_reconcile(w, &ka, &da, applied);
+                if w.find(&kb).is_some() && !w.stale_deciders.contains(&kb) {
+                    w.apply_stale(&kb, &db);
+                }
+            }
+        }
     }
     w.check();
 }
@@ -391,8 +429,17 @@ proptest! {
     ) {
         let mut w = world(&cos, &jobs);
         w.check();
+        let mut history = History::from([w.clone()]);
         for e in &events {
-            step(&mut w, e, jobs.len());
+            step(&mut w, &history, e, jobs.len());
+            if matches!(e, Event::Crash(..)) {
+                // A restarted operator lists everything afresh: no view lags behind the restart.
+                history.clear();
+            }
+            history.push_back(w.clone());
+            if history.len() > 5 {
+                history.pop_front();
+            }
         }
         drive_to_the_end(&mut w);
     }
@@ -472,8 +519,17 @@ proptest! {
         for (j, s) in suspended.iter().enumerate() {
             w.add_job(&name(j), j as i64, spec_from(serde_json::json!({"suspend": s})));
         }
+        let mut history = History::from([w.clone()]);
         for e in &events {
-            step(&mut w, e, suspended.len());
+            step(&mut w, &history, e, suspended.len());
+            if matches!(e, Event::Crash(..)) {
+                // A restarted operator lists everything afresh: no view lags behind the restart.
+                history.clear();
+            }
+            history.push_back(w.clone());
+            if history.len() > 5 {
+                history.pop_front();
+            }
         }
         drive_to_the_end(&mut w);
     }

@@ -52,6 +52,9 @@ pub enum Applied {
     Full,
     /// Only a prefix of the actions applied (an operator crash); the status was not written.
     Crashed,
+    /// A co-tenant write carried a stale revision (another write got there first): the adapter
+    /// stopped there and did not write the status.
+    Conflict,
     /// The job was removed (DeleteJob, or released after deletion).
     Removed,
 }
@@ -71,6 +74,11 @@ pub struct World {
     pub extra_problems: BTreeMap<JobKey, Vec<FieldError>>,
     /// Every step, for failure messages.
     pub trace: Vec<String>,
+    /// Set while applying a decision planned from a lagging view.
+    planned_from_stale_view: bool,
+    /// Jobs whose latest decision was planned from a lagging view: they may have finished
+    /// without seeing a hold, which their next (fresh) reconcile releases.
+    pub stale_deciders: BTreeSet<JobKey>,
 }
 
 impl Default for World {
@@ -92,6 +100,8 @@ impl World {
             gpu_total_bytes: None,
             extra_problems: BTreeMap::new(),
             trace: Vec::new(),
+            planned_from_stale_view: false,
+            stale_deciders: BTreeSet::new(),
         }
     }
 
@@ -255,6 +265,23 @@ impl World {
         }
     }
 
+    /// What an adapter with a lagging cache observes for job `k`: its own status and pods as
+    /// they are now (adapters remember their own writes), but the co-tenants and the other jobs
+    /// as they were in `old`.
+    pub fn stale_snapshot(&self, k: &JobKey, old: &World) -> Option<Snapshot> {
+        let now = self.find(k)?.clone();
+        let mut snap = self.snapshot(k);
+        let mut then = old.clone();
+        match then.jobs.iter_mut().find(|j| j.key == *k) {
+            Some(j) => *j = now,
+            None => return None,
+        }
+        let stale = then.snapshot(k);
+        snap.co_tenants = stale.co_tenants;
+        snap.rivals = stale.rivals;
+        Some(snap)
+    }
+
     // ----- acting -----
 
     /// Observes job `name`, plans, and applies the whole decision.
@@ -359,6 +386,19 @@ impl World {
                     "{k}: one decision writes {target} twice (the second write would conflict on resourceVersion, and the co-tenant flaps): [{summary}]"
                 ));
             }
+            // Optimistic concurrency: a write planned from an older view of the co-tenant fails.
+            if let Some((target, Some(rev))) = revision_of(action) {
+                let current = self
+                    .cos
+                    .iter()
+                    .find(|c| c.co.id == *target)
+                    .and_then(|c| c.co.revision.clone());
+                if current.as_deref() != Some(rev) {
+                    self.trace
+                        .push(format!("  conflict: {target} changed since revision {rev}"));
+                    return Applied::Conflict;
+                }
+            }
             match action {
                 Action::Hold {
                     target,
@@ -444,15 +484,22 @@ impl World {
                     }
                 }
                 Action::Notify(n) => self.events.push((k.clone(), n.clone())),
+                // Kubernetes: the delete sets deletionTimestamp; the finalizer keeps the job until
+                // a decision says `released`.
                 Action::DeleteJob => {
-                    self.check_may_go(k, "DeleteJob");
-                    self.remove(k);
-                    return Applied::Removed;
+                    if let Some(j) = self.jobs.iter_mut().find(|j| j.key == *k) {
+                        j.deleting = true;
+                    }
                 }
             }
         }
         if crash_after.is_some() {
             return Applied::Crashed;
+        }
+        if self.planned_from_stale_view {
+            self.stale_deciders.insert(k.clone());
+        } else {
+            self.stale_deciders.remove(k);
         }
         if d.released {
             let deleting = self.find(k).is_some_and(|j| j.deleting);
@@ -466,8 +513,19 @@ impl World {
         if let Some(j) = self.jobs.iter_mut().find(|j| j.key == *k) {
             j.status = d.status.clone();
         }
-        self.check_status_matches(k);
+        if !self.planned_from_stale_view {
+            self.check_status_matches(k);
+        }
         Applied::Full
+    }
+
+    /// Applies a decision planned from a lagging view (`stale_snapshot`, or a concurrent
+    /// reconcile): its `status.suspended` may describe that view rather than the world.
+    pub fn apply_stale(&mut self, k: &JobKey, d: &Decision) -> Applied {
+        self.planned_from_stale_view = true;
+        let applied = self.apply(k, d, None);
+        self.planned_from_stale_view = false;
+        applied
     }
 
     fn restore(&mut self, target: &CoTenantId, replicas: i32) {
@@ -719,7 +777,7 @@ impl World {
                         "{} is held by {h}, which no longer exists (invariant 4)",
                         co.id
                     )),
-                    Some(j) if j.status.phase.is_terminal() => {
+                    Some(j) if j.status.phase.is_terminal() && !self.stale_deciders.contains(h) => {
                         self.fail(format!("{} is held by {h}, which has finished (invariant 4)", co.id))
                     }
                     _ => {}
@@ -762,6 +820,17 @@ impl World {
             .filter(|c| c.co.holders.contains(k))
             .map(|c| format!("{}/{}", c.co.id.namespace, c.co.id.name))
             .collect()
+    }
+}
+
+/// The co-tenant an action writes and the revision it was planned from.
+pub fn revision_of(a: &Action) -> Option<(&CoTenantId, Option<&str>)> {
+    match a {
+        Action::Hold { target, revision, .. }
+        | Action::Resuspend { target, revision }
+        | Action::Release { target, revision, .. }
+        | Action::Restore { target, revision, .. } => Some((target, revision.as_deref())),
+        _ => None,
     }
 }
 
