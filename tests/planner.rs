@@ -513,6 +513,92 @@ fn a_crash_before_the_status_write_cannot_put_two_jobs_on_one_gpu() {
     assert_eq!(w.phase("a"), Phase::Queued);
 }
 
+#[test]
+fn jobs_that_left_the_queue_on_views_that_missed_each_other_back_off_before_vidi_starts() {
+    // b went Go while its view still showed a (older) waiting or suspended: a is ahead.
+    let d = job("b")
+        .created(5)
+        .suspending()
+        .co(deploy("cosy").held(&["a", "b"], 1))
+        .rival("a", 1, Phase::Suspending)
+        .plan();
+    assert_eq!(d.status.phase, Phase::Queued);
+    assert_eq!(d.status.waiting_for.as_deref(), Some("ns/a"));
+    assert!(writes(&d).is_empty(), "{:?}", writes(&d));
+    assert_eq!(notice(&d, "BackedOff").map(|n| n.0), Some(Severity::Warning));
+    // a, older, goes on.
+    let d = job("a")
+        .created(1)
+        .suspending()
+        .co(deploy("cosy").held(&["a", "b"], 1))
+        .rival("b", 5, Phase::Suspending)
+        .plan();
+    assert_eq!(d.status.phase, Phase::Running);
+    // Running without a pod yet while another job of the pool is Running: no pod, back to the queue.
+    let d = job("a")
+        .created(1)
+        .running()
+        .co(deploy("cosy").held(&["a", "b"], 1))
+        .rival("b", 5, Phase::Running)
+        .plan();
+    assert_eq!(d.status.phase, Phase::Queued);
+    assert!(!d.actions.iter().any(|a| matches!(a, Action::StartAttempt { .. })));
+    // A job whose Vidi pod already runs is not disturbed.
+    let d = job("a")
+        .created(1)
+        .running()
+        .attempt(1, AttemptState::Running)
+        .co(deploy("cosy").held(&["a"], 1))
+        .rival("b", 5, Phase::Running)
+        .plan();
+    assert_eq!(d.status.phase, Phase::Running);
+}
+
+#[test]
+fn a_deleted_job_does_not_let_go_of_a_hold_its_view_has_not_caught_up_with() {
+    let listed = vidi_operator::api::SuspendedCoTenant {
+        kind: WorkloadKind::Deployment,
+        namespace: NS.into(),
+        name: "cosy".into(),
+        original_replicas: 1,
+    };
+    // The status (written after the Hold) lists cosy; the cache does not show the hold yet.
+    let lagging = job("a")
+        .suspending()
+        .deleting()
+        .status(|st| st.suspended = vec![listed.clone()])
+        .co(deploy("cosy"))
+        .plan();
+    assert!(!lagging.released);
+    assert!(writes(&lagging).is_empty());
+    assert_eq!(lagging.requeue_after, Some(Duration::from_secs(2)));
+    assert!(
+        lagging
+            .status
+            .message
+            .as_deref()
+            .unwrap_or("")
+            .contains("Deployment ns/cosy")
+    );
+    // Next look, the hold is visible: restored, then let go.
+    let d = job("a")
+        .suspending()
+        .deleting()
+        .status(|st| *st = lagging.status.clone())
+        .co(deploy("cosy").held(&["a"], 1))
+        .plan();
+    assert_eq!(writes(&d), ["restore ns/cosy to=1"]);
+    assert!(d.released);
+    // A view that is right (the restore's status write was lost) costs one more look only.
+    let d = job("a")
+        .suspending()
+        .deleting()
+        .status(|st| *st = lagging.status.clone())
+        .co(deploy("cosy"))
+        .plan();
+    assert!(d.released && writes(&d).is_empty());
+}
+
 // ----- co-tenants -----
 
 #[test]
