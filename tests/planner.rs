@@ -134,8 +134,10 @@ fn waits_for_co_tenant_pods_before_starting() {
     );
     assert!(d.requeue_after.is_some());
 
-    let d = s.clone().co(deploy("x").held(&["a"], 1)).with_spec(|_| {}).plan();
+    // One co-tenant gone, another with a pod left: still waiting, and no Vidi pod.
+    let d = s.clone().co(deploy("comfy").held(&["a"], 1)).plan();
     assert_eq!(d.status.phase, Phase::Suspending, "one pod left still blocks");
+    assert!(!d.actions.iter().any(|a| matches!(a, Action::StartAttempt { .. })));
 
     let s = job("a").suspending().co(deploy("cosy").held(&["a"], 1));
     let d = s.plan();
@@ -146,7 +148,7 @@ fn waits_for_co_tenant_pods_before_starting() {
 }
 
 #[test]
-fn queued_behind_an_active_job_then_goes() {
+fn queued_behind_an_active_job_joins_its_holds() {
     let s = job("b")
         .created(5)
         .co(deploy("cosy").held(&["a"], 2))
