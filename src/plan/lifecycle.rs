@@ -83,7 +83,7 @@ impl<'a> Plan<'a> {
                 Phase::Succeeded | Phase::Failed => return self.finished(),
                 Phase::Restoring => return self.restoring(),
                 _ if self.invalid() => return,
-                _ if self.s.job.spec.suspend => return self.suspended(),
+                _ if self.s.job.spec.suspend && !self.answered() => return self.suspended(),
                 Phase::Pending | Phase::Queued => self.waiting(),
                 // Suspending settles: it stays, fails, or records Running (see `suspending`).
                 Phase::Suspending => return self.suspending(),
@@ -297,6 +297,22 @@ impl<'a> Plan<'a> {
                 }
             }
         }
+    }
+
+    /// Vidi has already answered (the current attempt succeeded). A spec.suspend that comes
+    /// now has nothing left to stop: the job finishes instead of dropping the answer, which a
+    /// resume would only read after suspending the co-tenants all over again.
+    fn answered(&self) -> bool {
+        let number = self.current_number().max(1);
+        self.st.phase == Phase::Running
+            && self.s.attempts.iter().any(|a| {
+                a.number == number
+                    && matches!(&a.state, AttemptState::Finished { gate, main, reason }
+                    if matches!(
+                        classify(gate.as_ref(), main.as_ref(), reason.as_deref(), Precision::Fp16),
+                        AttemptEnd::Succeeded(_)
+                    ))
+            })
     }
 
     fn after_failure(
