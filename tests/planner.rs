@@ -941,6 +941,33 @@ fn suspend_mid_run_stops_restores_and_returns_to_pending() {
 }
 
 #[test]
+fn suspend_after_vidi_already_answered_keeps_the_answer() {
+    // Vidi answered just before spec.suspend was set: there is nothing left to stop, and going
+    // back to Pending would drop the answer until a resume suspends the co-tenants again.
+    let d = job("a")
+        .running()
+        .with_spec(|s| s.suspend = true)
+        .co(deploy("cosy").held(&["a"], 2))
+        .attempt(1, finished(0))
+        .plan();
+    assert_eq!(writes(&d), ["restore ns/cosy to=2"]);
+    assert_eq!(d.status.phase, Phase::Succeeded);
+    assert!(d.status.result.is_some());
+    // Still running: suspend stops it.
+    let d = job("a")
+        .running()
+        .with_spec(|s| s.suspend = true)
+        .co(deploy("cosy").held(&["a"], 2))
+        .attempt(1, AttemptState::Running)
+        .plan();
+    assert_eq!(writes(&d), ["stop 1 a-vidi-1"]);
+    assert_eq!(
+        (d.status.phase, d.status.outcome),
+        (Phase::Restoring, Some(Outcome::Suspended))
+    );
+}
+
+#[test]
 fn resuming_a_suspended_job_restarts_its_deadline() {
     let mut w = World::new();
     w.add_co(NS, "cosy", 1, true)
