@@ -28,6 +28,13 @@ pub struct RunArgs {
     /// Namespace of the Lease (default: POD_NAMESPACE, else the kube context's namespace).
     #[arg(long, env = "POD_NAMESPACE")]
     lease_namespace: Option<String>,
+    /// How long a Lease stays valid without renewal: a standby takes over this long after the
+    /// leader stopped renewing (crashed). Must be longer than --lease-grace.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    lease_duration: Duration,
+    /// How long before the Lease expires the leader renews it.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    lease_grace: Duration,
     /// This replica's identity for the Lease and Events (default: POD_NAME, else the hostname).
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
@@ -93,16 +100,24 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             }
         })
     };
-    let server = tokio::spawn(telemetry::serve(
-        args.metrics_addr,
-        health.clone(),
-        metrics.clone(),
-        refresh,
-    ));
+    let server = tokio::spawn({
+        let (addr, health, metrics) = (args.metrics_addr, health.clone(), metrics.clone());
+        async move {
+            if let Err(e) = telemetry::serve(addr, health, metrics, refresh).await {
+                tracing::error!(%addr, error = %e, "cannot serve /healthz, /readyz and /metrics");
+            }
+        }
+    });
     tracing::info!(addr = %args.metrics_addr, "serving /healthz, /readyz and /metrics");
 
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    // With leader election: the lease watch, whose task releases the Lease once the receiver
+    // (held by `shutdown`) is dropped.
+    let mut lease = None;
     if args.leader_election {
+        let (duration, grace) = (args.lease_duration.as_secs(), args.lease_grace.as_secs());
+        if grace == 0 || grace >= duration {
+            anyhow::bail!("--lease-grace must be at least 1s and shorter than --lease-duration ({duration}s)");
+        }
         let namespace = args
             .lease_namespace
             .clone()
@@ -110,44 +125,59 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         let manager = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), &args.lease_name)
             .with_namespace(&namespace)
             .with_identity(&identity)
+            .with_duration(duration)
+            .with_grace(grace)
             .build()
             .await
             .context("setting up leader election")?;
-        let (mut leading, _task) = manager.watch().await;
+        let (mut leading, task) = manager.watch().await;
         tracing::info!(lease = %format!("{namespace}/{}", args.lease_name), "waiting to become the leader");
         // A standby replica is healthy; it becomes ready to act once it leads.
         health.set_ready(true);
-        while !*leading.borrow_and_update() {
-            leading.changed().await.context("leader election stopped")?;
+        tokio::select! {
+            waited = leading.wait_for(|l| *l) => { waited.context("leader election stopped")?; }
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+            _ = terminate() => return Ok(()),
         }
         tracing::info!("leading: starting the controller");
-        let stop_tx = stop_tx.clone();
-        tokio::spawn(async move {
-            while leading.changed().await.is_ok() {
-                if !*leading.borrow() {
-                    tracing::error!("lost the lease: stopping so that only the new leader acts");
-                    let _ = stop_tx.send(true);
-                    return;
-                }
-            }
-        });
         health.set_ready(false);
+        lease = Some((leading, task));
     }
 
+    let lost = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let shutdown = {
-        let mut stop_rx = stop_rx.clone();
+        let lost = lost.clone();
+        let mut leading = lease.as_ref().map(|(leading, _)| leading.clone());
         async move {
+            let lost_lease = async {
+                match leading.as_mut() {
+                    Some(leading) => {
+                        let _ = leading.wait_for(|l| !*l).await;
+                        tracing::error!("lost the lease: stopping so that only the new leader acts");
+                        lost.store(true, std::sync::atomic::Ordering::SeqCst);
+                    }
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => {}
                 _ = terminate() => {}
-                _ = stop_rx.wait_for(|s| *s) => {}
+                _ = lost_lease => {}
             }
         }
     };
     let result = vidi_operator::kube::run(client, settings, metrics, health, jobs_cache, shutdown).await;
     server.abort();
+    if let Some((leading, task)) = lease {
+        // Dropping the last receiver makes the lease task release the Lease, so a standby takes
+        // over at once instead of after --lease-duration.
+        drop(leading);
+        if tokio::time::timeout(Duration::from_secs(5), task).await.is_err() {
+            tracing::warn!("could not release the lease in time; a standby takes over once it expires");
+        }
+    }
     result.context("controller failed")?;
-    if *stop_rx.borrow() {
+    if lost.load(std::sync::atomic::Ordering::SeqCst) {
         anyhow::bail!("lost leadership");
     }
     Ok(())
