@@ -1,0 +1,257 @@
+//! `--dry-run`: the real controller against the API stand-in reports what a job would suspend
+//! and run (status message + a DryRun Event) and changes nothing: no co-tenant is scaled or
+//! marked, no pod is created or deleted.
+use std::sync::Arc;
+use std::time::Duration;
+
+use kube::CustomResourceExt;
+use kube_standin::{Gvr, PodOutcome, Standin, View};
+use serde_json::{Value, json};
+use vidi_operator::api::VidiJob;
+use vidi_operator::kube::{PodDefaults, Scope, Settings};
+use vidi_operator::telemetry::{Health, Metrics};
+
+const NS: &str = "media";
+const WAIT: Duration = Duration::from_secs(20);
+
+/// The in-process controller in dry-run mode; stopped when dropped.
+struct Operator(tokio::task::JoinHandle<()>);
+
+impl Operator {
+    fn start(api: &Standin) -> Self {
+        let settings = Settings {
+            scope: Scope::All,
+            dry_run: true,
+            pods: PodDefaults {
+                vidi_image: "vidi:test".into(),
+                gate_image: "vidi-operator:test".into(),
+                gate_timeout: Duration::from_secs(60),
+            },
+            instance: "test".into(),
+        };
+        let client = api.client();
+        Operator(tokio::spawn(async move {
+            let _ = vidi_operator::kube::run(
+                client,
+                settings,
+                Metrics::default(),
+                Health::default(),
+                Arc::default(),
+                std::future::pending(),
+            )
+            .await;
+        }))
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+fn deployment(name: &str, ns: &str, replicas: i32, opt_in: bool) -> Value {
+    let mut labels = json!({"app": name});
+    if opt_in {
+        labels["vidi.dev/yield-gpu"] = json!("true");
+    }
+    json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": name, "namespace": ns, "labels": labels},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {"metadata": {"labels": {"app": name}}, "spec": {"containers": [{"name": name, "image": name}]}}
+        }
+    })
+}
+
+/// Every Deployment as (namespace/name, replicas, annotations), and every pod name: what a dry
+/// run must leave exactly as it was.
+fn world(v: &View<'_>) -> (Vec<(String, Value, Value)>, Vec<String>) {
+    let mut deployments: Vec<_> = v
+        .list(&Gvr::deployments(), None)
+        .into_iter()
+        .map(|d| {
+            (
+                format!("{}/{}", d["metadata"]["namespace"], d["metadata"]["name"]),
+                d["spec"]["replicas"].clone(),
+                d["metadata"]["annotations"].clone(),
+            )
+        })
+        .collect();
+    deployments.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut pods: Vec<String> = v
+        .list(&Gvr::pods(), None)
+        .into_iter()
+        .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+        .filter_map(|p| p["metadata"]["name"].as_str().map(String::from))
+        .collect();
+    pods.sort();
+    (deployments, pods)
+}
+
+fn message(v: &View<'_>, job: &str) -> String {
+    v.get(&Gvr::vidijobs(), NS, job)
+        .and_then(|j| j["status"]["message"].as_str().map(String::from))
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dry_run_reports_what_would_be_suspended_and_changes_nothing() {
+    let api = Standin::start().await;
+    api.register_crd(&VidiJob::crd()).expect("CRD registers");
+    for claim in ["videos", "weights"] {
+        api.create(
+            &Gvr::pvcs(),
+            NS,
+            json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": claim}}),
+        )
+        .expect("claim");
+    }
+    for (name, ns, replicas, opt_in) in [
+        ("cosyvoice", NS, 1, true),
+        ("comfyui", NS, 2, true),
+        ("unrelated", NS, 1, false),
+        ("painter", "art", 1, true),
+        ("private", "art", 1, false),
+    ] {
+        api.create(&Gvr::deployments(), ns, deployment(name, ns, replicas, opt_in))
+            .expect("co-tenant");
+    }
+    // A kubelet that would finish any Vidi pod at once: a dry run must never get that far.
+    api.kubelet().on_pod(|_| Some(PodOutcome::succeed()));
+    if api
+        .wait_for(|v| v.list(&Gvr::pods(), None).len() == 6, WAIT)
+        .await
+        .is_err()
+    {
+        panic!("co-tenant pods never started");
+    }
+    let before = api.wait_until(|v| Some(world(v)), WAIT).await.expect("a view");
+    let _op = Operator::start(&api);
+    api.create(
+        &Gvr::vidijobs(),
+        NS,
+        json!({
+            "apiVersion": "vidi.dev/v1alpha1", "kind": "VidiJob",
+            "metadata": {"name": "preview", "namespace": NS},
+            "spec": {
+                "video": {"volume": {"claimName": "videos", "path": "talks/keynote.mp4"}},
+                "query": "a speaker holds up a phone",
+                "model": {"weights": {"claimName": "weights"}, "precision": "int8"},
+                "coTenants": {"namespaces": [NS, "art"]},
+            }
+        }),
+    )
+    .expect("job created");
+
+    // The status says what would happen, naming each co-tenant with its replicas.
+    let reported = api
+        .wait_until(
+            |v| Some(message(v, "preview")).filter(|m| m.starts_with("dry run")),
+            WAIT,
+        )
+        .await
+        .unwrap_or_else(|_| panic!("no dry-run report: {:?}", api.get(&Gvr::vidijobs(), NS, "preview")));
+    for would in [
+        "would suspend ",
+        "Deployment media/comfyui (2 replicas)",
+        "Deployment media/cosyvoice (1 replicas)",
+        "Deployment art/painter (1 replicas)",
+        "would run Vidi at int8",
+    ] {
+        assert!(reported.contains(would), "{would:?} missing from {reported:?}");
+    }
+    for left_alone in ["unrelated", "private"] {
+        assert!(
+            !reported.contains(left_alone),
+            "{left_alone} is not opted in: {reported}"
+        );
+    }
+    let job = api.get(&Gvr::vidijobs(), NS, "preview").expect("job");
+    assert_eq!(job["status"]["phase"], "Pending", "{job}");
+    assert!(
+        job["status"]["suspended"].as_array().is_none_or(Vec::is_empty),
+        "nothing is recorded as suspended: {job}"
+    );
+    let events = api.list(&Gvr::events(), Some(NS));
+    assert!(
+        events
+            .iter()
+            .any(|e| e["reason"] == "DryRun" && e["note"] == reported.as_str()),
+        "a DryRun Event with the report: {events:?}"
+    );
+
+    // A co-tenant changes: the report follows it, and still nothing is touched.
+    api.patch_json(&Gvr::deployments(), NS, "comfyui", json!({"spec": {"replicas": 3}}))
+        .expect("scaled");
+    let updated = api
+        .wait_until(
+            |v| Some(message(v, "preview")).filter(|m| m.contains("media/comfyui (3 replicas)")),
+            WAIT,
+        )
+        .await;
+    assert!(
+        updated.is_ok(),
+        "the report never followed the scale-up: {:?}",
+        api.get(&Gvr::vidijobs(), NS, "preview")
+    );
+
+    // Deleting the job releases it (the finalizer has nothing to restore).
+    api.delete(&Gvr::vidijobs(), NS, "preview").expect("deleted");
+    if api
+        .wait_for(|v| v.get(&Gvr::vidijobs(), NS, "preview").is_none(), WAIT)
+        .await
+        .is_err()
+    {
+        panic!(
+            "the job was never released: {:?}",
+            api.get(&Gvr::vidijobs(), NS, "preview")
+        );
+    }
+
+    // Nothing changed but our own scale-up (and the pod it started).
+    let (deployments, pods) = api.wait_until(|v| Some(world(v)), WAIT).await.expect("a view");
+    let mut expected_deployments = before.0.clone();
+    for d in &mut expected_deployments {
+        if d.0 == "\"media\"/\"comfyui\"" {
+            d.1 = json!(3);
+        }
+    }
+    assert_eq!(deployments, expected_deployments, "no co-tenant was scaled or marked");
+    assert_eq!(
+        pods.len(),
+        before.1.len() + 1,
+        "only the scale-up's pod was added: {pods:?}"
+    );
+    assert!(
+        before.1.iter().all(|p| pods.contains(p)),
+        "no pod was deleted: {pods:?}"
+    );
+    let vidi_pods = api
+        .list(&Gvr::pods(), None)
+        .into_iter()
+        .filter(|p| !p["metadata"]["labels"]["vidi.dev/job"].is_null())
+        .count();
+    assert_eq!(vidi_pods, 0, "no Vidi pod was created: {pods:?}");
+
+    // The operator's own calls: no write to a workload, no pod created or deleted.
+    let writes: Vec<String> = api
+        .access_records()
+        .into_iter()
+        .filter(|r| {
+            let workload = r.access.group == "apps";
+            let pod = r.access.group.is_empty() && r.access.resource == "pods";
+            (workload && !matches!(r.access.verb.as_str(), "get" | "list" | "watch"))
+                || (pod && matches!(r.access.verb.as_str(), "create" | "delete" | "patch" | "update"))
+        })
+        .map(|r| {
+            format!(
+                "{} {}/{} {:?}",
+                r.access.verb, r.access.resource, r.access.subresource, r.name
+            )
+        })
+        .collect();
+    assert!(writes.is_empty(), "a dry run wrote: {writes:?}");
+}
