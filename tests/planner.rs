@@ -323,6 +323,47 @@ fn gate_timeout_lowers_auto_precision_and_fails_a_fixed_one() {
     assert!(d.status.message.as_deref().unwrap_or("").contains("12 GiB free"));
 }
 
+#[test]
+fn gate_timeout_with_a_fixed_threshold_does_not_retry_lower() {
+    // A lower precision would wait for the same minFreeMemory again.
+    let d = job("a")
+        .running()
+        .with_spec(|s| {
+            s.gpu.min_free_memory = Some(k8s_openapi::apimachinery::pkg::api::resource::Quantity("20Gi".into()))
+        })
+        .co(deploy("cosy").held(&["a"], 1))
+        .attempt(1, gate_timeout())
+        .plan();
+    assert_eq!(writes(&d), ["restore ns/cosy to=1"]);
+    assert_eq!(d.status.reason, Some(FailureReason::GpuMemoryUnavailable));
+}
+
+#[test]
+fn a_job_keeps_the_pool_it_took_when_its_spec_gpu_changes() {
+    let d = job("a").co(deploy("cosy")).plan();
+    assert_eq!(d.status.phase, Phase::Suspending);
+    let pool = d
+        .status
+        .pool
+        .clone()
+        .expect("the pool is recorded on leaving the queue");
+    assert_eq!(pool, "nvidia.com/gpu|");
+    let mut moved = spec();
+    moved.gpu.node_selector = [("gpu".to_string(), "b".to_string())].into();
+    assert_eq!(
+        vidi_operator::plan::queue::job_pool(&moved, &d.status),
+        pool,
+        "active: the recorded pool"
+    );
+    let mut done = d.status.clone();
+    done.phase = Phase::Succeeded;
+    assert_eq!(
+        vidi_operator::plan::queue::job_pool(&moved, &done),
+        "nvidia.com/gpu|gpu=b",
+        "finished: the spec's"
+    );
+}
+
 // ----- deletion, deadlines -----
 
 #[test]

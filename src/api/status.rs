@@ -201,6 +201,10 @@ pub struct VidiJobStatus {
     /// A human-readable line about the current state.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// The GPU pool (resourceName and nodeSelector) the job took when it left the queue; it keeps
+    /// that pool while active even if spec.gpu is edited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
     /// The job this one waits for while Queued.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub waiting_for: Option<String>,

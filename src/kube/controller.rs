@@ -282,11 +282,39 @@ fn current(job: &VidiJob, ctx: &Context) -> VidiJob {
     job
 }
 
+/// The pod of the latest attempt may be missing from the cache only because it was created a
+/// moment ago. Planning as if it did not exist would release the co-tenants while Vidi starts, so
+/// in that one case the pod is read from the API.
+async fn recent_pod(job: &VidiJob, ctx: &Context, snapshot: &mut plan::Snapshot) -> Result<(), Error> {
+    let Some(name) = job.status.as_ref().and_then(|s| s.pod_name.clone()) else {
+        return Ok(());
+    };
+    if snapshot.attempts.iter().any(|a| a.name == name) {
+        return Ok(());
+    }
+    let ns = job.namespace().unwrap_or_default();
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    let pod = pods.get_opt(&name).await.map_err(|source| Error::Read {
+        what: format!("pod {ns}/{name}"),
+        source,
+    })?;
+    if let Some(pod) = pod.filter(|p| {
+        p.owner_references()
+            .iter()
+            .any(|o| Some(&o.uid) == job.metadata.uid.as_ref())
+    }) && let Some(attempt) = observe::attempt(&pod)
+    {
+        snapshot.attempts.push(attempt);
+    }
+    Ok(())
+}
+
 /// One pass: observe → plan → act → status.
 async fn step(job: &VidiJob, ctx: &Context) -> Result<Requeue, Error> {
     let job = &current(job, ctx);
     let now = Timestamp::now();
-    let snapshot = observe::snapshot(job, &ctx.stores, ctx.settings.dry_run, now);
+    let mut snapshot = observe::snapshot(job, &ctx.stores, ctx.settings.dry_run, now);
+    recent_pod(job, ctx, &mut snapshot).await?;
     let decision = plan::next(&snapshot);
     let writes = decision
         .actions
@@ -360,7 +388,7 @@ async fn write_status(ctx: &Context, job: &VidiJob, old: &VidiJobStatus, new: &V
 
 /// A job changed: the waiting jobs of its pool may go now (or must keep waiting).
 fn waiting_peers(stores: &Stores, job: &VidiJob) -> Vec<ObjectRef<VidiJob>> {
-    let pool = plan::queue::pool_key(&job.spec);
+    let pool = plan::queue::job_pool(&job.spec, &job.status.clone().unwrap_or_default());
     stores
         .jobs
         .state()
@@ -372,7 +400,7 @@ fn waiting_peers(stores: &Stores, job: &VidiJob) -> Vec<ObjectRef<VidiJob>> {
                 .as_ref()
                 .is_none_or(|s| matches!(s.phase, Phase::Pending | Phase::Queued))
         })
-        .filter(|other| plan::queue::pool_key(&other.spec) == pool)
+        .filter(|other| plan::queue::job_pool(&other.spec, &other.status.clone().unwrap_or_default()) == pool)
         .map(|other| ObjectRef::from_obj(&**other))
         .collect()
 }

@@ -20,6 +20,12 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+    #[error("reading {what}: {source}")]
+    Read {
+        what: String,
+        #[source]
+        source: kube::Error,
+    },
     #[error("serializing status: {0}")]
     Serialize(#[source] serde_json::Error),
     #[error("finalizer: {0}")]
@@ -35,6 +41,7 @@ impl Error {
     pub fn metric_label(&self) -> &'static str {
         match self {
             Error::Write { .. } => "Write",
+            Error::Read { .. } => "Read",
             Error::Serialize(_) => "Serialize",
             Error::Finalizer(_) => "Finalizer",
             Error::Unsupported(_) => "Unsupported",

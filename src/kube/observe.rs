@@ -214,14 +214,15 @@ pub fn snapshot(job: &VidiJob, stores: &Stores, dry_run: bool, now: Timestamp) -
         .filter_map(|p| attempt(p))
         .collect();
 
-    let pool = queue::pool_key(&job.spec);
+    let status = job.status.clone().unwrap_or_default();
+    let pool = queue::job_pool(&job.spec, &status);
     let rivals = stores
         .jobs
         .state()
         .iter()
         .filter(|other| other.metadata.uid != job.metadata.uid && job_key(other) != key)
         .filter(|other| other.status.as_ref().is_none_or(|s| !s.phase.is_terminal()))
-        .filter(|other| queue::pool_key(&other.spec) == pool)
+        .filter(|other| queue::job_pool(&other.spec, &other.status.clone().unwrap_or_default()) == pool)
         .map(|other| Rival {
             key: job_key(other),
             created: created(other),
@@ -330,7 +331,7 @@ fn termination(status: Option<&ContainerStatus>) -> Option<Termination> {
 }
 
 /// One Vidi pod as the planner's `Attempt`.
-fn attempt(pod: &Pod) -> Option<Attempt> {
+pub fn attempt(pod: &Pod) -> Option<Attempt> {
     let number: u32 = pod.labels().get(ATTEMPT_LABEL)?.parse().ok()?;
     let precision = pod.labels().get(PRECISION_LABEL).and_then(|p| match p.as_str() {
         "fp16" => Some(Precision::Fp16),

@@ -109,6 +109,7 @@ impl<'a> Plan<'a> {
         match turn(self.me, self.s.job.created, &self.s.rivals) {
             Turn::Go => {
                 self.st.phase = Phase::Suspending;
+                self.st.pool = Some(super::queue::pool_key(&self.s.job.spec));
                 self.st.waiting_for = None;
                 self.st.start_time.get_or_insert(Time(self.s.now));
                 self.st.message = Some("suspending co-tenants".into());
@@ -325,7 +326,10 @@ impl<'a> Plan<'a> {
     ) {
         let spec = &self.s.job.spec;
         match retry {
-            Retry::LowerPrecision => {
+            // A fixed minFreeMemory would make a lower precision wait for the same memory again.
+            Retry::LowerPrecision
+                if !(reason == FailureReason::GpuMemoryUnavailable && spec.gpu.min_free_memory.is_some()) =>
+            {
                 if let Some(lower) = precision::after_out_of_memory(spec.model.precision, precision) {
                     self.notify(
                         Severity::Warning,
@@ -349,7 +353,7 @@ impl<'a> Plan<'a> {
                     return self.start_attempt(number + 1, precision);
                 }
             }
-            Retry::Never => {}
+            Retry::LowerPrecision | Retry::Never => {}
         }
         self.fail(reason, message);
     }

@@ -3,7 +3,7 @@ use std::collections::BTreeMap;
 
 use jiff::Timestamp;
 
-use crate::api::{Phase, VidiJobSpec};
+use crate::api::{Phase, VidiJobSpec, VidiJobStatus};
 
 use super::snapshot::{JobKey, Rival};
 
@@ -12,6 +12,15 @@ pub fn pool_key(spec: &VidiJobSpec) -> String {
     let selector: BTreeMap<_, _> = spec.gpu.node_selector.iter().collect();
     let labels: Vec<String> = selector.iter().map(|(k, v)| format!("{k}={v}")).collect();
     format!("{}|{}", spec.gpu.resource_name, labels.join(","))
+}
+
+/// The pool a job competes in: the one it recorded on leaving the queue while it is active (so a
+/// `spec.gpu` edit mid-run cannot let a rival of the old pool start beside it), else its spec's.
+pub fn job_pool(spec: &VidiJobSpec, status: &VidiJobStatus) -> String {
+    match &status.pool {
+        Some(pool) if status.phase.is_active() => pool.clone(),
+        _ => pool_key(spec),
+    }
 }
 
 /// Whether this job may leave the queue, and if not whom it waits for.
