@@ -4,7 +4,7 @@
 use crate::store::{DeleteOpts, Key, State, Timer, TimerAction, key, meta_str, now, uid_of};
 use crate::{Gvr, PodOutcome};
 use serde_json::{Value, json};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,6 +17,8 @@ pub(crate) struct KubeletState {
     pub decide: Option<Decide>,
     pub by_name: BTreeMap<(String, String), PodOutcome>,
     pub nodes: Vec<(String, BTreeMap<String, String>)>,
+    /// The resourceVersion the last scan looked at (0: none yet, scan everything).
+    pub synced_rv: u64,
 }
 
 impl Default for KubeletState {
@@ -28,6 +30,7 @@ impl Default for KubeletState {
             decide: None,
             by_name: BTreeMap::new(),
             nodes: Vec::new(),
+            synced_rv: 0,
         }
     }
 }
@@ -54,6 +57,18 @@ impl KubeletState {
 }
 
 const WORKLOAD_KINDS: &[&str] = &["Deployment", "StatefulSet", "ReplicaSet", "DaemonSet"];
+
+/// The objects of one group/plural: a contiguous range of the store's ordered keys.
+fn kind_range<'a>(
+    objects: &'a BTreeMap<Key, Value>,
+    group: &'a str,
+    plural: &'a str,
+) -> impl Iterator<Item = (&'a Key, &'a Value)> + 'a {
+    let start: Key = (group.to_string(), plural.to_string(), String::new(), String::new());
+    objects
+        .range(start..)
+        .take_while(move |(k, _)| k.0 == group && k.1 == plural)
+}
 
 fn workload_owned(pod: &Value) -> bool {
     pod.pointer("/metadata/ownerReferences")
@@ -222,18 +237,31 @@ impl State {
             .cloned()
     }
 
-    /// Admits every job pod the kubelet has not seen yet.
+    /// Admits every job pod the kubelet has not seen yet (looking only at the pods written since
+    /// the last scan, when the history still reaches back that far).
     pub(crate) fn kubelet_scan(&mut self) {
         if !self.kubelet.enabled {
+            self.kubelet.synced_rv = 0;
             return;
         }
-        let new: Vec<Key> = self
-            .objects
-            .iter()
-            .filter(|(k, o)| {
-                k.0.is_empty()
-                    && k.1 == "pods"
-                    && !workload_owned(o)
+        let changed = self.written_since(self.kubelet.synced_rv).map(|events| {
+            events
+                .filter(|e| e.group.is_empty() && e.plural == "pods" && e.etype != "DELETED")
+                .filter_map(|e| {
+                    meta_str(&e.object, "name")
+                        .map(|n| (e.group.clone(), e.plural.clone(), e.ns.clone(), n.to_string()))
+                })
+                .collect::<BTreeSet<Key>>()
+        });
+        self.kubelet.synced_rv = self.rv;
+        let candidates: Vec<(&Key, &Value)> = match &changed {
+            Some(keys) => keys.iter().filter_map(|k| self.objects.get_key_value(k)).collect(),
+            None => kind_range(&self.objects, "", "pods").collect(),
+        };
+        let new: Vec<Key> = candidates
+            .into_iter()
+            .filter(|(_, o)| {
+                !workload_owned(o)
                     && matches!(phase(o), "" | "Pending")
                     && o.pointer("/status/startTime").is_none()
                     && meta_str(o, "deletionTimestamp").is_none()
@@ -244,6 +272,16 @@ impl State {
         for k in new {
             self.kubelet_admit(&k);
         }
+    }
+
+    /// The history events after `rv`, or `None` when the history no longer reaches back that far
+    /// (or `rv` is 0: never scanned), so the caller must look at everything.
+    fn written_since(&self, rv: u64) -> Option<impl Iterator<Item = &crate::store::StoredEvent>> {
+        if rv == 0 || rv < self.compacted_through {
+            return None;
+        }
+        let start = self.history.partition_point(|e| e.rv <= rv);
+        Some(self.history.range(start..))
     }
 
     pub(crate) fn kubelet_admit(&mut self, k: &Key) {
@@ -378,26 +416,79 @@ impl State {
 
     pub(crate) fn reconcile_workloads(&mut self) {
         if !self.workloads_enabled {
+            self.workloads_synced_rv = 0;
             return;
         }
         let Some(pods_res) = self.resource(&pods_gvr()) else {
             return;
         };
+        // Only workloads written since the last pass, or whose pods were: nothing else can
+        // change what a pass does. Everything when the history no longer reaches back.
+        let dirty = self.written_since(self.workloads_synced_rv).map(|events| {
+            let mut keys = BTreeSet::new();
+            for e in events {
+                if e.group == "apps" && (e.plural == "deployments" || e.plural == "statefulsets") {
+                    if let Some(n) = meta_str(&e.object, "name") {
+                        keys.insert((e.group.clone(), e.plural.clone(), e.ns.clone(), n.to_string()));
+                    }
+                } else if e.group.is_empty() && e.plural == "pods" {
+                    let refs = e.object.pointer("/metadata/ownerReferences").and_then(Value::as_array);
+                    for r in refs.into_iter().flatten() {
+                        let plural = match r.get("kind").and_then(Value::as_str) {
+                            Some("Deployment") => "deployments",
+                            Some("StatefulSet") => "statefulsets",
+                            _ => continue,
+                        };
+                        if let Some(n) = r.get("name").and_then(Value::as_str) {
+                            keys.insert(("apps".to_string(), plural.to_string(), e.ns.clone(), n.to_string()));
+                        }
+                    }
+                }
+            }
+            keys
+        });
+        self.workloads_synced_rv = self.rv;
+        if dirty.as_ref().is_some_and(BTreeSet::is_empty) {
+            return;
+        }
+        // Pods by the uid of their controlling owner, built once per pass: a workload's pods
+        // change only in its own `reconcile_one`, which adds the ones it creates.
+        let mut by_owner: HashMap<String, Vec<Key>> = HashMap::new();
+        for (pk, p) in kind_range(&self.objects, &pods_res.group, &pods_res.plural) {
+            let refs = p.pointer("/metadata/ownerReferences").and_then(Value::as_array);
+            for r in refs.into_iter().flatten() {
+                if r.get("controller").and_then(Value::as_bool) == Some(true)
+                    && let Some(uid) = r.get("uid").and_then(Value::as_str)
+                {
+                    by_owner.entry(uid.to_string()).or_default().push(pk.clone());
+                }
+            }
+        }
         for gvr in [Gvr::deployments(), Gvr::statefulsets()] {
             let Some(res) = self.resource(&gvr) else { continue };
-            let keys: Vec<Key> = self
-                .objects
-                .keys()
-                .filter(|k| k.0 == res.group && k.1 == res.plural)
-                .cloned()
-                .collect();
+            let keys: Vec<Key> = match &dirty {
+                Some(dirty) => dirty
+                    .iter()
+                    .filter(|k| k.0 == res.group && k.1 == res.plural)
+                    .cloned()
+                    .collect(),
+                None => kind_range(&self.objects, &res.group, &res.plural)
+                    .map(|(k, _)| k.clone())
+                    .collect(),
+            };
             for k in keys {
-                self.reconcile_one(&res, &pods_res, &k);
+                self.reconcile_one(&res, &pods_res, &k, &by_owner);
             }
         }
     }
 
-    fn reconcile_one(&mut self, res: &crate::ResourceInfo, pods_res: &crate::ResourceInfo, k: &Key) {
+    fn reconcile_one(
+        &mut self,
+        res: &crate::ResourceInfo,
+        pods_res: &crate::ResourceInfo,
+        k: &Key,
+        by_owner: &HashMap<String, Vec<Key>>,
+    ) {
         let Some(owner) = self.objects.get(k).cloned() else {
             return;
         };
@@ -411,13 +502,13 @@ impl State {
             .and_then(Value::as_i64)
             .unwrap_or(1)
             .max(0) as usize;
-        let owned = |st: &State| -> Vec<(Key, Value)> {
-            st.objects
+        let mut candidates: Vec<Key> = by_owner.get(&uid).cloned().unwrap_or_default();
+        let owned = |st: &State, candidates: &[Key]| -> Vec<(Key, Value)> {
+            candidates
                 .iter()
+                .filter_map(|pk| st.objects.get(pk).map(|p| (pk, p)))
                 .filter(|(pk, p)| {
-                    pk.0.is_empty()
-                        && pk.1 == "pods"
-                        && pk.2 == ns
+                    pk.2 == ns
                         && p.pointer("/metadata/ownerReferences")
                             .and_then(Value::as_array)
                             .is_some_and(|rs| {
@@ -430,7 +521,7 @@ impl State {
                 .map(|(pk, p)| (pk.clone(), p.clone()))
                 .collect()
         };
-        let pods = owned(self);
+        let pods = owned(self, &candidates);
         let mut active: Vec<(Key, Value)> = pods
             .iter()
             .filter(|(_, p)| meta_str(p, "deletionTimestamp").is_none())
@@ -469,8 +560,10 @@ impl State {
         if sts {
             for i in 0..replicas {
                 let pod_name = format!("{name}-{i}");
-                if !pods.iter().any(|(pk, _)| pk.3 == pod_name) {
-                    let _ = self.create(pods_res, &ns, make_pod(Some(pod_name)), true);
+                if !pods.iter().any(|(pk, _)| pk.3 == pod_name)
+                    && let Ok(pod) = self.create(pods_res, &ns, make_pod(Some(pod_name)), true)
+                {
+                    candidates.push(key(pods_res, &ns, meta_str(&pod, "name").unwrap_or_default()));
                 }
             }
             let ordinal = |n: &str| {
@@ -484,7 +577,9 @@ impl State {
             }
         } else if active.len() < replicas {
             for _ in active.len()..replicas {
-                let _ = self.create(pods_res, &ns, make_pod(None), true);
+                if let Ok(pod) = self.create(pods_res, &ns, make_pod(None), true) {
+                    candidates.push(key(pods_res, &ns, meta_str(&pod, "name").unwrap_or_default()));
+                }
             }
         } else if active.len() > replicas {
             active.sort_by(|a, b| {
@@ -497,7 +592,7 @@ impl State {
             }
         }
         // Status from what exists now.
-        let now_active: Vec<Value> = owned(self)
+        let now_active: Vec<Value> = owned(self, &candidates)
             .into_iter()
             .map(|(_, p)| p)
             .filter(|p| meta_str(p, "deletionTimestamp").is_none())

@@ -161,6 +161,33 @@ pub struct AccessRecord {
     pub code: u16,
 }
 
+/// One committed write, as watchers see it, with the time it was committed (see
+/// [`Standin::changes_since`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Change {
+    /// The resourceVersion the write produced.
+    pub resource_version: u64,
+    /// API group ("" for core).
+    pub group: String,
+    /// Plural resource.
+    pub resource: String,
+    /// Namespace ("" for cluster-scoped objects).
+    pub namespace: String,
+    /// Watch event type: ADDED, MODIFIED or DELETED.
+    pub event: &'static str,
+    /// The object after the write (for DELETED: as it was removed).
+    pub object: Value,
+    /// When the stand-in committed the write (monotonic clock, taken under its lock).
+    pub at: std::time::Instant,
+}
+
+impl Change {
+    /// The object's name.
+    pub fn name(&self) -> &str {
+        self.object["metadata"]["name"].as_str().unwrap_or_default()
+    }
+}
+
 /// How a job pod ends (see [`Kubelet`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PodOutcome {
@@ -370,7 +397,10 @@ impl Kubelet {
     }
     /// Switches the kubelet on or off (on by default). Off: job pods stay as created.
     pub fn set_enabled(&self, on: bool) {
-        self.shared.lock().kubelet.enabled = on;
+        let mut st = self.shared.lock();
+        st.kubelet.enabled = on;
+        st.kubelet.synced_rv = 0;
+        drop(st);
         self.shared.poke();
     }
 }
@@ -570,6 +600,26 @@ impl Standin {
         }
     }
 
+    /// Every write committed after resourceVersion `rv`, in order, with its commit time: what a
+    /// watch from `rv` would replay, for measuring how long after a write another one came.
+    /// Only what the history still holds (see [`Standin::set_history_limit`]).
+    pub fn changes_since(&self, rv: u64) -> Vec<Change> {
+        let st = self.shared.lock();
+        let start = st.history.partition_point(|e| e.rv <= rv);
+        st.history
+            .range(start..)
+            .map(|e| Change {
+                resource_version: e.rv,
+                group: e.group.clone(),
+                resource: e.plural.clone(),
+                namespace: e.ns.clone(),
+                event: e.etype,
+                object: e.object.clone(),
+                at: e.at,
+            })
+            .collect()
+    }
+
     /// Every distinct (verb, group, resource, subresource) requested so far.
     pub fn access_log(&self) -> BTreeSet<Access> {
         self.shared.lock().access.iter().map(|r| r.access.clone()).collect()
@@ -631,7 +681,10 @@ impl Standin {
 
     /// Switches the Deployment/StatefulSet controller on or off (on by default).
     pub fn set_workloads_enabled(&self, on: bool) {
-        self.shared.lock().workloads_enabled = on;
+        let mut st = self.shared.lock();
+        st.workloads_enabled = on;
+        st.workloads_synced_rv = 0;
+        drop(st);
         self.shared.poke();
     }
 

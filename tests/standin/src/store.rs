@@ -26,6 +26,8 @@ pub(crate) struct StoredEvent {
     pub etype: &'static str,
     pub object: Value,
     pub prev: Option<Value>,
+    /// When the write was committed (monotonic clock).
+    pub at: std::time::Instant,
 }
 
 #[derive(Clone, Debug)]
@@ -101,6 +103,8 @@ pub(crate) struct State {
     pub faults: Vec<Fault>,
     pub bookmark_interval: Duration,
     pub workloads_enabled: bool,
+    /// The resourceVersion the workload controller's last pass looked at (0: none yet).
+    pub workloads_synced_rv: u64,
     pub kubelet: KubeletState,
     /// openAPIV3Schema per (group, version, plural) of custom resources.
     pub schemas: BTreeMap<(String, String, String), Value>,
@@ -215,6 +219,7 @@ impl State {
             faults: Vec::new(),
             bookmark_interval: Duration::from_secs(1),
             workloads_enabled: true,
+            workloads_synced_rv: 0,
             kubelet: KubeletState::default(),
             schemas: BTreeMap::new(),
         };
@@ -334,6 +339,7 @@ impl State {
             etype,
             object,
             prev,
+            at: std::time::Instant::now(),
         });
         while self.history.len() > self.history_limit {
             if let Some(e) = self.history.pop_front() {

@@ -781,3 +781,47 @@ async fn deletecollection_orphans_and_namespace_cascade() {
     assert!(api.list(&cm, Some("ns")).is_empty());
     assert!(api.get(&Gvr::namespaces(), "", "ns").is_none());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_carry_commit_times_in_order() {
+    let api = standin().await;
+    api.kubelet().set_enabled(false);
+    let start = api.resource_version();
+    let before = std::time::Instant::now();
+    let cm = |name: &str| json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}});
+    api.create(&Gvr::new("", "v1", "configmaps"), "ns", cm("a")).unwrap();
+    api.patch_json(
+        &Gvr::new("", "v1", "configmaps"),
+        "ns",
+        "a",
+        json!({"data": {"k": "v"}}),
+    )
+    .unwrap();
+    api.delete(&Gvr::new("", "v1", "configmaps"), "ns", "a").unwrap();
+    let after = std::time::Instant::now();
+
+    let changes = api.changes_since(start);
+    let seen: Vec<_> = changes
+        .iter()
+        .map(|c| (c.event, c.resource.as_str(), c.name()))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("ADDED", "configmaps", "a"),
+            ("MODIFIED", "configmaps", "a"),
+            ("DELETED", "configmaps", "a")
+        ]
+    );
+    assert!(changes.iter().all(|c| c.namespace == "ns" && c.group.is_empty()));
+    assert_eq!(changes[1].object["data"]["k"], "v");
+    assert!(
+        changes
+            .windows(2)
+            .all(|w| w[0].at <= w[1].at && w[0].resource_version < w[1].resource_version)
+    );
+    assert!(changes[0].at >= before && changes[2].at <= after);
+    // From a later resourceVersion only the later writes.
+    assert_eq!(api.changes_since(changes[1].resource_version).len(), 1);
+    assert!(api.changes_since(api.resource_version()).is_empty());
+}

@@ -327,3 +327,49 @@ async fn kubelet_leaves_pods_set_up_as_running_alone() {
     assert_eq!(p["status"]["startTime"], "2026-01-01T00:00:00Z");
     assert!(p["spec"].get("nodeName").is_none());
 }
+
+/// The simulators look only at what was written since their last pass; when the history no
+/// longer reaches back (compaction, a short history), or after being switched off and on, they
+/// look at everything again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simulators_catch_up_after_compaction_and_toggles() {
+    let api = standin().await;
+    let running = |v: &kube_standin::View<'_>, app: &str| {
+        pods_of(v, app)
+            .iter()
+            .filter(|p| p["status"]["phase"] == "Running" && p["metadata"]["deletionTimestamp"].is_null())
+            .count()
+    };
+    api.create(&Gvr::deployments(), "ns", workload("Deployment", "tts", 1))
+        .unwrap();
+    api.wait_for(|v| running(v, "tts") == 1, T).await.unwrap();
+
+    // Off: a scale-up waits; back on, the pass sees it although nothing is written meanwhile.
+    api.set_workloads_enabled(false);
+    api.patch_json(&Gvr::deployments(), "ns", "tts", json!({"spec": {"replicas": 2}}))
+        .unwrap();
+    api.set_history_limit(1);
+    api.set_workloads_enabled(true);
+    api.wait_for(|v| running(v, "tts") == 2, T).await.unwrap();
+
+    // Kubelet off while a job pod is created, history compacted, kubelet on: the pod runs.
+    api.kubelet().set_enabled(false);
+    api.create(&Gvr::pods(), "ns", pod("job", json!({}))).unwrap();
+    api.compact();
+    api.kubelet().set_enabled(true);
+    api.wait_for(
+        |v| {
+            v.get(&Gvr::pods(), "ns", "job")
+                .is_some_and(|p| p["status"]["phase"] != "Pending")
+        },
+        T,
+    )
+    .await
+    .unwrap();
+
+    // A short history: a write the pass never saw in the history still gets handled.
+    api.set_history_limit(1);
+    api.patch_json(&Gvr::deployments(), "ns", "tts", json!({"spec": {"replicas": 0}}))
+        .unwrap();
+    api.wait_for(|v| running(v, "tts") == 0, T).await.unwrap();
+}
