@@ -52,6 +52,12 @@ const RESULT: &str = r#"{"segments":[[65,72]],"precision":"int4","videoSeconds":
 const APPS: [&str; 2] = ["cosyvoice", "comfyui"];
 
 fn main() {
+    // `cargo test --all-targets` runs bench targets too, without `--bench`: measuring there would
+    // only slow the test suite down (and in a debug build), so it just says how to run it.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("controller benchmark: run it with `cargo bench --bench controller`");
+        return;
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
