@@ -106,6 +106,7 @@ pub fn feed<K>(
     make_api: impl Fn(Option<&str>) -> Api<K>,
     scope: &Scope,
     subscribers: usize,
+    trim: fn(&mut K),
     tasks: &mut Vec<JoinHandle<()>>,
 ) -> (Cache<K>, Subscriptions<K>)
 where
@@ -119,7 +120,8 @@ where
         let (senders, receivers): (Vec<_>, Vec<_>) = (0..subscribers)
             .map(|_| futures::channel::mpsc::unbounded::<K>())
             .unzip();
-        let stream = reflector::reflector(writer, watcher(make_api(ns.as_deref()), watcher::Config::default()))
+        let events = watcher(make_api(ns.as_deref()), watcher::Config::default()).modify(trim);
+        let stream = reflector::reflector(writer, events)
             .default_backoff()
             .touched_objects()
             .for_each(move |change| {
@@ -136,4 +138,21 @@ where
         subs.push(receivers.into_iter().map(Some).collect());
     }
     (Cache { stores }, subs)
+}
+
+/// Drops what the caches never read: managedFields (often the largest part of an object).
+pub fn trim_managed_fields<K: kube::Resource>(obj: &mut K) {
+    obj.meta_mut().managed_fields = None;
+}
+
+/// Keeps only the managedFields entries that own `spec.replicas`: the operator reads them to
+/// name who scaled a held co-tenant back up.
+pub fn trim_to_replica_managers<K: kube::Resource>(obj: &mut K) {
+    if let Some(fields) = obj.meta_mut().managed_fields.as_mut() {
+        fields.retain(|f| {
+            f.fields_v1
+                .as_ref()
+                .is_some_and(|v| v.0.to_string().contains("\"f:replicas\""))
+        });
+    }
 }

@@ -23,9 +23,13 @@ use crate::telemetry::{ErrorLabels, Health, Metrics};
 
 use super::Error;
 use super::act::{Actor, co_tenant_patch};
-use super::cache::{Cache, Scope, feed};
+use super::cache::{Cache, Scope, feed, trim_managed_fields, trim_to_replica_managers};
 use super::observe::{self, MANAGER, Stores, job_key};
 use super::pod::PodDefaults;
+
+/// Reconciles in flight at once per job controller: bounds the memory of a burst (a restart with
+/// a thousand jobs) without slowing single hand-offs.
+const RECONCILE_CONCURRENCY: u16 = 16;
 
 /// The finalizer that guarantees a restore before a job goes away.
 pub const FINALIZER: &str = "vidi.dev/restore-co-tenants";
@@ -48,9 +52,9 @@ pub struct Context {
     pub recorder: Recorder,
     pub settings: Settings,
     pub metrics: Metrics,
-    /// The status last written per job uid, with the resourceVersion it was written over: a
-    /// reconcile that still sees that version in the cache plans from the written status instead.
-    written: std::sync::Mutex<std::collections::HashMap<String, (String, VidiJobStatus)>>,
+    /// The status last written per job uid: a reconcile whose cache still shows a version older
+    /// than that write plans from the written status instead.
+    written: std::sync::Mutex<std::collections::HashMap<String, Written>>,
 }
 
 /// Runs the controller until `shutdown` resolves.
@@ -70,11 +74,41 @@ pub async fn run(
     // One job controller per watched namespace (a kube Controller reads one store).
     let controllers = namespaces.len();
     let mut tasks = Vec::new();
-    let (jobs, mut job_subs) = feed(scoped::<VidiJob>(&client), &scope, 1 + controllers, &mut tasks);
-    let (deployments, mut deployment_subs) = feed(scoped::<Deployment>(&client), &scope, controllers, &mut tasks);
-    let (statefulsets, mut statefulset_subs) = feed(scoped::<StatefulSet>(&client), &scope, controllers, &mut tasks);
-    let (pods, mut pod_subs) = feed(scoped::<Pod>(&client), &scope, controllers, &mut tasks);
-    let (claims, _) = feed(scoped::<PersistentVolumeClaim>(&client), &scope, 0, &mut tasks);
+    let (jobs, mut job_subs) = feed(
+        scoped::<VidiJob>(&client),
+        &scope,
+        1 + controllers,
+        trim_managed_fields,
+        &mut tasks,
+    );
+    let (deployments, mut deployment_subs) = feed(
+        scoped::<Deployment>(&client),
+        &scope,
+        controllers,
+        trim_to_replica_managers,
+        &mut tasks,
+    );
+    let (statefulsets, mut statefulset_subs) = feed(
+        scoped::<StatefulSet>(&client),
+        &scope,
+        controllers,
+        trim_to_replica_managers,
+        &mut tasks,
+    );
+    let (pods, mut pod_subs) = feed(
+        scoped::<Pod>(&client),
+        &scope,
+        controllers,
+        trim_managed_fields,
+        &mut tasks,
+    );
+    let (claims, _) = feed(
+        scoped::<PersistentVolumeClaim>(&client),
+        &scope,
+        0,
+        trim_managed_fields,
+        &mut tasks,
+    );
     let stores = Stores {
         jobs,
         deployments,
@@ -153,6 +187,7 @@ pub async fn run(
             }
         }
         let run = controller
+            .with_config(kube::runtime::controller::Config::default().concurrency(RECONCILE_CONCURRENCY))
             .graceful_shutdown_on(shutdown.clone())
             .run(reconcile, error_policy, ctx.clone())
             .for_each(|_| futures::future::ready(()));
@@ -264,7 +299,18 @@ async fn reconcile(job: Arc<VidiJob>, ctx: Arc<Context>) -> Result<Requeue, Erro
     .await
 }
 
-/// The job as last written: the cache may not have caught up with our own status write yet.
+/// The operator's latest status write of one job, and the resourceVersions known to be older.
+struct Written {
+    /// Versions the operator wrote over or wrote before its latest write. Opaque strings, so
+    /// "older" is only ever known this way, never by comparing them.
+    older: std::collections::HashSet<String>,
+    /// The version the latest write produced.
+    latest: String,
+    status: VidiJobStatus,
+}
+
+/// The job as last written: the cache may not have caught up with the operator's own status
+/// writes yet (it may even show an intermediate one).
 fn current(job: &VidiJob, ctx: &Context) -> VidiJob {
     let mut job = job.clone();
     let (Some(uid), Some(rv)) = (job.metadata.uid.clone(), job.metadata.resource_version.clone()) else {
@@ -272,7 +318,8 @@ fn current(job: &VidiJob, ctx: &Context) -> VidiJob {
     };
     if let Ok(mut written) = ctx.written.lock() {
         match written.get(&uid) {
-            Some((over, status)) if *over == rv => job.status = Some(status.clone()),
+            Some(w) if w.older.contains(&rv) => job.status = Some(w.status.clone()),
+            // Caught up with our latest write, or someone else wrote since: the cache is current.
             Some(_) => {
                 written.remove(&uid);
             }
@@ -370,18 +417,30 @@ async fn write_status(ctx: &Context, job: &VidiJob, old: &VidiJobStatus, new: &V
         field_manager: Some(MANAGER.into()),
         ..Default::default()
     };
-    jobs.patch_status(&job.name_any(), &params, &Patch::Merge(json!({ "status": body })))
+    let stored = jobs
+        .patch_status(&job.name_any(), &params, &Patch::Merge(json!({ "status": body })))
         .await
         .map_err(|source| Error::Write {
             what: format!("VidiJob {ns}/{} status", job.name_any()),
             source,
         })?;
-    if let (Some(uid), Some(rv), Ok(mut written)) = (
+    if let (Some(uid), Some(over), Some(latest), Ok(mut written)) = (
         job.metadata.uid.clone(),
         job.metadata.resource_version.clone(),
+        stored.metadata.resource_version.clone(),
         ctx.written.lock(),
     ) {
-        written.insert(uid, (rv, new.clone()));
+        let entry = written.entry(uid).or_insert_with(|| Written {
+            older: Default::default(),
+            latest: latest.clone(),
+            status: new.clone(),
+        });
+        entry.older.insert(over);
+        let previous = std::mem::replace(&mut entry.latest, latest);
+        if previous != entry.latest {
+            entry.older.insert(previous);
+        }
+        entry.status = new.clone();
     }
     Ok(())
 }

@@ -237,6 +237,10 @@ impl<'a> Plan<'a> {
         // co-tenant to 0 and restore it in the same decision (a flap, and a second write with a
         // stale resourceVersion).
         let number = self.current_number().max(1);
+        // A view whose status lags its pods still counts every attempt that exists.
+        if self.s.attempts.iter().any(|a| a.number == number) {
+            self.st.attempts = self.st.attempts.max(number);
+        }
         let Some(attempt) = self.s.attempts.iter().find(|a| a.number == number) else {
             // Never created, or removed by someone: (re)create it under the same name.
             if let Some(other) = self.pool_taken() {
