@@ -125,10 +125,16 @@ where
             .default_backoff()
             .touched_objects()
             .for_each(move |change| {
-                if let Ok(obj) = change {
-                    for tx in &senders {
-                        // A stopped controller no longer listens; the others still do.
-                        let _ = tx.unbounded_send(obj.clone());
+                match change {
+                    Ok(obj) => {
+                        for tx in &senders {
+                            // A stopped controller no longer listens; the others still do.
+                            let _ = tx.unbounded_send(obj.clone());
+                        }
+                    }
+                    // The watcher retries with backoff; say so, or a stuck cache is invisible.
+                    Err(e) => {
+                        tracing::warn!(kind = %K::kind(&Default::default()), error = %e, "watch failed; retrying")
                     }
                 }
                 futures::future::ready(())

@@ -140,11 +140,21 @@ pub async fn run(
         let ctx = ctx.clone();
         tasks.push(tokio::spawn(async move {
             let s = &ctx.stores;
-            let listed = s.jobs.listed().await
-                && s.deployments.listed().await
-                && s.statefulsets.listed().await
-                && s.pods.listed().await
-                && s.claims.listed().await;
+            let all = async {
+                s.jobs.listed().await
+                    && s.deployments.listed().await
+                    && s.statefulsets.listed().await
+                    && s.pods.listed().await
+                    && s.claims.listed().await
+            };
+            tokio::pin!(all);
+            // Say which caches a slow start waits for, every few seconds.
+            let listed = loop {
+                match tokio::time::timeout(Duration::from_secs(5), &mut all).await {
+                    Ok(listed) => break listed,
+                    Err(_) => tracing::warn!(unsynced = ?s.unsynced(), "caches have not listed yet"),
+                }
+            };
             if listed {
                 health.set_ready(true);
                 tracing::info!("caches synced");
