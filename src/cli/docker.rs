@@ -138,21 +138,11 @@ fn parse_build_arg(s: &str) -> Result<(String, String), String> {
 }
 
 pub async fn run(args: DockerArgs) -> anyhow::Result<()> {
-    init_tracing();
+    vidi_operator::telemetry::init_logging_on_request();
     match args.command {
         DockerCommand::Run(a) => run_job(a).await,
         DockerCommand::Recover(a) => recover(a).await,
         DockerCommand::Build(a) => build(a).await,
-    }
-}
-
-/// Logs only when RUST_LOG asks: progress already goes to stderr as plain lines.
-fn init_tracing() {
-    if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_default_env() {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_writer(std::io::stderr)
-            .try_init();
     }
 }
 

@@ -62,22 +62,10 @@ fn parse_min_free(s: &str) -> Result<u64, gpu::SizeParseError> {
 }
 
 pub async fn run(args: GpuArgs) -> anyhow::Result<()> {
-    init_tracing();
+    vidi_operator::telemetry::init_logging_on_request();
     match args.command {
         GpuCommand::Status(a) => status(a),
         GpuCommand::Gate(a) => gate(a).await,
-    }
-}
-
-/// Logs only when RUST_LOG asks for them: progress and errors already go to stderr as plain
-/// lines, and a second copy as log records would only repeat them. `try_init` leaves a
-/// subscriber that main may have installed alone.
-fn init_tracing() {
-    if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_default_env() {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_writer(std::io::stderr)
-            .try_init();
     }
 }
 

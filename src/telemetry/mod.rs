@@ -31,6 +31,17 @@ pub fn init_logging(format: LogFormat) {
     };
 }
 
+/// For the CLI commands whose progress already goes to stderr as plain lines: logs appear only
+/// when RUST_LOG asks for them. `try_init` leaves an installed subscriber alone.
+pub fn init_logging_on_request() {
+    if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_default_env() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
+}
+
 /// What `/readyz` reports: ready once the caches are synced (and, with leader election, while
 /// waiting to lead, still ready: a standby replica is healthy).
 #[derive(Clone, Default)]
