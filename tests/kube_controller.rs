@@ -834,3 +834,36 @@ async fn watch_namespaces_limit_what_the_operator_touches() {
     );
     op.crash().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_up_sweep_restores_co_tenants_whose_holder_is_gone() {
+    let api = standin().await;
+    // Left behind by a job that was force-deleted (finalizer removed by hand) while it held it.
+    let mut held = deployment("cosyvoice", NS, 0, true);
+    held["metadata"]["annotations"] = json!({"vidi.dev/held-by": "media/gone", "vidi.dev/original-replicas": "2"});
+    api.create(&Gvr::deployments(), NS, held).unwrap();
+    // Held by a gone job and a live one: only the gone holder is dropped.
+    let mut shared = deployment("comfyui", NS, 0, true);
+    shared["metadata"]["annotations"] =
+        json!({"vidi.dev/held-by": "media/gone,media/live", "vidi.dev/original-replicas": "1"});
+    api.create(&Gvr::deployments(), NS, shared).unwrap();
+    api.kubelet().on_pod(|_| None);
+    let mut live = job(
+        "live",
+        json!({"coTenants": {"selector": {"matchLabels": {"app": "comfyui"}}}}),
+    );
+    live["status"] = json!({"phase": "Running"});
+    api.create_with_status(&Gvr::vidijobs(), NS, live).unwrap();
+    let op = Operator::start(&api);
+    settle(&api, "cosyvoice restored by the sweep", WAIT, |v| {
+        replicas(v, NS, "cosyvoice") == Some(2) && no_marks(v, NS, "cosyvoice")
+    })
+    .await;
+    settle(&api, "the gone holder dropped from comfyui", WAIT, |v| {
+        annotations(v, NS, "comfyui")["vidi.dev/held-by"] == "media/live"
+    })
+    .await;
+    assert_eq!(replicas(&api, NS, "comfyui"), Some(0), "still held by the live job");
+    assert_eq!(annotations(&api, NS, "comfyui")["vidi.dev/original-replicas"], "1");
+    op.crash().await;
+}

@@ -88,7 +88,7 @@ where
         true
     }
 
-    /// The store of the first namespace (the controller needs one store per job controller).
+    /// The store of the `index`-th watched namespace (a kube Controller reads one store).
     pub fn store(&self, index: usize) -> Option<Store<K>> {
         self.stores.get(index).cloned()
     }

@@ -501,39 +501,7 @@ async fn sweep(ctx: &Context) {
                 .iter()
                 .any(|j| job_key(j) == *key && j.status.as_ref().is_none_or(|s| !s.phase.is_terminal()))
     };
-    let deployments = ctx.stores.deployments.state();
-    let sets = ctx.stores.statefulsets.state();
-    let metas = deployments
-        .iter()
-        .map(|d| (crate::api::WorkloadKind::Deployment, &d.metadata, d.spec.replicas))
-        .chain(
-            sets.iter()
-                .map(|s| (crate::api::WorkloadKind::StatefulSet, &s.metadata, s.spec.replicas)),
-        );
-    for (kind, meta, replicas) in metas {
-        let holders = observe::holders(meta);
-        if holders.is_empty() {
-            continue;
-        }
-        let co = plan::CoTenant {
-            id: plan::CoTenantId {
-                kind,
-                namespace: meta.namespace.clone().unwrap_or_default(),
-                name: meta.name.clone().unwrap_or_default(),
-            },
-            replicas: replicas.unwrap_or(1),
-            live_pods: 0,
-            holders,
-            original_replicas: meta
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get(crate::api::ORIGINAL_REPLICAS))
-                .and_then(|v| v.parse().ok()),
-            opted_in: false,
-            selection: plan::Selection::HeldOnly,
-            last_scaled_by: None,
-            revision: meta.resource_version.clone(),
-        };
+    for co in observe::held_co_tenants(&ctx.stores) {
         if let Some(action) = stale_holders(&co, live)
             && let Some((target, patch)) = co_tenant_patch(&action)
         {

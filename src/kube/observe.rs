@@ -252,6 +252,18 @@ pub fn snapshot(job: &VidiJob, stores: &Stores, dry_run: bool, now: Timestamp) -
     }
 }
 
+/// Every co-tenant that carries holder marks, for the start-up sweep.
+pub fn held_co_tenants(stores: &Stores) -> Vec<CoTenant> {
+    let deployments = stores.deployments.state();
+    let sets = stores.statefulsets.state();
+    let pods = stores.pods.state();
+    workloads(&deployments, &sets)
+        .iter()
+        .filter(|w| !holders(w.meta).is_empty())
+        .map(|w| co_tenant(w, Selection::HeldOnly, &pods))
+        .collect()
+}
+
 fn created(job: &VidiJob) -> Timestamp {
     job.metadata
         .creation_timestamp
