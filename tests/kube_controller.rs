@@ -3,15 +3,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use kube::CustomResourceExt;
+mod kube_support;
 use kube_standin::{Gvr, InitOutcome, PodOutcome, Standin, View};
+use kube_support::{NS, deployment, standin_with_claims};
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
-use vidi_operator::api::VidiJob;
 use vidi_operator::kube::{PodDefaults, Scope, Settings};
 use vidi_operator::telemetry::{Health, Metrics};
 
-const NS: &str = "media";
 const WAIT: Duration = Duration::from_secs(20);
 const RESULT: &str =
     r#"{"segments":[[65,72],[180,184]],"precision":"fp16","videoSeconds":600,"peakVramBytes":19000000000}"#;
@@ -59,36 +58,6 @@ impl Operator {
         self.task.abort();
         let _ = self.task.await;
     }
-}
-
-async fn standin() -> Standin {
-    let api = Standin::start().await;
-    api.register_crd(&VidiJob::crd()).expect("CRD registers");
-    for claim in ["videos", "weights", "hf-cache"] {
-        api.create(
-            &Gvr::pvcs(),
-            NS,
-            json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": claim}}),
-        )
-        .expect("claim");
-    }
-    api
-}
-
-fn deployment(name: &str, ns: &str, replicas: i32, opt_in: bool) -> Value {
-    let mut labels = json!({"app": name});
-    if opt_in {
-        labels["vidi.dev/yield-gpu"] = json!("true");
-    }
-    json!({
-        "apiVersion": "apps/v1", "kind": "Deployment",
-        "metadata": {"name": name, "namespace": ns, "labels": labels},
-        "spec": {
-            "replicas": replicas,
-            "selector": {"matchLabels": {"app": name}},
-            "template": {"metadata": {"labels": {"app": name}}, "spec": {"containers": [{"name": name, "image": name}]}}
-        }
-    })
 }
 
 fn job(name: &str, extra: Value) -> Value {
@@ -225,7 +194,7 @@ fn vidi_pods(v: &View<'_>) -> Vec<Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn happy_path_suspends_runs_and_restores() {
-    let api = standin().await;
+    let api = standin_with_claims(&["videos", "weights", "hf-cache"]).await;
     api.set_pod_termination(Duration::from_millis(300));
     api.create(&Gvr::deployments(), NS, deployment("cosyvoice", NS, 1, true))
         .unwrap();
@@ -343,7 +312,7 @@ async fn run_to_end(
     answer: impl Fn(u32) -> PodOutcome + Send + Sync + 'static,
     end: &str,
 ) -> (Standin, Value) {
-    let api = standin().await;
+    let api = standin_with_claims(&["videos", "weights", "hf-cache"]).await;
     api.create(&Gvr::deployments(), NS, deployment("cosyvoice", NS, 1, true))
         .unwrap();
     api.kubelet().on_pod(move |pod| {
@@ -462,7 +431,7 @@ async fn gate_timeout_fails_the_attempt_with_its_reason() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_a_running_job_stops_vidi_then_restores() {
-    let api = standin().await;
+    let api = standin_with_claims(&["videos", "weights", "hf-cache"]).await;
     api.set_pod_termination(Duration::from_millis(300));
     api.create(&Gvr::deployments(), NS, deployment("cosyvoice", NS, 1, true))
         .unwrap();
@@ -511,7 +480,7 @@ async fn deadline_exceeded_restores_and_fails() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_jobs_for_one_gpu_run_one_at_a_time_and_restore_once() {
-    let api = standin().await;
+    let api = standin_with_claims(&["videos", "weights", "hf-cache"]).await;
     api.create(&Gvr::deployments(), NS, deployment("cosyvoice", NS, 1, true))
         .unwrap();
     api.kubelet().on_pod(|_| {
@@ -575,7 +544,7 @@ async fn three_jobs_for_one_gpu_run_one_at_a_time_and_restore_once() {
 async fn operator_restart_in_every_phase_still_restores() {
     // A second job waits in Queued meanwhile, so every crash also hits a queued job.
     for phase in ["Suspending", "Running"] {
-        let api = standin().await;
+        let api = standin_with_claims(&["videos", "weights", "hf-cache"]).await;
         api.set_pod_termination(Duration::from_millis(500));
         api.create(&Gvr::deployments(), NS, deployment("cosyvoice", NS, 2, true))
             .unwrap();
@@ -606,7 +575,7 @@ async fn operator_restart_in_every_phase_still_restores() {
         op.crash().await;
     }
     // Restoring persists while a deleted job's Vidi pod is still terminating: crash there.
-    let api = standin().await;
+    let api = standin_with_claims(&["videos", "weights", "hf-cache"]).await;
     api.set_pod_termination(Duration::from_secs(2));
     api.create(&Gvr::deployments(), NS, deployment("cosyvoice", NS, 2, true))
         .unwrap();
@@ -637,7 +606,7 @@ async fn operator_restart_in_every_phase_still_restores() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn co_tenant_scaled_up_mid_job_is_suspended_again_with_a_warning() {
-    let api = standin().await;
+    let api = standin_with_claims(&["videos", "weights", "hf-cache"]).await;
     api.create(&Gvr::deployments(), NS, deployment("cosyvoice", NS, 1, true))
         .unwrap();
     api.kubelet().on_pod(|_| None);
@@ -690,7 +659,7 @@ async fn co_tenant_scaled_up_mid_job_is_suspended_again_with_a_warning() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn co_tenant_at_zero_beforehand_is_restored_to_zero() {
     let (api, _st) = {
-        let api = standin().await;
+        let api = standin_with_claims(&["videos", "weights", "hf-cache"]).await;
         api.create(&Gvr::deployments(), NS, deployment("idle", NS, 0, true))
             .unwrap();
         api.create(&Gvr::deployments(), NS, deployment("cosyvoice", NS, 1, true))
@@ -710,7 +679,7 @@ async fn co_tenant_at_zero_beforehand_is_restored_to_zero() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn co_tenants_in_other_namespaces_need_the_opt_in_label() {
-    let api = standin().await;
+    let api = standin_with_claims(&["videos", "weights", "hf-cache"]).await;
     api.create(&Gvr::deployments(), "tts", deployment("cosyvoice", "tts", 1, true))
         .unwrap();
     api.create(&Gvr::deployments(), "art", deployment("comfyui", "art", 1, false))
@@ -754,7 +723,7 @@ async fn co_tenants_in_other_namespaces_need_the_opt_in_label() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_specs_fail_naming_the_field_and_suspend_nothing() {
-    let api = standin().await;
+    let api = standin_with_claims(&["videos", "weights", "hf-cache"]).await;
     api.create(&Gvr::deployments(), NS, deployment("cosyvoice", NS, 1, true))
         .unwrap();
     let op = Operator::start(&api);
@@ -792,7 +761,7 @@ async fn invalid_specs_fail_naming_the_field_and_suspend_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_namespaces_limit_what_the_operator_touches() {
-    let api = standin().await;
+    let api = standin_with_claims(&["videos", "weights", "hf-cache"]).await;
     api.create(&Gvr::deployments(), "tts", deployment("cosyvoice", "tts", 1, true))
         .unwrap();
     api.create(
@@ -837,7 +806,7 @@ async fn watch_namespaces_limit_what_the_operator_touches() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn start_up_sweep_restores_co_tenants_whose_holder_is_gone() {
-    let api = standin().await;
+    let api = standin_with_claims(&["videos", "weights", "hf-cache"]).await;
     // Left behind by a job that was force-deleted (finalizer removed by hand) while it held it.
     let mut held = deployment("cosyvoice", NS, 0, true);
     held["metadata"]["annotations"] = json!({"vidi.dev/held-by": "media/gone", "vidi.dev/original-replicas": "2"});

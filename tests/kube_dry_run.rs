@@ -4,14 +4,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use kube::CustomResourceExt;
+mod kube_support;
 use kube_standin::{Gvr, PodOutcome, Standin, View};
+use kube_support::{NS, deployment, standin_with_claims};
 use serde_json::{Value, json};
-use vidi_operator::api::VidiJob;
 use vidi_operator::kube::{PodDefaults, Scope, Settings};
 use vidi_operator::telemetry::{Health, Metrics};
 
-const NS: &str = "media";
 const WAIT: Duration = Duration::from_secs(20);
 
 /// The in-process controller in dry-run mode; stopped when dropped.
@@ -50,22 +49,6 @@ impl Drop for Operator {
     }
 }
 
-fn deployment(name: &str, ns: &str, replicas: i32, opt_in: bool) -> Value {
-    let mut labels = json!({"app": name});
-    if opt_in {
-        labels["vidi.dev/yield-gpu"] = json!("true");
-    }
-    json!({
-        "apiVersion": "apps/v1", "kind": "Deployment",
-        "metadata": {"name": name, "namespace": ns, "labels": labels},
-        "spec": {
-            "replicas": replicas,
-            "selector": {"matchLabels": {"app": name}},
-            "template": {"metadata": {"labels": {"app": name}}, "spec": {"containers": [{"name": name, "image": name}]}}
-        }
-    })
-}
-
 /// Every Deployment as (namespace/name, replicas, annotations), and every pod name: what a dry
 /// run must leave exactly as it was.
 fn world(v: &View<'_>) -> (Vec<(String, Value, Value)>, Vec<String>) {
@@ -99,16 +82,7 @@ fn message(v: &View<'_>, job: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dry_run_reports_what_would_be_suspended_and_changes_nothing() {
-    let api = Standin::start().await;
-    api.register_crd(&VidiJob::crd()).expect("CRD registers");
-    for claim in ["videos", "weights"] {
-        api.create(
-            &Gvr::pvcs(),
-            NS,
-            json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": claim}}),
-        )
-        .expect("claim");
-    }
+    let api = standin_with_claims(&["videos", "weights"]).await;
     for (name, ns, replicas, opt_in) in [
         ("cosyvoice", NS, 1, true),
         ("comfyui", NS, 2, true),

@@ -10,13 +10,12 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use kube::CustomResourceExt;
+mod kube_support;
 use kube_standin::{Gvr, PodOutcome, Standin};
+use kube_support::{NS, deployment, standin_with_claims};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use vidi_operator::api::VidiJob;
 
-const NS: &str = "media";
 const LEASE_NS: &str = "default";
 const LEASE: &str = "vidi-operator";
 const WAIT: Duration = Duration::from_secs(30);
@@ -245,18 +244,6 @@ async fn wait_holder(api: &Standin, want: Option<&str>) {
     }
 }
 
-fn deployment(name: &str) -> Value {
-    json!({
-        "apiVersion": "apps/v1", "kind": "Deployment",
-        "metadata": {"name": name, "namespace": NS, "labels": {"app": name, "vidi.dev/yield-gpu": "true"}},
-        "spec": {
-            "replicas": 2,
-            "selector": {"matchLabels": {"app": name}},
-            "template": {"metadata": {"labels": {"app": name}}, "spec": {"containers": [{"name": name, "image": name}]}}
-        }
-    })
-}
-
 fn job(name: &str) -> Value {
     json!({
         "apiVersion": "vidi.dev/v1alpha1", "kind": "VidiJob",
@@ -312,17 +299,8 @@ fn reporters(api: &Standin, job: &str) -> std::collections::BTreeSet<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_the_leader_acts_and_a_standby_takes_over() {
-    let api = Standin::start().await;
-    api.register_crd(&VidiJob::crd()).expect("CRD registers");
-    for claim in ["videos", "weights"] {
-        api.create(
-            &Gvr::pvcs(),
-            NS,
-            json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": claim}}),
-        )
-        .expect("claim");
-    }
-    api.create(&Gvr::deployments(), NS, deployment("cosyvoice"))
+    let api = standin_with_claims(&["videos", "weights"]).await;
+    api.create(&Gvr::deployments(), NS, deployment("cosyvoice", NS, 2, true))
         .expect("co-tenant");
     api.kubelet().on_pod(|_| {
         Some(
