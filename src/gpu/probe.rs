@@ -166,14 +166,3 @@ impl<P: GpuProbe + ?Sized> GpuProbe for Arc<P> {
     }
 }
 
-impl<P: GpuProbe + ?Sized> GpuProbe for Box<P> {
-    fn readings(&self) -> Result<Vec<Reading>, ProbeError> {
-        (**self).readings()
-    }
-    fn driver_version(&self) -> Option<String> {
-        (**self).driver_version()
-    }
-    fn reading(&self, selector: &DeviceSelector) -> Result<Reading, ProbeError> {
-        (**self).reading(selector)
-    }
-}
