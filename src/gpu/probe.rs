@@ -165,4 +165,3 @@ impl<P: GpuProbe + ?Sized> GpuProbe for Arc<P> {
         (**self).reading(selector)
     }
 }
-
