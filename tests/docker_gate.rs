@@ -24,6 +24,7 @@ fn session(fx: &Fixture, probe: FakeProbe, lines: Arc<Mutex<Vec<String>>>) -> Se
         user: "1000:1000".into(),
         wait_for_lock: false,
         stop_timeout: Duration::from_secs(10),
+        start_timeout: Duration::from_secs(30),
     };
     let progress = Arc::new(move |line: &str| lines.lock().unwrap_or_else(|p| p.into_inner()).push(line.to_string()));
     Session::new(fx.docker.clone(), opts, progress).with_probe(Arc::new(probe))

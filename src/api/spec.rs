@@ -272,11 +272,17 @@ pub struct WorkloadRef {
 }
 
 /// A bare process on a Docker host, stopped and started by shell commands (run with `sh -c`).
+///
+/// The operator trusts only what `check` shows: after `stop` it waits until `check` fails (the
+/// process is really gone), and a restore counts only once `check` passes again after `start`.
+/// `stop` must be safe to run again on a process that is already shutting down (a restore after
+/// a crash repeats it when the process still runs).
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct CommandCoTenant {
-    /// A name for messages and the journal, e.g. `comfyui`.
+    /// A name for messages and the journal, e.g. `comfyui`; unique among the commands.
     #[schemars(length(min = 1, max = 63))]
+    #[x_kube(validation = Rule::new("self.trim() != ''").message("name must not be blank"))]
     pub name: String,
     /// Stops the process, e.g. `pkill -f 'python3 main.py'`.
     #[schemars(length(min = 1))]
@@ -284,10 +290,37 @@ pub struct CommandCoTenant {
     /// Starts it again, e.g. `cd /opt/ComfyUI && nohup python3 main.py >/tmp/comfy.log 2>&1 &`.
     #[schemars(length(min = 1))]
     pub start: String,
-    /// Exits 0 while the process runs. Without it the process is assumed to be running before
-    /// the job (and is always started again afterwards).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub check: Option<String>,
+    /// Exits 0 while the process runs and non-zero once it is gone, e.g.
+    /// `pgrep -f '[p]ython3 main.py'` or `curl -sf localhost:8188/`.
+    #[schemars(length(min = 1))]
+    pub check: String,
+    /// How long the process may take to be gone after `stop` (default 30).
+    #[serde(default = "default_stop_timeout_seconds")]
+    #[schemars(range(min = 1, max = 3600))]
+    pub stop_timeout_seconds: i64,
+    /// How long `check` may take to pass after `start` before the restore counts as failed
+    /// (default 120).
+    #[serde(default = "default_start_timeout_seconds")]
+    #[schemars(range(min = 1, max = 3600))]
+    pub start_timeout_seconds: i64,
+}
+
+fn default_stop_timeout_seconds() -> i64 {
+    30
+}
+
+fn default_start_timeout_seconds() -> i64 {
+    120
+}
+
+impl CommandCoTenant {
+    pub fn stop_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.stop_timeout_seconds.clamp(1, 3600) as u64)
+    }
+
+    pub fn start_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.start_timeout_seconds.clamp(1, 3600) as u64)
+    }
 }
 
 /// Which workloads yield the GPU while the job runs.
@@ -307,6 +340,8 @@ pub struct CoTenantSpec {
     pub refs: Vec<WorkloadRef>,
     /// Docker runtime only: bare processes stopped and started by commands.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    #[x_kube(validation = Rule::new("self.all(c, self.exists_one(d, d.name == c.name))").message("command names must be unique"))]
     pub commands: Vec<CommandCoTenant>,
     /// Run even when no co-tenant is found. By default a job whose co-tenants match nothing
     /// fails with InvalidSpec, since that is almost always a typo in the selector.

@@ -182,6 +182,26 @@ pub fn validate(spec: &VidiJobSpec, runtime: Runtime) -> Vec<FieldError> {
         );
     }
     for (i, c) in co.commands.iter().enumerate() {
+        if c.name.trim().is_empty() {
+            err(
+                &format!("spec.coTenants.commands[{i}].name"),
+                "expected a name such as comfyui; it is empty".into(),
+            );
+        } else if let Some(first) = co.commands[..i].iter().position(|d| d.name == c.name) {
+            err(
+                &format!("spec.coTenants.commands[{i}].name"),
+                format!(
+                    "command names must be unique: {:?} is also spec.coTenants.commands[{first}].name",
+                    c.name
+                ),
+            );
+        }
+        if c.check.trim().is_empty() {
+            err(
+                &format!("spec.coTenants.commands[{i}].check"),
+                "expected a shell command that exits 0 while the process runs (the operator restores only what it sees back); it is missing or empty".into(),
+            );
+        }
         if c.stop.trim().is_empty() {
             err(
                 &format!("spec.coTenants.commands[{i}].stop"),

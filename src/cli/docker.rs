@@ -1,8 +1,12 @@
 //! `vidi-operator docker run | recover | build`: the Docker host runtime's front end.
 //!
 //! Exit codes of `docker run`: 0 the job Succeeded; 1 it Failed (or the job file or Docker was
-//! unusable); 75 another job holds the GPU and --no-wait was given; 130 / 143 cancelled by
+//! unusable, or a co-tenant could not be seen back: the journal is kept for `docker recover`);
+//! 75 another job holds the GPU and --no-wait was given; 129 / 130 / 143 cancelled by SIGHUP /
 //! SIGINT / SIGTERM after stopping Vidi and restoring every co-tenant.
+//!
+//! Output never panics: a closed stderr (the SSH session dropped, `2>&1 | head -1`) or stdout
+//! only loses the lines, never the restore.
 use std::collections::HashMap;
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -18,6 +22,7 @@ use vidi_operator::docker::{self, DockerError, GpuMode, jobfile, state_dir};
 
 /// `--no-wait` and the GPU is taken (EX_TEMPFAIL: try again later).
 const EXIT_BUSY: i32 = 75;
+const EXIT_SIGHUP: i32 = 129;
 const EXIT_SIGINT: i32 = 130;
 const EXIT_SIGTERM: i32 = 143;
 
@@ -91,9 +96,8 @@ struct RunArgs {
     /// User (uid:gid) the Vidi container runs as.
     #[arg(long, value_name = "UID:GID", default_value = "1000:1000")]
     user: String,
-    /// How long `docker stop` gives a co-tenant container before killing it.
-    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
-    stop_timeout: Duration,
+    #[command(flatten)]
+    timeouts: TimeoutArgs,
     /// Print what would be stopped and run; change nothing.
     #[arg(long)]
     dry_run: bool,
@@ -103,9 +107,24 @@ struct RunArgs {
 }
 
 #[derive(clap::Args)]
+struct TimeoutArgs {
+    /// How long `docker stop` gives a co-tenant container before killing it (the Docker engine
+    /// then kills it; the operator waits that long and more).
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
+    stop_timeout: Duration,
+    /// How long a co-tenant container may take to run again (and be healthy, if it has a health
+    /// check) before its restore counts as failed and the journal is kept for `docker recover`.
+    #[arg(long, value_name = "DURATION", default_value = "2m", value_parser = humantime::parse_duration)]
+    start_timeout: Duration,
+}
+
+#[derive(clap::Args)]
 struct RecoverArgs {
     #[command(flatten)]
     lock: LockArgs,
+    /// Used only for a journal that does not record the run's own timeouts.
+    #[command(flatten)]
+    timeouts: TimeoutArgs,
     /// Print what was recovered as JSON.
     #[arg(short = 'o', long, value_enum, default_value = "table")]
     output: OutputFormat,
@@ -150,11 +169,26 @@ fn progress() -> Progress {
     Arc::new(|line: &str| {
         // Vidi's own output comes prefixed with its container's name.
         if line.starts_with('[') {
-            eprintln!("{line}");
+            say(line);
         } else {
-            eprintln!("vidi-operator: {line}");
+            say(&format!("vidi-operator: {line}"));
         }
     })
+}
+
+/// A line on stderr; a stderr that is gone (closed pipe, hung-up terminal) loses the line and
+/// nothing else.
+fn say(line: &str) {
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
+}
+
+/// Writes to stdout; a reader that went away (`| head -1`) is not an error.
+fn print_out(write: impl FnOnce(&mut dyn std::io::Write) -> std::io::Result<()>) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    match write(&mut out).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(anyhow::Error::new(e).context("writing to stdout")),
+        _ => Ok(()),
+    }
 }
 
 fn exit(code: i32) -> ! {
@@ -166,21 +200,24 @@ fn exit(code: i32) -> ! {
 /// Maps "another job holds the GPU" to its own exit code; everything else is an error (1).
 fn fail(e: DockerError) -> anyhow::Error {
     if matches!(e, DockerError::Locked(docker::lock::LockError::Busy { .. })) {
-        eprintln!("error: {e}");
+        say(&format!("error: {e}"));
         exit(EXIT_BUSY);
     }
     anyhow::Error::new(e)
 }
 
-/// Resolves to (exit code, name) on the first SIGINT or SIGTERM. The handlers are installed
-/// when this is called, so a signal from then on is never lost.
+/// Resolves to (exit code, name) on the first SIGINT, SIGTERM or SIGHUP (the terminal or SSH
+/// session went away). The handlers are installed when this is called, so a signal from then on
+/// is never lost; later ones are ignored while everything is restored.
 fn signals() -> anyhow::Result<impl std::future::Future<Output = (i32, &'static str)>> {
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     Ok(async move {
         tokio::select! {
             _ = int.recv() => (EXIT_SIGINT, "SIGINT"),
             _ = term.recv() => (EXIT_SIGTERM, "SIGTERM"),
+            _ = hup.recv() => (EXIT_SIGHUP, "SIGHUP"),
         }
     })
 }
@@ -201,7 +238,8 @@ async fn run_job(a: RunArgs) -> anyhow::Result<()> {
         gate_interval: Duration::from_secs(1),
         user: a.user.clone(),
         wait_for_lock: !a.lock.no_wait,
-        stop_timeout: a.stop_timeout,
+        stop_timeout: a.timeouts.stop_timeout,
+        start_timeout: a.timeouts.start_timeout,
     };
     let session = Session::new(docker, opts, progress());
     if a.dry_run {
@@ -214,10 +252,12 @@ async fn run_job(a: RunArgs) -> anyhow::Result<()> {
     }
     let result = session.run(&job, cancel).await.map_err(fail)?;
     if let Some(r) = &result.recovered {
-        eprintln!("vidi-operator: {}", recovered_line(r));
+        say(&format!("vidi-operator: {}", recovered_line(r)));
     }
     if let Some((code, name)) = result.cancelled {
-        eprintln!("vidi-operator: cancelled by {name}; Vidi stopped and every co-tenant restored");
+        say(&format!(
+            "vidi-operator: cancelled by {name}; Vidi stopped and every co-tenant restored"
+        ));
         if a.output == OutputFormat::Json {
             print_job_json(&job, &result.status)?;
         }
@@ -236,7 +276,7 @@ async fn run_job(a: RunArgs) -> anyhow::Result<()> {
         }
         other => {
             let why = status.message.as_deref().unwrap_or("");
-            eprintln!("vidi-operator: the job ended {other}: {why}");
+            say(&format!("vidi-operator: the job ended {other}: {why}"));
             exit(1)
         }
     }
@@ -245,7 +285,7 @@ async fn run_job(a: RunArgs) -> anyhow::Result<()> {
 fn print_failure(status: &VidiJobStatus) {
     let reason = status.reason.map(|r| r.to_string()).unwrap_or_else(|| "Failed".into());
     let message = status.message.as_deref().unwrap_or("no message");
-    eprintln!("vidi-operator: Failed ({reason}): {message}");
+    say(&format!("vidi-operator: Failed ({reason}): {message}"));
 }
 
 fn recovered_line(r: &Recovered) -> String {
@@ -268,14 +308,17 @@ fn recovered_line(r: &Recovered) -> String {
 fn print_job_json(job: &VidiJob, status: &VidiJobStatus) -> anyhow::Result<()> {
     let mut out = job.clone();
     out.status = Some(status.clone());
-    let mut stdout = std::io::stdout().lock();
-    serde_json::to_writer_pretty(&mut stdout, &out).context("writing JSON to stdout")?;
-    writeln!(stdout)?;
-    Ok(())
+    let text = serde_json::to_string_pretty(&out).context("encoding the job as JSON")?;
+    print_out(|o| writeln!(o, "{text}"))
 }
 
 fn print_table(job: &VidiJob, status: &VidiJobStatus) -> anyhow::Result<()> {
-    let mut out = std::io::stdout().lock();
+    let mut table = Vec::new();
+    write_table(&mut table, job, status)?;
+    print_out(|o| o.write_all(&table))
+}
+
+fn write_table(out: &mut Vec<u8>, job: &VidiJob, status: &VidiJobStatus) -> std::io::Result<()> {
     let name = job.metadata.name.as_deref().unwrap_or("");
     let precision = status.precision.map(|p| p.to_string()).unwrap_or_else(|| "-".into());
     writeln!(
@@ -352,7 +395,8 @@ async fn recover(a: RecoverArgs) -> anyhow::Result<()> {
         gate_interval: Duration::from_secs(1),
         user: String::new(),
         wait_for_lock: !a.lock.no_wait,
-        stop_timeout: Duration::from_secs(30),
+        stop_timeout: a.timeouts.stop_timeout,
+        start_timeout: a.timeouts.start_timeout,
     };
     let session = Session::new(docker, opts, progress());
     // Signals are left at their defaults: an interrupted recovery is as safe as a crash (the
@@ -365,12 +409,13 @@ async fn recover(a: RecoverArgs) -> anyhow::Result<()> {
                 "recovered": { "job": r.job, "pid": r.pid, "restored": r.restored, "stopped": r.stopped }
             }),
         };
-        println!("{}", serde_json::to_string_pretty(&json)?);
+        let text = serde_json::to_string_pretty(&json)?;
+        print_out(|o| writeln!(o, "{text}"))?;
         return Ok(());
     }
     match recovered {
-        None => println!("nothing to recover: no unfinished job in {}", a.lock.dir().display()),
-        Some(r) => println!("{}", recovered_line(&r)),
+        None => print_out(|o| writeln!(o, "nothing to recover: no unfinished job in {}", a.lock.dir().display()))?,
+        Some(r) => print_out(|o| writeln!(o, "{}", recovered_line(&r)))?,
     }
     Ok(())
 }
@@ -385,7 +430,7 @@ async fn build(a: BuildArgs) -> anyhow::Result<()> {
     };
     let progress = progress();
     let id = build_image(&docker, &a.dir, &req, &*progress).await?;
-    eprintln!("vidi-operator: built {} ({id})", a.tag);
-    println!("{}", a.tag);
+    say(&format!("vidi-operator: built {} ({id})", a.tag));
+    print_out(|o| writeln!(o, "{}", a.tag))?;
     Ok(())
 }

@@ -1,30 +1,78 @@
 //! Act: the planner's co-tenant writes as journal writes plus `docker stop`/`start` or the
-//! user's shell commands. The journal write always comes first when suspending (so a crash
-//! right after the stop still knows how to undo it) and last when restoring (so a crash right
-//! before the start still knows it must be done).
+//! user's shell commands.
+//!
+//! The journal write comes first when suspending (so a crash right after the stop still knows
+//! how to undo it) and last when restoring (so a crash right before the start still knows it
+//! must be done). Nothing counts because it was asked for: a stop is done when the engine shows
+//! the container not running (or `check` fails), a restore when it shows it running again (and
+//! healthy, where it has a health check) or `check` passes. A hold whose stop was not seen done
+//! (`Hold::stopped` false: the operator died while stopping) may still have a stop in flight
+//! in the engine or a process still shutting down; restoring it first stops it again and waits
+//! until it is down, so the late stop cannot land on the restarted co-tenant.
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bollard::Docker;
-use bollard::query_parameters::{StartContainerOptions, StopContainerOptionsBuilder};
+use bollard::models::{ContainerState, HealthStatusEnum};
+use bollard::query_parameters::{InspectContainerOptions, StartContainerOptions, StopContainerOptionsBuilder};
 
-use crate::api::WorkloadKind;
+use crate::api::{CommandCoTenant, WorkloadKind};
 use crate::plan::{CoTenantId, JobKey};
 
 use super::journal::{Hold, Journal};
 use super::{DockerError, commands, engine_message, status_code};
 
+/// How often the engine is asked again while waiting for a container to go or come back.
+const INSPECT_EVERY: Duration = Duration::from_millis(200);
+/// After `docker stop` returned, how long the engine may take to show the container down.
+const DOWN_GRACE: Duration = Duration::from_secs(10);
+
 /// Where the co-tenant writes go.
 pub struct CoTenantActor<'a> {
     pub docker: &'a Docker,
     pub state_dir: &'a Path,
-    /// How long `docker stop` waits for a co-tenant before killing it.
+    /// How long `docker stop` waits for a co-tenant container before killing it.
     pub stop_timeout: Duration,
+    /// How long a restarted container may take to run (and be healthy) before its restore
+    /// counts as failed.
+    pub start_timeout: Duration,
     pub progress: &'a (dyn Fn(&str) + Send + Sync),
 }
 
+/// What the engine shows of a container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Shown {
+    running: bool,
+    started_at: Option<String>,
+    exit_code: Option<i64>,
+    /// `None` without a health check.
+    health: Option<HealthStatusEnum>,
+}
+
+impl Shown {
+    fn from(state: ContainerState) -> Self {
+        Shown {
+            // A paused or restarting container still holds its CUDA context.
+            running: state.running.unwrap_or(false)
+                || state.paused.unwrap_or(false)
+                || state.restarting.unwrap_or(false),
+            started_at: state.started_at,
+            exit_code: state.exit_code,
+            health: state
+                .health
+                .and_then(|h| h.status)
+                .filter(|s| !matches!(s, HealthStatusEnum::EMPTY | HealthStatusEnum::NONE)),
+        }
+    }
+
+    /// Running, and healthy where it has a health check.
+    fn up(&self) -> bool {
+        self.running && self.health.as_ref().is_none_or(|h| *h == HealthStatusEnum::HEALTHY)
+    }
+}
+
 impl CoTenantActor<'_> {
-    /// Invariant 1: record holder and original state, then stop.
+    /// Invariant 1: record holder and original state, then stop (and see it down).
     pub async fn hold(
         &self,
         journal: &mut Journal,
@@ -43,46 +91,39 @@ impl CoTenantActor<'_> {
                 .or_else(|| journal.hold(target.kind, &target.name).and_then(|h| h.command.clone())),
             _ => None,
         };
+        let existing = journal.hold(target.kind, &target.name);
+        // A co-tenant that was not running needs only the record (restored to 0 = left alone).
+        let stopped = existing.map_or(original_replicas <= 0, |h| h.stopped);
         journal.set_hold(Hold {
             kind: target.kind,
             name: target.name.clone(),
             holders: holders.iter().map(ToString::to_string).collect(),
             original_replicas,
             command,
+            stopped,
         });
         journal.save(self.state_dir)?;
-        // A co-tenant that was not running needs only the record (restored to 0 = left alone).
         if original_replicas > 0 {
             self.stop(journal, target).await?;
         }
         Ok(())
     }
 
-    /// Stops a co-tenant (again).
-    pub async fn stop(&self, journal: &Journal, target: &CoTenantId) -> Result<(), DockerError> {
+    /// Stops a held co-tenant (again) and waits until the world shows it down.
+    pub async fn stop(&self, journal: &mut Journal, target: &CoTenantId) -> Result<(), DockerError> {
+        if journal.hold(target.kind, &target.name).is_some_and(|h| h.stopped) {
+            journal.set_stopped(target.kind, &target.name, false);
+            journal.save(self.state_dir)?;
+        }
         match target.kind {
             WorkloadKind::Command => {
-                let Some(cmd) = journal.hold(target.kind, &target.name).and_then(|h| h.command.clone()) else {
-                    return Err(DockerError::Command {
-                        name: target.name.clone(),
-                        message: "the journal has no stop command for it".into(),
-                    });
-                };
-                (self.progress)(&format!("stopping {}: {}", target, cmd.stop));
-                commands::run(&cmd.name, "stop", &cmd.stop).await
+                let cmd = self.command(journal, target)?;
+                self.stop_command(&cmd).await?
             }
-            _ => {
-                (self.progress)(&format!("stopping {target}"));
-                let secs = i32::try_from(self.stop_timeout.as_secs()).unwrap_or(i32::MAX);
-                let opts = StopContainerOptionsBuilder::default().t(secs).build();
-                match self.docker.stop_container(&target.name, Some(opts)).await {
-                    Ok(()) => Ok(()),
-                    // 304: already stopped; 404: gone. Either way it no longer runs.
-                    Err(e) if matches!(status_code(&e), Some(304 | 404)) => Ok(()),
-                    Err(e) => Err(DockerError::api(format!("stopping {target}"), e)),
-                }
-            }
+            _ => self.stop_container(target).await?,
         }
+        journal.set_stopped(target.kind, &target.name, true);
+        journal.save(self.state_dir)
     }
 
     /// Another job still holds it: only the holder list changes.
@@ -95,49 +136,235 @@ impl CoTenantActor<'_> {
         Ok(())
     }
 
-    /// Invariant 2: start it again (if it ran before), then drop the record.
+    /// Invariant 2: bring it back to `replicas` (1 running, 0 stopped), see it so, then drop
+    /// the record. On error the record stays, for the next round or `docker recover`.
     pub async fn restore(&self, journal: &mut Journal, target: &CoTenantId, replicas: i32) -> Result<(), DockerError> {
-        if replicas > 0 {
-            match target.kind {
-                WorkloadKind::Command => {
-                    let hold = journal.hold(target.kind, &target.name);
-                    let cmd = hold.and_then(|h| h.command.clone()).or_else(|| {
-                        journal
-                            .spec
-                            .co_tenants
-                            .commands
-                            .iter()
-                            .find(|c| c.name == target.name)
-                            .cloned()
-                    });
-                    match cmd {
-                        Some(cmd) => {
-                            (self.progress)(&format!("starting {}: {}", target, cmd.start));
-                            commands::run(&cmd.name, "start", &cmd.start).await?;
-                        }
-                        None => (self.progress)(&format!(
-                            "warning: no start command recorded for {target}; start it by hand"
-                        )),
-                    }
+        let stopped = journal.hold(target.kind, &target.name).is_none_or(|h| h.stopped);
+        match target.kind {
+            WorkloadKind::Command => {
+                let cmd = self.command(journal, target)?;
+                if replicas > 0 {
+                    self.start_command(&cmd, stopped).await?
+                } else if commands::check(&cmd.name, &cmd.check).await? {
+                    // It was not running before the job: back to not running.
+                    self.stop_command(&cmd).await?
                 }
-                _ => match self
-                    .docker
-                    .start_container(&target.name, None::<StartContainerOptions>)
-                    .await
-                {
-                    Ok(()) => (self.progress)(&format!("started {target} again")),
-                    Err(e) if status_code(&e) == Some(304) => {}
-                    // Removed while held: nothing left to start; keeping the hold would only
-                    // make every later run fail on it.
-                    Err(e) if status_code(&e) == Some(404) => (self.progress)(&format!(
-                        "warning: {target} no longer exists, so it cannot be started again ({})",
-                        engine_message(&e)
-                    )),
-                    Err(e) => return Err(DockerError::api(format!("starting {target} again"), e)),
-                },
+            }
+            _ if replicas > 0 => self.start_container(target, stopped).await?,
+            _ => {
+                if self.inspect(target).await?.is_some_and(|s| s.running) {
+                    self.stop_container(target).await?
+                }
             }
         }
         journal.drop_hold(target.kind, &target.name);
         journal.save(self.state_dir)
+    }
+
+    fn command(&self, journal: &Journal, target: &CoTenantId) -> Result<CommandCoTenant, DockerError> {
+        journal
+            .hold(target.kind, &target.name)
+            .and_then(|h| h.command.clone())
+            .or_else(|| {
+                journal
+                    .spec
+                    .co_tenants
+                    .commands
+                    .iter()
+                    .find(|c| c.name == target.name)
+                    .cloned()
+            })
+            .ok_or_else(|| DockerError::Command {
+                name: target.name.clone(),
+                message:
+                    "the journal has no commands for it; start it by hand, then run `vidi-operator docker recover`"
+                        .into(),
+            })
+    }
+
+    async fn inspect(&self, target: &CoTenantId) -> Result<Option<Shown>, DockerError> {
+        match self
+            .docker
+            .inspect_container(&target.name, None::<InspectContainerOptions>)
+            .await
+        {
+            Ok(c) => Ok(Some(Shown::from(c.state.unwrap_or_default()))),
+            Err(e) if status_code(&e) == Some(404) => Ok(None),
+            Err(e) => Err(DockerError::api(format!("inspecting {target}"), e)),
+        }
+    }
+
+    /// `docker stop`, then wait until the engine shows it not running.
+    async fn stop_container(&self, target: &CoTenantId) -> Result<(), DockerError> {
+        (self.progress)(&format!(
+            "stopping {target} (up to {} before it is killed)",
+            humantime::format_duration(self.stop_timeout)
+        ));
+        let secs = i32::try_from(self.stop_timeout.as_secs()).unwrap_or(i32::MAX);
+        let opts = StopContainerOptionsBuilder::default().t(secs).build();
+        match self.docker.stop_container(&target.name, Some(opts)).await {
+            // 304: already stopped; 404: gone. Either way it no longer runs.
+            Ok(()) => {}
+            Err(e) if matches!(status_code(&e), Some(304 | 404)) => {}
+            Err(e) => return Err(DockerError::api(format!("stopping {target}"), e)),
+        }
+        let since = Instant::now();
+        loop {
+            match self.inspect(target).await? {
+                None => return Ok(()),
+                Some(s) if !s.running => {
+                    (self.progress)(&format!("stopped {target}"));
+                    return Ok(());
+                }
+                Some(_) if since.elapsed() > DOWN_GRACE => {
+                    return Err(DockerError::Other(format!(
+                        "{target} still runs {} after `docker stop` returned",
+                        humantime::format_duration(DOWN_GRACE)
+                    )));
+                }
+                Some(_) => tokio::time::sleep(INSPECT_EVERY).await,
+            }
+        }
+    }
+
+    /// Brings a container back: down first if a stop may still be in flight, then started,
+    /// then seen running (and healthy) twice in a row with the same start time.
+    async fn start_container(&self, target: &CoTenantId, stop_seen_done: bool) -> Result<(), DockerError> {
+        let Some(shown) = self.inspect(target).await? else {
+            // Removed while held: nothing left to start; keeping the hold would only make every
+            // later run fail on it.
+            (self.progress)(&format!(
+                "warning: {target} no longer exists, so it cannot be started again"
+            ));
+            return Ok(());
+        };
+        if shown.running && !stop_seen_done {
+            // The stop that was interrupted may still be under way in the engine (`docker stop`
+            // goes on after its client is gone): let it finish, or finish it, before starting.
+            (self.progress)(&format!(
+                "{target} still runs and its stop was not seen done; stopping it fully before starting it again"
+            ));
+            self.stop_container(target).await?;
+        }
+        let started = if shown.running && stop_seen_done {
+            // Someone started it while it was held; it is back already.
+            false
+        } else {
+            match self
+                .docker
+                .start_container(&target.name, None::<StartContainerOptions>)
+                .await
+            {
+                Ok(()) => true,
+                Err(e) if status_code(&e) == Some(304) => false,
+                Err(e) if status_code(&e) == Some(404) => {
+                    (self.progress)(&format!(
+                        "warning: {target} no longer exists, so it cannot be started again ({})",
+                        engine_message(&e)
+                    ));
+                    return Ok(());
+                }
+                Err(e) => return Err(DockerError::api(format!("starting {target} again"), e)),
+            }
+        };
+        self.wait_container_up(target).await?;
+        (self.progress)(&format!(
+            "{} {target} again{}",
+            if started { "started" } else { "found" },
+            if shown.health.is_some() { " (healthy)" } else { "" }
+        ));
+        Ok(())
+    }
+
+    async fn wait_container_up(&self, target: &CoTenantId) -> Result<(), DockerError> {
+        let since = Instant::now();
+        let mut last: Option<Shown> = None;
+        loop {
+            let Some(now) = self.inspect(target).await? else {
+                return Err(DockerError::Other(format!(
+                    "{target} was removed while it was being started"
+                )));
+            };
+            if now.up() && last.as_ref().is_some_and(|l| l.up() && l.started_at == now.started_at) {
+                return Ok(());
+            }
+            if since.elapsed() > self.start_timeout {
+                let state = if now.running {
+                    match &now.health {
+                        Some(h) => format!("running but {h}"),
+                        None => "running but not steadily".to_string(),
+                    }
+                } else {
+                    format!("exited with code {}", now.exit_code.unwrap_or(-1))
+                };
+                return Err(DockerError::Other(format!(
+                    "{target} did not come back within --start-timeout {}: {state}",
+                    humantime::format_duration(self.start_timeout)
+                )));
+            }
+            last = Some(now);
+            tokio::time::sleep(INSPECT_EVERY).await;
+        }
+    }
+
+    /// Runs `stop` and waits until `check` says the process is gone.
+    async fn stop_command(&self, cmd: &CommandCoTenant) -> Result<(), DockerError> {
+        if cmd.check.trim().is_empty() {
+            return Err(no_check(cmd));
+        }
+        (self.progress)(&format!("stopping Command {}: {}", cmd.name, cmd.stop));
+        commands::run(
+            &cmd.name,
+            "stop",
+            &cmd.stop,
+            &commands::log_path(self.state_dir, &cmd.name),
+        )
+        .await?;
+        commands::wait_gone(&cmd.name, &cmd.check, cmd.stop_timeout()).await?;
+        (self.progress)(&format!("stopped Command {}", cmd.name));
+        Ok(())
+    }
+
+    /// Brings a process back: if it still runs although its stop was not seen done, stop it
+    /// (again) and wait until it is gone, so the new one does not race the old one for its
+    /// port; then `start` and wait until `check` passes.
+    async fn start_command(&self, cmd: &CommandCoTenant, stop_seen_done: bool) -> Result<(), DockerError> {
+        if cmd.check.trim().is_empty() {
+            return Err(no_check(cmd));
+        }
+        let running = commands::check(&cmd.name, &cmd.check).await?;
+        if running && stop_seen_done {
+            // Someone started it while it was held; it is back already.
+            commands::wait_up(&cmd.name, &cmd.check, cmd.start_timeout()).await?;
+            (self.progress)(&format!("found Command {} running again", cmd.name));
+            return Ok(());
+        }
+        if running {
+            (self.progress)(&format!(
+                "Command {} still runs and its stop was not seen done; stopping it fully before starting it again",
+                cmd.name
+            ));
+            self.stop_command(cmd).await?;
+        }
+        (self.progress)(&format!("starting Command {}: {}", cmd.name, cmd.start));
+        commands::run(
+            &cmd.name,
+            "start",
+            &cmd.start,
+            &commands::log_path(self.state_dir, &cmd.name),
+        )
+        .await?;
+        commands::wait_up(&cmd.name, &cmd.check, cmd.start_timeout()).await?;
+        (self.progress)(&format!("started Command {} again", cmd.name));
+        Ok(())
+    }
+}
+
+fn no_check(cmd: &CommandCoTenant) -> DockerError {
+    DockerError::Command {
+        name: cmd.name.clone(),
+        message: "has no `check` command (a journal from an older version?), so whether it runs cannot be \
+                  seen; bring it back by hand, then remove its entry from the journal"
+            .into(),
     }
 }

@@ -228,7 +228,7 @@ spec:
   coTenants:
     refs: [{kind: Container, name: mcn_cosyvoice}]
     commands:
-      - {name: comfyui, stop: "pkill -f main.py", start: "true"}
+      - {name: comfyui, stop: "pkill -f main.py", start: "true", check: "pgrep -f main.py"}
 "#;
 
     fn errors(text: &str) -> String {

@@ -19,7 +19,9 @@ use super::DockerError;
 
 /// The journal's file name in the state directory.
 pub const FILE_NAME: &str = "journal.json";
-const VERSION: u32 = 1;
+/// 2: holds say whether their stop was seen done (`stopped`). A format-1 journal reads as "not
+/// seen", which makes a restore wait for the co-tenant to be down first: the safe reading.
+const VERSION: u32 = 2;
 
 /// Everything needed to finish or undo one job.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -43,6 +45,12 @@ pub struct Journal {
     /// Vidi containers started (or about to be).
     #[serde(default)]
     pub attempts: Vec<AttemptRecord>,
+    /// `docker run --stop-timeout`, so `docker recover` stops co-tenant containers the same way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_timeout_seconds: Option<u64>,
+    /// `docker run --start-timeout`, likewise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_timeout_seconds: Option<u64>,
 }
 
 /// A held co-tenant and how to restore it.
@@ -58,6 +66,12 @@ pub struct Hold {
     /// For command co-tenants: the commands, so a restore does not depend on the job file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub command: Option<CommandCoTenant>,
+    /// The world showed it down after this job's last stop (or it was not running to begin
+    /// with). False from the moment a stop is about to be sent until it is seen done: a stop
+    /// that a crash interrupted may still be in flight, so it must be down before it is started
+    /// again.
+    #[serde(default)]
+    pub stopped: bool,
 }
 
 /// One Vidi container.
@@ -121,6 +135,8 @@ impl Journal {
             output_dir,
             holds: Vec::new(),
             attempts: Vec::new(),
+            stop_timeout_seconds: None,
+            start_timeout_seconds: None,
         }
     }
 
@@ -136,10 +152,13 @@ impl Journal {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(DockerError::io("reading the journal", path, e)),
         };
-        let journal: Journal = serde_json::from_slice(&bytes).map_err(|source| DockerError::JournalCorrupt {
+        let corrupt = |source| DockerError::JournalCorrupt {
             path: path.clone(),
             source,
-        })?;
+        };
+        let mut value: serde_json::Value = serde_json::from_slice(&bytes).map_err(corrupt)?;
+        upgrade(&mut value);
+        let journal: Journal = serde_json::from_value(value).map_err(corrupt)?;
         if journal.version > VERSION {
             // Guessing at a newer format could restore the wrong thing; an upgrade-then-downgrade
             // must be finished by the newer binary.
@@ -186,12 +205,45 @@ impl Journal {
         }
     }
 
+    /// Records whether the world shows `kind name` down after this job's stop.
+    pub fn set_stopped(&mut self, kind: WorkloadKind, name: &str, stopped: bool) {
+        if let Some(h) = self.holds.iter_mut().find(|h| h.kind == kind && h.name == name) {
+            h.stopped = stopped;
+        }
+    }
+
     pub fn drop_hold(&mut self, kind: WorkloadKind, name: &str) {
         self.holds.retain(|h| !(h.kind == kind && h.name == name));
     }
 
     pub fn attempt_mut(&mut self, number: u32) -> Option<&mut AttemptRecord> {
         self.attempts.iter_mut().find(|a| a.number == number)
+    }
+}
+
+/// Reads a format-1 journal as format 2: its command co-tenants may lack `check` (optional
+/// then), which reads as empty; restoring such a one asks for a hand (nothing can confirm it).
+fn upgrade(journal: &mut serde_json::Value) {
+    if journal.get("version").and_then(serde_json::Value::as_u64) != Some(1) {
+        return;
+    }
+    let fill = |c: &mut serde_json::Value| {
+        if let Some(c) = c.as_object_mut() {
+            c.entry("check")
+                .or_insert_with(|| serde_json::Value::String(String::new()));
+        }
+    };
+    if let Some(list) = journal
+        .pointer_mut("/spec/coTenants/commands")
+        .and_then(|c| c.as_array_mut())
+    {
+        list.iter_mut().for_each(fill);
+    }
+    let holds = journal.get_mut("holds").and_then(|h| h.as_array_mut());
+    for hold in holds.into_iter().flatten() {
+        if let Some(c) = hold.get_mut("command") {
+            fill(c);
+        }
     }
 }
 
@@ -248,6 +300,7 @@ mod tests {
             holders: vec!["docker/find-dog".into()],
             original_replicas: 1,
             command: None,
+            stopped: false,
         });
         j.save(dir.path()).unwrap();
         let back = Journal::load(dir.path()).unwrap().unwrap();

@@ -3,7 +3,7 @@
 //! Containers map to co-tenants with replicas 1 (running) or 0 (stopped); holders and original
 //! replicas come from the journal, which plays the part of Kubernetes' annotations. Attempts are
 //! the journal's records, with the state their containers show now.
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::path::Path;
 
 use bollard::Docker;
@@ -104,34 +104,8 @@ pub async fn snapshot(look: Look<'_>) -> Result<Snapshot, DockerError> {
     let mut problems: Vec<FieldError> = Vec::new();
     let mut co_tenants: Vec<CoTenant> = Vec::new();
 
-    let holders_of = |kind: WorkloadKind, name: &str| -> (BTreeSet<JobKey>, Option<i32>) {
-        match journal.hold(kind, name) {
-            Some(h) => (
-                h.holders.iter().filter_map(|k| JobKey::parse(k)).collect(),
-                Some(h.original_replicas),
-            ),
-            None => (BTreeSet::new(), None),
-        }
-    };
     let container = |name: &str, running: bool, selection: Selection, opted_in: bool| {
-        let (holders, original_replicas) = holders_of(WorkloadKind::Container, name);
-        CoTenant {
-            id: CoTenantId {
-                kind: WorkloadKind::Container,
-                namespace: String::new(),
-                name: name.to_string(),
-            },
-            // `docker stop` returns once the container is down, so a held container that runs
-            // again was started by someone else: the planner suspends it again and says so.
-            replicas: i32::from(running),
-            live_pods: u32::from(running),
-            holders,
-            original_replicas,
-            opted_in,
-            selection,
-            last_scaled_by: None,
-            revision: None,
-        }
+        held_co_tenant(journal, WorkloadKind::Container, name, running, selection, opted_in)
     };
 
     if !deleting {
@@ -169,7 +143,7 @@ pub async fn snapshot(look: Look<'_>) -> Result<Snapshot, DockerError> {
             co_tenants.push(container(&c.name, c.running, selection, opted_in));
         }
         for (i, cmd) in spec.co_tenants.commands.iter().enumerate() {
-            co_tenants.push(command(journal, &cmd.name, cmd.check.as_deref(), Selection::Ref(i)).await?);
+            co_tenants.push(command(journal, &cmd.name, Some(&cmd.check), Selection::Ref(i)).await?);
         }
         problems.extend(host_path_problems(journal));
     }
@@ -181,7 +155,7 @@ pub async fn snapshot(look: Look<'_>) -> Result<Snapshot, DockerError> {
         }
         match h.kind {
             WorkloadKind::Command => {
-                let check = h.command.as_ref().and_then(|c| c.check.as_deref());
+                let check = h.command.as_ref().map(|c| c.check.as_str());
                 co_tenants.push(command(journal, &h.name, check, Selection::HeldOnly).await?);
             }
             _ => {
@@ -214,37 +188,59 @@ pub async fn snapshot(look: Look<'_>) -> Result<Snapshot, DockerError> {
     })
 }
 
-/// A command co-tenant. Without a `check` it is taken to run unless this job stopped it.
+/// A co-tenant as the planner sees it: replicas 1 while it runs, except while this job's stop
+/// of it has not been seen done yet (it is on its way down: "scaled to 0", still live). Once the
+/// stop was seen done, running again means someone else started it: the planner suspends it
+/// again and says so.
+fn held_co_tenant(
+    journal: &Journal,
+    kind: WorkloadKind,
+    name: &str,
+    running: bool,
+    selection: Selection,
+    opted_in: bool,
+) -> CoTenant {
+    let hold = journal.hold(kind, name);
+    let stopping = hold.is_some_and(|h| !h.stopped);
+    CoTenant {
+        id: CoTenantId {
+            kind,
+            namespace: String::new(),
+            name: name.to_string(),
+        },
+        replicas: if stopping { 0 } else { i32::from(running) },
+        live_pods: u32::from(running),
+        holders: hold
+            .map(|h| h.holders.iter().filter_map(|k| JobKey::parse(k)).collect())
+            .unwrap_or_default(),
+        original_replicas: hold.map(|h| h.original_replicas),
+        opted_in,
+        selection,
+        last_scaled_by: None,
+        revision: None,
+    }
+}
+
+/// A command co-tenant, running while its `check` passes.
 async fn command(
     journal: &Journal,
     name: &str,
     check: Option<&str>,
     selection: Selection,
 ) -> Result<CoTenant, DockerError> {
-    let hold = journal.hold(WorkloadKind::Command, name);
-    let running = match check {
+    let running = match check.filter(|c| !c.trim().is_empty()) {
         Some(script) => commands::check(name, script).await?,
-        None => hold.is_none(),
+        // Only a journal from before `check` was required: taken to run unless held.
+        None => journal.hold(WorkloadKind::Command, name).is_none(),
     };
-    Ok(CoTenant {
-        id: CoTenantId {
-            kind: WorkloadKind::Command,
-            namespace: String::new(),
-            name: name.to_string(),
-        },
-        // A stopped process may take a while to exit, and nothing tells a slow exit from a
-        // restart; so once held it is "scaled to 0" and only counted live until `check` fails.
-        replicas: if hold.is_some() { 0 } else { i32::from(running) },
-        live_pods: u32::from(running),
-        holders: hold
-            .map(|h| h.holders.iter().filter_map(|k| JobKey::parse(k)).collect())
-            .unwrap_or_default(),
-        original_replicas: hold.map(|h| h.original_replicas),
-        opted_in: true,
+    Ok(held_co_tenant(
+        journal,
+        WorkloadKind::Command,
+        name,
+        running,
         selection,
-        last_scaled_by: None,
-        revision: None,
-    })
+        true,
+    ))
 }
 
 /// Host paths that do not exist: Docker would create an empty root-owned directory in their

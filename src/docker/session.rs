@@ -9,13 +9,13 @@ use std::time::Duration;
 
 use bollard::Docker;
 use bollard::query_parameters::{
-    ListContainersOptionsBuilder, RemoveContainerOptionsBuilder, WaitContainerOptionsBuilder,
+    EventsOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder, WaitContainerOptionsBuilder,
 };
 use futures::StreamExt as _;
 use jiff::Timestamp;
 use tokio::task::JoinHandle;
 
-use crate::api::{JOB_LABEL, Phase, VidiJob, VidiJobStatus};
+use crate::api::{JOB_LABEL, Phase, VidiJob, VidiJobStatus, WorkloadKind};
 use crate::gpu::{DeviceSelector, GpuProbe, NvmlProbe, ProbeError};
 use crate::plan::{self, Action, Decision, Severity, names, precision};
 
@@ -33,8 +33,14 @@ pub type Progress = Arc<dyn Fn(&str) + Send + Sync>;
 const POLL: Duration = Duration::from_millis(300);
 /// The longest wait on a running Vidi container before looking at the world again.
 const MAX_WAIT: Duration = Duration::from_secs(60);
-/// A restore that needs more rounds than this is stuck (something keeps failing).
-const MAX_UNWIND_ROUNDS: usize = 60;
+/// How often a held command co-tenant's `check` runs while Vidi runs (containers are watched
+/// through the engine's events instead).
+const COMMAND_RECHECK: Duration = Duration::from_secs(1);
+/// How long a restore keeps retrying what fails (an engine restarting, a co-tenant slow to come
+/// back) before it gives up and leaves the journal for `docker recover`.
+const UNWIND_PATIENCE: Duration = Duration::from_secs(300);
+/// Added to twice the stop timeout for the engine client's request timeout.
+const CLIENT_TIMEOUT_MARGIN: Duration = Duration::from_secs(60);
 
 /// How `docker run` behaves (the CLI's flags).
 #[derive(Clone, Debug)]
@@ -54,6 +60,8 @@ pub struct Options {
     pub wait_for_lock: bool,
     /// `docker stop` timeout for co-tenant containers.
     pub stop_timeout: Duration,
+    /// How long a restarted co-tenant container may take to run (and be healthy).
+    pub start_timeout: Duration,
 }
 
 /// What a finished `docker run` reports.
@@ -92,8 +100,14 @@ impl Session {
         if let Ok(abs) = std::path::absolute(&opts.state_dir) {
             opts.state_dir = abs;
         }
+        // A `docker stop` call lasts as long as the stop timeout: the client must not give up on
+        // it first (bollard's default is 120 s), or "stopped" would be reported while the
+        // engine is still stopping.
+        let timeout = docker
+            .timeout()
+            .max(opts.stop_timeout.saturating_mul(2) + CLIENT_TIMEOUT_MARGIN);
         Session {
-            docker,
+            docker: docker.with_timeout(timeout),
             opts,
             progress,
             probe: None,
@@ -232,6 +246,8 @@ impl Session {
         let gpu_total = self.gpu_total(job);
         let mut journal = Journal::new(name, job.spec.clone(), output_dir, Timestamp::now());
         journal.status.message = Some("accepted".into());
+        journal.stop_timeout_seconds = Some(self.opts.stop_timeout.as_secs());
+        journal.start_timeout_seconds = Some(self.opts.start_timeout.as_secs());
         journal.save(&self.opts.state_dir)?;
         let mut run = Run::new(self, journal, gpu_total);
         let outcome = {
@@ -408,6 +424,8 @@ pub(super) struct Run<'s> {
     gpu_total: Option<u64>,
     /// Log streams of started Vidi containers, to drain before reading how they ended.
     pub(super) logs: Vec<(String, JoinHandle<()>)>,
+    /// When the last look began (events from then on can change what it saw).
+    looked_at: Timestamp,
 }
 
 impl<'s> Run<'s> {
@@ -417,14 +435,19 @@ impl<'s> Run<'s> {
             journal,
             gpu_total,
             logs: Vec::new(),
+            looked_at: Timestamp::now(),
         }
     }
 
+    /// The journal keeps the timeouts the job was run with, so `docker recover` waits as long
+    /// as the run would have.
     fn actor(&self) -> CoTenantActor<'s> {
+        let secs = |s: Option<u64>, default: Duration| s.map_or(default, Duration::from_secs);
         CoTenantActor {
             docker: &self.s.docker,
             state_dir: &self.s.opts.state_dir,
-            stop_timeout: self.s.opts.stop_timeout,
+            stop_timeout: secs(self.journal.stop_timeout_seconds, self.s.opts.stop_timeout),
+            start_timeout: secs(self.journal.start_timeout_seconds, self.s.opts.start_timeout),
             progress: &*self.s.progress,
         }
     }
@@ -445,6 +468,7 @@ impl<'s> Run<'s> {
             }
         }
         self.logs = still;
+        self.looked_at = Timestamp::now();
         if observe::record_ends(&self.s.docker, &mut self.journal).await? {
             self.save()?;
         }
@@ -467,8 +491,10 @@ impl<'s> Run<'s> {
             let decision = self.look(false).await?;
             let mut errors = Vec::new();
             let acted = self.apply(&decision, &mut errors).await?;
-            self.journal.status = decision.status.clone();
-            self.save()?;
+            if acted || self.journal.status != decision.status {
+                self.journal.status = decision.status.clone();
+                self.save()?;
+            }
             tracing::info!(phase = %decision.status.phase, message = decision.status.message.as_deref().unwrap_or_default(), "planned");
             if !errors.is_empty() {
                 // Every co-tenant was tried; the caller unwinds (and retries) from the journal.
@@ -498,45 +524,78 @@ impl<'s> Run<'s> {
 
     /// Stops Vidi and restores everything the journal holds (the planner with `deleting`),
     /// then removes the journal. Returns the co-tenants restored and Vidi containers stopped.
+    /// What fails (the engine away, a co-tenant slow to come back) is tried again for up to
+    /// [`UNWIND_PATIENCE`]; after that the journal is kept and the error says to run `recover`.
     async fn unwind(&mut self) -> Result<(Vec<String>, Vec<String>), DockerError> {
         tracing::info!(job = %self.journal.job, holds = self.journal.holds.len(), "unwinding: stopping Vidi, restoring co-tenants");
         let mut restored = Vec::new();
         let mut stopped = Vec::new();
-        let mut last_error = None;
-        for _ in 0..MAX_UNWIND_ROUNDS {
-            let decision = self.look(true).await?;
-            for a in &decision.actions {
-                match a {
-                    Action::Restore { target, .. } => restored.push(target.to_string()),
-                    Action::StopAttempt { name, .. } => stopped.push(name.clone()),
-                    _ => {}
+        let since = std::time::Instant::now();
+        let mut pause = Duration::from_millis(500);
+        loop {
+            let round = self.unwind_round(&mut restored, &mut stopped).await;
+            let error = match round {
+                Ok(true) => {
+                    self.cleanup().await?;
+                    return Ok((restored, stopped));
                 }
+                Ok(false) if since.elapsed() < UNWIND_PATIENCE => {
+                    tokio::time::sleep(POLL).await;
+                    continue;
+                }
+                Ok(false) => DockerError::Other(
+                    self.journal
+                        .status
+                        .message
+                        .clone()
+                        .unwrap_or_else(|| "still not done".into()),
+                ),
+                Err(e) => e,
+            };
+            if since.elapsed() >= UNWIND_PATIENCE {
+                return Err(DockerError::Other(format!(
+                    "could not finish restoring job {} within {} ({error}); the journal {} is kept: run `vidi-operator docker recover` once the cause is fixed",
+                    self.journal.job,
+                    humantime::format_duration(UNWIND_PATIENCE),
+                    Journal::path(&self.s.opts.state_dir).display()
+                )));
             }
-            let mut errors = Vec::new();
-            let acted = self.apply(&decision, &mut errors).await?;
-            self.journal.status = decision.status.clone();
-            self.save()?;
-            if let Some(e) = errors.pop() {
-                self.s.say(&format!("error: {e}"));
-                last_error = Some(e);
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
-            if decision.released {
-                self.cleanup().await?;
-                return Ok((restored, stopped));
-            }
-            if !acted {
-                tokio::time::sleep(POLL).await;
+            self.s.say(&format!(
+                "error: {error}; trying again in {}",
+                humantime::format_duration(pause)
+            ));
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    /// One look and its actions while unwinding: `Ok(true)` once nothing is held or running.
+    async fn unwind_round(
+        &mut self,
+        restored: &mut Vec<String>,
+        stopped: &mut Vec<String>,
+    ) -> Result<bool, DockerError> {
+        let decision = self.look(true).await?;
+        let mut errors = Vec::new();
+        self.apply(&decision, &mut errors).await?;
+        for a in &decision.actions {
+            match a {
+                Action::Restore { target, .. }
+                    if self.journal.hold(target.kind, &target.name).is_none()
+                        && !restored.contains(&target.to_string()) =>
+                {
+                    restored.push(target.to_string())
+                }
+                Action::StopAttempt { name, .. } if !stopped.contains(name) => stopped.push(name.clone()),
+                _ => {}
             }
         }
-        Err(last_error.unwrap_or_else(|| {
-            DockerError::Other(format!(
-                "could not finish restoring job {}; the journal {} is kept: run `vidi-operator docker recover` again",
-                self.journal.job,
-                Journal::path(&self.s.opts.state_dir).display()
-            ))
-        }))
+        self.journal.status = decision.status.clone();
+        self.save()?;
+        if let Some(e) = errors.pop() {
+            return Err(e);
+        }
+        Ok(decision.released)
     }
 
     /// The job is over: its containers go, then the journal (nothing is held any more).
@@ -576,7 +635,7 @@ impl<'s> Run<'s> {
                         .hold(&mut self.journal, target, holders, *original_replicas)
                         .await?
                 }
-                Action::Resuspend { target, .. } => self.actor().stop(&self.journal, target).await?,
+                Action::Resuspend { target, .. } => self.actor().stop(&mut self.journal, target).await?,
                 Action::Release { target, holders, .. } => self.actor().release(&mut self.journal, target, holders)?,
                 Action::Restore { target, replicas, .. } => {
                     if let Err(e) = self.actor().restore(&mut self.journal, target, *replicas).await {
@@ -597,8 +656,10 @@ impl<'s> Run<'s> {
         Ok(acted)
     }
 
-    /// Sleeps until something may have changed: the running Vidi container exits, the planner's
-    /// requeue time comes, or (with nothing to wait on) a short poll interval.
+    /// Sleeps until something may have changed: the running Vidi container exits, someone
+    /// starts a held co-tenant container (the engine's event stream), a held command co-tenant
+    /// may have been started (its `check` is run again every [`COMMAND_RECHECK`]), or the
+    /// planner's requeue time comes. With no Vidi container to wait on, a short poll interval.
     async fn wait(&self, requeue_after: Option<Duration>) {
         let running = self
             .journal
@@ -611,7 +672,12 @@ impl<'s> Run<'s> {
             tokio::time::sleep(POLL).await;
             return;
         };
-        let limit = requeue_after.unwrap_or(MAX_WAIT).min(MAX_WAIT).max(POLL);
+        let mut limit = requeue_after.unwrap_or(MAX_WAIT).min(MAX_WAIT).max(POLL);
+        let held = |kind: WorkloadKind| self.journal.holds.iter().filter(move |h| h.kind == kind && h.stopped);
+        if held(WorkloadKind::Command).next().is_some() {
+            limit = limit.min(COMMAND_RECHECK);
+        }
+        let containers: Vec<String> = held(WorkloadKind::Container).map(|h| h.name.clone()).collect();
         let opts = WaitContainerOptionsBuilder::default().condition("not-running").build();
         let mut exited = self.s.docker.wait_container(&name, Some(opts));
         tokio::select! {
@@ -622,7 +688,49 @@ impl<'s> Run<'s> {
                     tokio::time::sleep(POLL).await;
                 }
             }
+            _ = started_since(&self.s.docker, &containers, self.looked_at) => {}
             _ = tokio::time::sleep(limit) => {}
         }
     }
+}
+
+/// Resolves when the engine reports a `start` of one of `names` at or after `since` (never, for
+/// no names). Events from before the subscription are replayed from `since`, so a start between
+/// the last look and this call is not missed. A broken stream resolves too: the next look finds
+/// out what is wrong.
+async fn started_since(docker: &Docker, names: &[String], since: Timestamp) {
+    if names.is_empty() {
+        return std::future::pending().await;
+    }
+    let filters: HashMap<String, Vec<String>> = [
+        ("type".to_string(), vec!["container".to_string()]),
+        ("event".to_string(), vec!["start".to_string()]),
+        ("container".to_string(), names.to_vec()),
+    ]
+    .into();
+    let opts = EventsOptionsBuilder::default()
+        .since(&since.as_second().to_string())
+        .filters(&filters)
+        .build();
+    let mut events = docker.events(Some(opts));
+    let since_nanos = since.as_nanosecond();
+    while let Some(event) = events.next().await {
+        match event {
+            Ok(e) if e.time_nano.is_some_and(|t| i128::from(t) < since_nanos) => continue,
+            Ok(e) => {
+                let who = e.actor.and_then(|a| a.attributes).and_then(|a| a.get("name").cloned());
+                tracing::info!(
+                    container = who.as_deref().unwrap_or("?"),
+                    "a held co-tenant was started"
+                );
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "the engine's event stream failed");
+                tokio::time::sleep(POLL).await;
+                return;
+            }
+        }
+    }
+    tokio::time::sleep(POLL).await;
 }
