@@ -17,7 +17,7 @@ use crate::gpu::{self, format_bytes};
 
 use super::container::VidiContainer;
 use super::journal::{AttemptEnd, AttemptRecord, Exit};
-use super::session::{Progress, Run, Session, remove_termination_log};
+use super::session::{Progress, Run, Session};
 use super::{DockerError, GpuMode, engine_message, observe, status_code};
 
 /// How long a Vidi container gets to stop before it is killed.
@@ -96,8 +96,8 @@ impl Run<'_> {
                 }
             }
         }
-        // An earlier attempt's message must not pass for this one's.
-        remove_termination_log(&self.journal.output_dir)?;
+        // An earlier run's or attempt's result and message must not pass for this one's.
+        self.s.prepare_output_dir(&self.journal.output_dir)?;
         let spec = self.journal.spec.clone();
         let image = spec
             .model

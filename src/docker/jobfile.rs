@@ -1,9 +1,12 @@
 //! Reads a VidiJob YAML file for `docker run`: the same format `kubectl apply` takes.
 //!
-//! Strict like the API server: serde would silently drop a misspelt field (`coTenant:`), and a
-//! job that then suspends nothing, or the wrong thing, is worse than an error. Unknown fields
-//! are found by walking the document against the CRD's own OpenAPI schema, so the check can
-//! never drift from the types.
+//! Strict like the API server: serde would silently drop a misspelt field (`coTenant:`) and
+//! read `query: 42` as the text "42", and a job that then suspends nothing, or the wrong thing,
+//! is worse than an error. The document is checked against the CRD itself, so the check can
+//! never drift from what `kubectl apply` would accept: unknown fields, types, enums, lengths,
+//! ranges and required fields by walking its OpenAPI schema, and its CEL rules
+//! (`x-kubernetes-validations`) by kube's CEL evaluator. Every problem is reported at once,
+//! each naming its field; nothing is touched before the file passes.
 use std::path::Path;
 
 use kube::CustomResourceExt as _;
@@ -74,7 +77,7 @@ pub fn parse(text: &str, origin: &str) -> Result<VidiJob, JobFileError> {
             format!("expected {KIND:?}, got {}", shown(other)),
         )),
     }
-    unknown_fields(&doc, &mut errors);
+    schema_problems(&doc, &mut errors);
     if !errors.is_empty() {
         return Err(JobFileError::Invalid {
             origin: origin.to_string(),
@@ -97,8 +100,15 @@ pub fn parse(text: &str, origin: &str) -> Result<VidiJob, JobFileError> {
         )),
         Some(_) => {}
     }
-    errors.extend(validate(&job.spec, Runtime::Docker));
-    errors.extend(docker_only(&job));
+    // The rules the schema cannot express; a field the schema already refused is not repeated.
+    for e in validate(&job.spec, Runtime::Docker)
+        .into_iter()
+        .chain(docker_only(&job))
+    {
+        if !errors.iter().any(|seen| seen.field == e.field) {
+            errors.push(e);
+        }
+    }
     if !errors.is_empty() {
         return Err(JobFileError::Invalid {
             origin: origin.to_string(),
@@ -132,8 +142,19 @@ fn docker_only(job: &VidiJob) -> Vec<FieldError> {
     errors
 }
 
-/// Reports every field of `doc` the CRD schema does not define.
-fn unknown_fields(doc: &Value, errors: &mut Vec<FieldError>) {
+/// The CRD's OpenAPI schema of the whole object.
+fn crd_schema() -> Option<Value> {
+    let crd = VidiJob::crd();
+    crd.spec
+        .versions
+        .first()
+        .and_then(|v| v.schema.as_ref())
+        .and_then(|s| serde_json::to_value(&s.open_api_v3_schema).ok())
+}
+
+/// Everything the CRD refuses in `doc`: unknown fields, types, enums, lengths, ranges, required
+/// fields, then (on a well-typed document) its CEL rules.
+fn schema_problems(doc: &Value, errors: &mut Vec<FieldError>) {
     let Value::Object(top) = doc else { return };
     for key in top.keys() {
         if !matches!(key.as_str(), "apiVersion" | "kind" | "metadata" | "spec" | "status") {
@@ -143,29 +164,118 @@ fn unknown_fields(doc: &Value, errors: &mut Vec<FieldError>) {
             ));
         }
     }
-    let crd = VidiJob::crd();
-    let schema = crd
-        .spec
-        .versions
-        .first()
-        .and_then(|v| v.schema.as_ref())
-        .and_then(|s| serde_json::to_value(&s.open_api_v3_schema).ok());
-    let (Some(spec), Some(schema)) = (top.get("spec"), schema) else {
+    let Some(schema) = crd_schema() else { return };
+    match (top.get("spec"), schema.pointer("/properties/spec")) {
+        (Some(spec), Some(spec_schema)) => walk(spec, spec_schema, "spec", errors),
+        (None, _) => errors.push(FieldError::new("spec", "required field is missing")),
+        _ => {}
+    }
+    if !errors.is_empty() {
         return;
-    };
-    if let Some(spec_schema) = schema.pointer("/properties/spec") {
-        walk(spec, spec_schema, "spec", errors);
+    }
+    let mut object = doc.clone();
+    if let Some(o) = object.as_object_mut() {
+        // Only the spec is the user's; CEL rules on status are the operator's business.
+        o.remove("status");
+    }
+    if let Err(cel) = kube::core::cel::Validator::new().validate(&schema, &object, None) {
+        for e in cel.into_vec() {
+            let field = if e.field_path.is_empty() {
+                "spec".to_string()
+            } else {
+                e.field_path
+            };
+            errors.push(FieldError::new(field, e.message));
+        }
     }
 }
 
+/// Checks `value` against its structural `schema` the way the API server does, naming each
+/// offending field by its path.
 fn walk(value: &Value, schema: &Value, path: &str, errors: &mut Vec<FieldError>) {
     if schema.get("x-kubernetes-preserve-unknown-fields") == Some(&Value::Bool(true)) {
         return;
     }
+    if value.is_null() {
+        if schema.get("nullable") != Some(&Value::Bool(true)) {
+            errors.push(FieldError::new(
+                path,
+                format!("expected {}, got null", expected(schema)),
+            ));
+        }
+        return;
+    }
+    if !type_ok(value, schema) {
+        errors.push(FieldError::new(
+            path,
+            format!("expected {}, got {}", expected(schema), shown_value(value)),
+        ));
+        return;
+    }
+    if let Some(options) = schema.get("enum").and_then(Value::as_array)
+        && !options.contains(value)
+    {
+        let list: Vec<String> = options.iter().map(|o| o.to_string()).collect();
+        errors.push(FieldError::new(
+            path,
+            format!("expected one of {}, got {}", list.join(", "), shown_value(value)),
+        ));
+    }
+    let limit = |key: &str| schema.get(key).and_then(Value::as_f64);
     match value {
+        Value::String(text) => {
+            let n = text.chars().count() as f64;
+            if limit("minLength").is_some_and(|min| n < min) {
+                errors.push(FieldError::new(
+                    path,
+                    format!(
+                        "expected at least {} characters, got {n}",
+                        limit("minLength").unwrap_or_default()
+                    ),
+                ));
+            }
+            if limit("maxLength").is_some_and(|max| n > max) {
+                errors.push(FieldError::new(
+                    path,
+                    format!(
+                        "expected at most {} characters, got {n}",
+                        limit("maxLength").unwrap_or_default()
+                    ),
+                ));
+            }
+        }
+        Value::Number(number) => {
+            let n = number.as_f64().unwrap_or_default();
+            if let Some(min) = limit("minimum").filter(|min| n < *min) {
+                errors.push(FieldError::new(path, format!("expected at least {min}, got {number}")));
+            }
+            if let Some(max) = limit("maximum").filter(|max| n > *max) {
+                errors.push(FieldError::new(path, format!("expected at most {max}, got {number}")));
+            }
+        }
+        Value::Array(items) => {
+            if let Some(max) = limit("maxItems").filter(|max| items.len() as f64 > *max) {
+                errors.push(FieldError::new(
+                    path,
+                    format!("expected at most {max} items, got {}", items.len()),
+                ));
+            }
+            if let Some(s) = schema.get("items") {
+                for (i, v) in items.iter().enumerate() {
+                    walk(v, s, &format!("{path}[{i}]"), errors);
+                }
+            }
+        }
         Value::Object(map) => {
             let props = properties(schema);
             let additional = schema.get("additionalProperties").filter(|a| a.is_object());
+            for required in schema.get("required").and_then(Value::as_array).into_iter().flatten() {
+                if let Some(key) = required.as_str()
+                    && !map.contains_key(key)
+                {
+                    errors.push(FieldError::new(format!("{path}.{key}"), "required field is missing"));
+                }
+            }
             if props.is_empty() && additional.is_none() {
                 return;
             }
@@ -185,14 +295,49 @@ fn walk(value: &Value, schema: &Value, path: &str, errors: &mut Vec<FieldError>)
                 }
             }
         }
-        Value::Array(items) => {
-            if let Some(s) = schema.get("items") {
-                for (i, v) in items.iter().enumerate() {
-                    walk(v, s, &format!("{path}[{i}]"), errors);
-                }
-            }
-        }
-        _ => {}
+        Value::Bool(_) | Value::Null => {}
+    }
+}
+
+/// Whether `value` has the schema's `type` (an int-or-string field takes either).
+fn type_ok(value: &Value, schema: &Value) -> bool {
+    if schema.get("x-kubernetes-int-or-string") == Some(&Value::Bool(true)) {
+        return value.is_string() || value.is_i64() || value.is_u64();
+    }
+    match schema.get("type").and_then(Value::as_str) {
+        Some("string") => value.is_string(),
+        Some("integer") => value.is_i64() || value.is_u64(),
+        Some("number") => value.is_number(),
+        Some("boolean") => value.is_boolean(),
+        Some("array") => value.is_array(),
+        Some("object") => value.is_object(),
+        _ => true,
+    }
+}
+
+fn expected(schema: &Value) -> String {
+    if schema.get("x-kubernetes-int-or-string") == Some(&Value::Bool(true)) {
+        return "an integer or a string".into();
+    }
+    match schema.get("type").and_then(Value::as_str) {
+        Some("string") => "a string (quote it)".into(),
+        Some("integer") => "an integer".into(),
+        Some("number") => "a number".into(),
+        Some("boolean") => "true or false".into(),
+        Some("array") => "a list".into(),
+        Some("object") => "a mapping".into(),
+        other => other.unwrap_or("a value").to_string(),
+    }
+}
+
+fn shown_value(value: &Value) -> String {
+    match value {
+        Value::String(s) => format!("the string {s:?}"),
+        Value::Number(n) => format!("the number {n}"),
+        Value::Bool(b) => format!("{b}"),
+        Value::Array(_) => "a list".into(),
+        Value::Object(_) => "a mapping".into(),
+        Value::Null => "null".into(),
     }
 }
 

@@ -242,7 +242,9 @@ impl Session {
         let recovered = self.finish_unfinished().await?;
         // Containers of an earlier run of the same job would clash with this run's names.
         remove_job_containers(&self.docker, name).await?;
-        let output_dir = self.prepare_output_dir(name, job)?;
+        // Only the path for now: the directory is prepared (and an earlier result removed) just
+        // before a Vidi container starts, so a job that never gets that far touches nothing.
+        let output_dir = self.output_dir_path(name, job);
         let gpu_total = self.gpu_total(job);
         let mut journal = Journal::new(name, job.spec.clone(), output_dir, Timestamp::now());
         journal.status.message = Some("accepted".into());
@@ -325,13 +327,13 @@ impl Session {
     }
 
     /// Creates the output dir; one the operator creates is made writable for the container's
-    /// user. A `result.json` left by an earlier run is removed so it cannot pass for this one's.
-    fn prepare_output_dir(&self, name: &str, job: &VidiJob) -> Result<PathBuf, DockerError> {
-        let dir = self.output_dir_path(name, job);
+    /// user. A `result.json` left by an earlier run or attempt is removed so it cannot pass for
+    /// this one's, and so is the termination message.
+    pub(super) fn prepare_output_dir(&self, dir: &Path) -> Result<(), DockerError> {
         let existed = dir.exists();
-        std::fs::create_dir_all(&dir).map_err(|e| DockerError::io("creating the output directory", &dir, e))?;
+        std::fs::create_dir_all(dir).map_err(|e| DockerError::io("creating the output directory", dir, e))?;
         if !existed {
-            make_writable_for(&dir, &self.opts.user)?;
+            make_writable_for(dir, &self.opts.user)?;
         }
         let stale = dir.join(observe::RESULT_FILE);
         match std::fs::remove_file(&stale) {
@@ -339,8 +341,7 @@ impl Session {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(DockerError::io("removing the earlier result", stale, e)),
         }
-        remove_termination_log(&dir)?;
-        Ok(dir)
+        remove_termination_log(dir)
     }
 }
 

@@ -94,15 +94,27 @@ fn collect(mut from: impl std::io::Read + Send + 'static) -> Arc<Mutex<String>> 
 
 impl Proc {
     pub fn spawn(args: &[&str]) -> Proc {
+        Proc::spawn_with(args, false, &[])
+    }
+
+    /// With `stderr_closed`, its stderr is a pipe whose reading end is closed at once (as after
+    /// `2>&1 | head -1`, or a terminal that went away): every write fails with EPIPE.
+    pub fn spawn_with(args: &[&str], stderr_closed: bool, env: &[(&str, &str)]) -> Proc {
         let mut child = Command::new(BIN)
             .args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn vidi-operator");
         let stdout = collect(child.stdout.take().expect("stdout"));
-        let stderr = collect(child.stderr.take().expect("stderr"));
+        let stderr = if stderr_closed {
+            drop(child.stderr.take());
+            Arc::new(Mutex::new("(stderr was closed)".to_string()))
+        } else {
+            collect(child.stderr.take().expect("stderr"))
+        };
         Proc { child, stdout, stderr }
     }
 
@@ -335,7 +347,9 @@ impl Drop for Fixture {
                 };
                 for c in list {
                     let labels = c.labels.unwrap_or_default();
-                    let ours = labels.get(TEST_LABEL) == Some(&name)
+                    let ours = labels
+                        .get(TEST_LABEL)
+                        .is_some_and(|v| *v == name || v.starts_with(&format!("{name}-")))
                         || labels
                             .get("vidi.dev/job")
                             .is_some_and(|j| j.starts_with(&format!("{name}-")));
