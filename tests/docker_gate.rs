@@ -27,7 +27,10 @@ fn session(fx: &Fixture, probe: FakeProbe, lines: Arc<Mutex<Vec<String>>>) -> Se
         start_timeout: Duration::from_secs(30),
     };
     let progress = Arc::new(move |line: &str| lines.lock().unwrap_or_else(|p| p.into_inner()).push(line.to_string()));
-    Session::new(fx.docker.clone(), opts, progress).with_probe(Arc::new(probe))
+    // The engine here has no NVIDIA runtime; the gate is what these tests are about.
+    Session::new(fx.docker.clone(), opts, progress)
+        .with_probe(Arc::new(probe))
+        .without_gpu_runtime_check()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -154,49 +154,74 @@ async fn auto_precision_steps_down_after_cuda_oom() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn gpu_request_without_nvidia_runtime_fails_clearly_and_restores() {
+async fn a_job_that_cannot_run_is_refused_before_anything_stops() {
     let Some(fx) = Fixture::new("gpu").await else { return };
     let info = fx.docker.info().await.expect("docker info");
-    if info.runtimes.unwrap_or_default().contains_key("nvidia") {
-        eprintln!("NOTE: this engine has the NVIDIA runtime; the no-runtime failure cannot be shown here");
-        return;
-    }
     let tts = fx.cotenant("tts", true).await;
     let cmd = fx.command_yaml();
+    let started = fx.started_at(&tts).await;
 
-    // The engine refuses the GPU request (the gate is skipped, as when NVML is elsewhere).
-    let file = fx.job_file(&fx.job("rt"), "find", &cmd, "");
-    let mut run = fx.run(&file, &["--gpus", "all", "--no-gate"]);
-    let code = run.wait().await;
-    let err = run.stderr();
-    assert_eq!(code, Some(1), "{err}");
-    assert!(err.contains("Failed (NoGpu)"), "{err}");
-    assert!(
-        err.contains("Docker has no NVIDIA runtime: install nvidia-container-toolkit"),
-        "{err}"
-    );
-    assert_eq!(
-        fx.running(&tts).await,
-        Some(true),
-        "co-tenants are restored after the failure"
-    );
-    assert!(fx.command_running());
-
-    // With the gate (the default) on a machine without a driver, the gate says so first.
-    if !std::path::Path::new("/proc/driver/nvidia").exists() {
-        let file = fx.job_file(&fx.job("gate"), "find", "", "");
-        let mut run = fx.run(&file, &["--gpus", "all"]);
+    if info.runtimes.unwrap_or_default().contains_key("nvidia") {
+        eprintln!("NOTE: this engine has the NVIDIA runtime; the no-runtime refusal cannot be shown here");
+    } else {
+        // The engine cannot attach a GPU (the gate is skipped, as when NVML is elsewhere).
+        let file = fx.job_file(&fx.job("rt"), "find", &cmd, "");
+        let mut run = fx.run(&file, &["--gpus", "all", "--no-gate"]);
         let code = run.wait().await;
         let err = run.stderr();
         assert_eq!(code, Some(1), "{err}");
+        assert!(err.contains("cannot run, so nothing was stopped"), "{err}");
         assert!(
-            err.contains("Failed (NoGpu)") && err.contains("no NVIDIA driver"),
+            err.contains("--gpus: the Docker engine cannot give a container the GPU: install nvidia-container-toolkit"),
             "{err}"
         );
-        assert_eq!(fx.running(&tts).await, Some(true));
+        // With the gate (the default) on a machine without a driver, both problems at once.
+        if !std::path::Path::new("/proc/driver/nvidia").exists() {
+            let mut run = fx.run(&file, &["--gpus", "all"]);
+            let code = run.wait().await;
+            let err = run.stderr();
+            assert_eq!(code, Some(1), "{err}");
+            assert!(err.contains("--gpus: no usable NVIDIA driver"), "{err}");
+            assert!(err.contains("cannot give a container the GPU"), "{err}");
+        }
     }
-    assert_eq!(fx.command_log(), "stop\nstart\n");
+
+    // An image that is not there and a check that cannot run: refused up front, both named.
+    let broken = cmd.replace("check: \"test -f", "check: \"no-such-checker");
+    assert_ne!(broken, cmd);
+    let file = fx.job_file(&fx.job("img"), "find", &broken, "");
+    let text = std::fs::read_to_string(&file).expect("job file");
+    std::fs::write(&file, text.replace(docker_support::IMAGE, "vidi-test/absent:1")).expect("job file");
+    let mut run = fx.run(&file, &[]);
+    let code = run.wait().await;
+    let err = run.stderr();
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("spec.model.image: image vidi-test/absent:1 is not on the Docker engine"),
+        "{err}"
+    );
+    assert!(
+        err.contains("spec.coTenants.commands[0].check: the `check` command"),
+        "{err}"
+    );
+    // --dry-run lists the same problems (and the planner's) at once.
+    let mut dry = fx.run(&file, &["--dry-run"]);
+    let code = dry.wait().await;
+    let err = dry.stderr();
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("spec.model.image") && err.contains("spec.coTenants.commands[0].check"),
+        "{err}"
+    );
+
+    // Nothing was touched by any of it.
+    assert_eq!(fx.started_at(&tts).await, started, "the co-tenant was never stopped");
+    assert_eq!(fx.command_log(), "", "the command co-tenant was never stopped");
     assert!(!fx.journal_exists());
+    assert!(
+        fx.vidi_containers(&fx.job("rt")).await.is_empty(),
+        "no preflight container is left"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

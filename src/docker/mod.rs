@@ -22,6 +22,7 @@ pub mod jobfile;
 pub mod journal;
 pub mod lock;
 pub mod observe;
+pub mod preflight;
 pub mod selector;
 pub mod session;
 pub mod state_dir;
@@ -75,6 +76,11 @@ pub enum DockerError {
     Locked(#[from] lock::LockError),
     #[error("command co-tenant {name}: {message}")]
     Command { name: String, message: String },
+    #[error("job {job} cannot run, so nothing was stopped:\n  {}", problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n  "))]
+    Preflight {
+        job: String,
+        problems: Vec<crate::api::FieldError>,
+    },
     #[error("image build failed: {0}")]
     Build(String),
     #[error("{0}")]

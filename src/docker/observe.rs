@@ -143,7 +143,17 @@ pub async fn snapshot(look: Look<'_>) -> Result<Snapshot, DockerError> {
             co_tenants.push(container(&c.name, c.running, selection, opted_in));
         }
         for (i, cmd) in spec.co_tenants.commands.iter().enumerate() {
-            co_tenants.push(command(journal, &cmd.name, Some(&cmd.check), Selection::Ref(i)).await?);
+            match command(journal, &cmd.name, Some(&cmd.check), Selection::Ref(i)).await {
+                Ok(c) => co_tenants.push(c),
+                // Not held yet: a check that cannot run is the job's problem, refused like any
+                // other before anything is stopped. Once held, it is an error to retry.
+                Err(DockerError::Command { message, .. })
+                    if journal.hold(WorkloadKind::Command, &cmd.name).is_none() =>
+                {
+                    problems.push(FieldError::new(format!("spec.coTenants.commands[{i}].check"), message))
+                }
+                Err(e) => return Err(e),
+            }
         }
         problems.extend(host_path_problems(journal));
     }

@@ -92,6 +92,8 @@ pub struct Session {
     pub(super) progress: Progress,
     /// The GPU probe; NVML (opened when needed) unless a test gives a fake.
     probe: Option<Arc<dyn GpuProbe>>,
+    /// Preflight starts a throwaway container with the GPU request (see `preflight`).
+    pub(super) check_gpu_runtime: bool,
 }
 
 impl Session {
@@ -111,7 +113,15 @@ impl Session {
             opts,
             progress,
             probe: None,
+            check_gpu_runtime: true,
         }
+    }
+
+    /// Skips preflight's trial of the engine's NVIDIA runtime: for tests that drive the GPU path
+    /// with a fake probe on an engine without one.
+    pub fn without_gpu_runtime_check(mut self) -> Self {
+        self.check_gpu_runtime = false;
+        self
     }
 
     /// Uses `probe` instead of NVML (tests: `gpu::fake::FakeProbe`).
@@ -193,7 +203,7 @@ impl Session {
         let output_dir = self.output_dir_path(name, job);
         let journal = Journal::new(name, job.spec.clone(), output_dir.clone(), Timestamp::now());
         let gpu_total = self.gpu_total(job);
-        let snap = observe::snapshot(Look {
+        let mut snap = observe::snapshot(Look {
             docker: &self.docker,
             journal: &journal,
             gpu_total_bytes: gpu_total,
@@ -201,6 +211,12 @@ impl Session {
             deleting: false,
         })
         .await?;
+        // The same preflight as a real run, so every problem is listed at once.
+        for p in super::preflight::check(self, job, name).await {
+            if !snap.problems.iter().any(|seen| seen.field == p.field) {
+                snap.problems.push(p);
+            }
+        }
         let decision = plan::next(&snap);
         for a in &decision.actions {
             if let Action::Notify(n) = a {
@@ -240,6 +256,14 @@ impl Session {
         };
         // Holding the lock proves whoever wrote a journal is dead: finish its work first.
         let recovered = self.finish_unfinished().await?;
+        // Anything that would make the job fail for sure is found before anything is stopped.
+        let problems = super::preflight::check(self, job, name).await;
+        if !problems.is_empty() {
+            return Err(DockerError::Preflight {
+                job: name.to_string(),
+                problems,
+            });
+        }
         // Containers of an earlier run of the same job would clash with this run's names.
         remove_job_containers(&self.docker, name).await?;
         // Only the path for now: the directory is prepared (and an earlier result removed) just
@@ -293,7 +317,7 @@ impl Session {
         result
     }
 
-    fn image<'a>(&'a self, job: &'a VidiJob) -> &'a str {
+    pub(super) fn image<'a>(&'a self, job: &'a VidiJob) -> &'a str {
         job.spec.model.image.as_deref().unwrap_or(&self.opts.vidi_image)
     }
 

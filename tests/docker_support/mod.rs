@@ -239,6 +239,16 @@ impl Fixture {
         }
     }
 
+    /// When a container last started (unchanged = not stopped and started since).
+    pub async fn started_at(&self, name: &str) -> Option<String> {
+        self.docker
+            .inspect_container(name, None::<InspectContainerOptions>)
+            .await
+            .ok()
+            .and_then(|c| c.state)
+            .and_then(|s| s.started_at)
+    }
+
     /// The Vidi containers of job `job` that exist now.
     pub async fn vidi_containers(&self, job: &str) -> Vec<(String, bool)> {
         let filters = [("label".to_string(), vec![format!("vidi.dev/job={job}")])].into();
