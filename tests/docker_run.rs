@@ -284,3 +284,68 @@ async fn active_deadline_stops_vidi_and_restores() {
     assert!(fx.vidi_containers(&job).await.is_empty());
     assert!(!fx.journal_exists());
 }
+
+/// Someone starts held co-tenants while Vidi runs: each is stopped again at once (the engine's
+/// events for the container, a check every second for the command), with a warning naming it,
+/// and restored exactly once at the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_co_tenant_started_while_held_is_stopped_again_and_restored_once() {
+    let Some(fx) = Fixture::new("fight").await else { return };
+    let tts = fx.cotenant("tts", true).await;
+    let job = fx.job("a");
+    let file = fx.job_file(&job, "find wait=go", &fx.command_yaml(), "");
+    let mut run = fx.run(&file, &[]);
+    eventually("the Vidi container to run", || async {
+        fx.vidi_containers(&job).await.iter().any(|(_, running)| *running)
+    })
+    .await;
+    assert_eq!(fx.running(&tts).await, Some(false));
+
+    // Someone starts the container again by hand.
+    let restarted = std::time::Instant::now();
+    fx.docker
+        .start_container(&tts, None::<bollard::query_parameters::StartContainerOptions>)
+        .await
+        .expect("start the held co-tenant");
+    eventually("the held container to be stopped again", || async {
+        fx.running(&tts).await == Some(false)
+    })
+    .await;
+    eprintln!(
+        "a held container started by hand was stopped again after {:.2}s",
+        restarted.elapsed().as_secs_f64()
+    );
+    // And the command co-tenant.
+    let restarted = std::time::Instant::now();
+    std::fs::write(fx.path("comfy.running"), b"").expect("start the process by hand");
+    eventually("the held process to be stopped again", || async {
+        !fx.command_running()
+    })
+    .await;
+    eprintln!(
+        "a held process started by hand was stopped again after {:.2}s",
+        restarted.elapsed().as_secs_f64()
+    );
+
+    // Let Vidi finish.
+    std::fs::write(fx.path(&format!("state/jobs/{job}/output/go")), b"").expect("signal the fake Vidi");
+    let code = run.wait().await;
+    let err = run.stderr();
+    assert_eq!(code, Some(0), "{err}");
+    for who in [format!("Container {tts}"), "Command comfy".to_string()] {
+        assert!(
+            err.contains(&format!("warning: {who} was scaled to 1 by something else while VidiJob docker/{job} holds it; suspending it again")),
+            "{who}:\n{err}"
+        );
+        assert_eq!(
+            err.matches(&format!("restored {who} to 1 replicas")).count(),
+            1,
+            "{who} is restored once:\n{err}"
+        );
+    }
+    assert_eq!(fx.running(&tts).await, Some(true));
+    assert!(fx.command_running());
+    // Stopped when held, stopped again after the hand start, started once.
+    assert_eq!(fx.command_log(), "stop\nstop\nstart\n");
+    assert!(!fx.journal_exists());
+}

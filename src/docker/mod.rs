@@ -18,6 +18,7 @@ mod attempt;
 pub mod build;
 pub mod commands;
 pub mod container;
+pub mod engine;
 pub mod jobfile;
 pub mod journal;
 pub mod lock;
@@ -104,18 +105,17 @@ impl DockerError {
     }
 }
 
-/// Connects to the engine the way the `docker` CLI would (DOCKER_HOST or the local socket) and
-/// agrees on an API version, so older engines (e.g. Debian's 20.10, API 1.41) work.
+/// Connects to the engine the `docker` CLI would use (see [`engine::resolve`]) and agrees on an
+/// API version, so older engines (e.g. Debian's 20.10, API 1.41) work. Errors name the engine
+/// tried and where that choice came from.
 pub async fn connect() -> Result<bollard::Docker, DockerError> {
-    let hint = std::env::var("DOCKER_HOST").unwrap_or_else(|_| "unix:///var/run/docker.sock".into());
-    let docker = bollard::Docker::connect_with_local_defaults().map_err(|source| DockerError::Connect {
-        hint: hint.clone(),
+    let target = engine::resolve(&engine::Env::from_process()).map_err(DockerError::Other)?;
+    let connect_error = |source| DockerError::Connect {
+        hint: target.to_string(),
         source,
-    })?;
-    docker
-        .negotiate_version()
-        .await
-        .map_err(|source| DockerError::Connect { hint, source })
+    };
+    let docker = target.connect().map_err(connect_error)?;
+    docker.negotiate_version().await.map_err(connect_error)
 }
 
 /// HTTP status of an Engine API error, if it was one.

@@ -4,6 +4,7 @@
 #   exit=N        exit N (2 bad input, 3 CUDA out of memory, anything else a crash)
 #   oom-above=P   exit 3 unless VIDI_PRECISION is P (to test the precision fallback)
 #   sleep=N       run N seconds first (stops promptly on SIGTERM)
+#   wait=NAME     run until the file NAME appears in the output dir (the test's signal to go on)
 echo "fake vidi: precision=$VIDI_PRECISION video=$VIDI_VIDEO model=$VIDI_MODEL_PATH offline=$HF_HUB_OFFLINE"
 code=0
 for word in $VIDI_QUERY; do
@@ -11,12 +12,18 @@ for word in $VIDI_QUERY; do
     exit=*) code="${word#exit=}" ;;
     oom-above=*) lowest="${word#oom-above=}" ;;
     sleep=*) nap="${word#sleep=}" ;;
+    wait=*) until_file="${word#wait=}" ;;
   esac
 done
 if [ -n "$nap" ]; then
   trap 'echo "fake vidi: stopped"; exit 143' TERM INT
   i=0
   while [ "$i" -lt "$nap" ]; do sleep 1 & wait $!; i=$((i + 1)); done
+fi
+if [ -n "$until_file" ]; then
+  trap 'echo "fake vidi: stopped"; exit 143' TERM INT
+  echo "fake vidi: waiting for $VIDI_OUTPUT_DIR/$until_file"
+  while [ ! -e "$VIDI_OUTPUT_DIR/$until_file" ]; do sleep 0.1 & wait $!; done
 fi
 if [ -n "$lowest" ] && [ "$VIDI_PRECISION" != "$lowest" ]; then
   echo "torch.OutOfMemoryError: CUDA out of memory at $VIDI_PRECISION" >&2
