@@ -93,7 +93,11 @@ impl World {
         let labels = |value: &str| -> Option<HashMap<String, String>> {
             Some([(TEST_LABEL.to_string(), value.to_string())].into())
         };
-        let port = 19000 + (std::process::id() % 500) as u16 * 10 + k as u16;
+        // A port nothing else holds now (the kernel picks it).
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
         let create = |name: String, cmd: Vec<&str>, label: String, ports: bool| {
             let body = ContainerCreateBody {
                 image: Some(IMAGE.into()),

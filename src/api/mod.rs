@@ -1,4 +1,7 @@
-//! The `VidiJob` API (`vidi.dev/v1alpha1`): spec, status and validation.
+//! The `VidiJob` API (`vidi.dev/v1alpha1`): spec, status and validation, and the Vidi
+//! container contract both runtimes follow.
+pub mod contract;
+pub mod selection;
 mod spec;
 mod status;
 mod validate;

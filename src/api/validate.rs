@@ -138,6 +138,10 @@ pub fn validate(spec: &VidiJobSpec, runtime: Runtime) -> Vec<FieldError> {
     }
 
     let co = &spec.co_tenants;
+    if let Some(selector) = &co.selector {
+        errors.extend(super::selection::check(selector));
+    }
+    let mut err = |field: &str, message: String| errors.push(FieldError::new(field, message));
     for (i, r) in co.refs.iter().enumerate() {
         let field = format!("spec.coTenants.refs[{i}]");
         let ok = match runtime {

@@ -215,15 +215,25 @@ fn start_failure(e: &bollard::errors::Error, image: &str) -> AttemptEnd {
             reason: None,
         };
     }
-    let why = if status_code(e) == Some(404) && msg.contains("image") {
-        format!("image {image} not found: build it with `vidi-operator docker build --tag {image}` ({msg})")
-    } else {
-        format!("Docker could not start the container: {msg}")
-    };
+    if status_code(e) == Some(404) && msg.contains("image") {
+        // Removed since preflight saw it. Another attempt would find it missing too: reported
+        // like bad input (exit 2), which is never retried.
+        return AttemptEnd {
+            gate: None,
+            main: Some(Exit {
+                exit_code: 2,
+                reason: Some("ImageNotFound".into()),
+                message: Some(format!(
+                    "image {image} not found: build it with `vidi-operator docker build --tag {image}` ({msg})"
+                )),
+            }),
+            reason: None,
+        };
+    }
     AttemptEnd {
         gate: None,
         main: None,
-        reason: Some(why),
+        reason: Some(format!("Docker could not start the container: {msg}")),
     }
 }
 
@@ -253,6 +263,7 @@ fn stream_logs(docker: Docker, name: String, progress: Progress) -> JoinHandle<(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::plan::outcome::AttemptEnd as AttemptEnd2;
 
     fn engine_error(status_code: u16, message: &str) -> bollard::errors::Error {
         bollard::errors::Error::DockerResponseServerError {
@@ -282,8 +293,15 @@ mod tests {
     #[test]
     fn a_missing_image_says_how_to_build_it() {
         let end = start_failure(&engine_error(404, "No such image: vidi:latest"), "vidi:latest");
-        assert!(end.gate.is_none() && end.main.is_none());
-        let why = end.reason.unwrap_or_default();
+        let main = end.main.expect("reported as Vidi's exit");
+        let why = main.message.clone().unwrap_or_default();
         assert!(why.contains("vidi-operator docker build --tag vidi:latest"), "{why}");
+        // Exit 2 is bad input: never retried.
+        let AttemptEnd2::Failed { retry, .. } =
+            crate::plan::outcome::classify(None, Some(&(&main).into()), None, Precision::Fp16)
+        else {
+            panic!("a missing image is a failure");
+        };
+        assert_eq!(retry, crate::plan::outcome::Retry::Never);
     }
 }

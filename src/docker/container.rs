@@ -6,23 +6,16 @@ use std::path::Path;
 
 use bollard::models::{ContainerCreateBody, DeviceRequest, HostConfig, Mount, MountType};
 
+use crate::api::contract::{self, HF_HOME, MODEL_PATH, OUTPUT_DIR, PRECISION_LABEL, VIDEO_DIR};
 use crate::api::{ATTEMPT_LABEL, JOB_LABEL, Precision, VidiJobSpec, parse_quantity_bytes};
 
 use super::GpuMode;
 
-/// Where the contract's inputs and outputs appear inside the container.
-pub const MODEL_PATH: &str = "/models/vidi";
-pub const HF_HOME: &str = "/hf-cache";
-pub const OUTPUT_DIR: &str = "/output";
 /// Where the wrapper writes its termination message (the compact result, or one line saying
 /// why it failed). Docker has no `/dev/termination-log`, and a non-root user could not write
 /// there anyway; in the output dir the operator can read it after the container exits.
 pub const TERMINATION_LOG_FILE: &str = ".termination-log";
-pub const VIDEO_DIR: &str = "/input";
-/// Label with the precision of an attempt (read back after a restart).
-pub const PRECISION_LABEL: &str = "vidi.dev/precision";
-/// /dev/shm when spec.resources.shmSize does not say: PyTorch data loaders need more than
-/// Docker's 64 MiB default.
+/// [`contract::DEFAULT_SHM`] in bytes.
 pub const DEFAULT_SHM_BYTES: u64 = 2 << 30;
 
 /// What one attempt's container is made of.
@@ -53,21 +46,11 @@ impl VidiContainer<'_> {
     }
 
     pub fn env(&self) -> Vec<String> {
-        let mut env = vec![
-            format!("VIDI_VIDEO={}", self.video()),
-            format!("VIDI_QUERY={}", self.spec.query),
-            format!("VIDI_MODEL_PATH={MODEL_PATH}"),
-            format!("VIDI_PRECISION={}", self.precision),
-            format!("VIDI_OUTPUT_DIR={OUTPUT_DIR}"),
-            format!("VIDI_TERMINATION_LOG={OUTPUT_DIR}/{TERMINATION_LOG_FILE}"),
-            // Everything the model needs is mounted; a download at run time would be a
-            // surprise (and fails on an offline GPU box anyway).
-            "HF_HUB_OFFLINE=1".to_string(),
-        ];
-        if self.spec.model.hf_cache.is_some() {
-            env.push(format!("HF_HOME={HF_HOME}"));
-        }
-        env
+        let log = format!("{OUTPUT_DIR}/{TERMINATION_LOG_FILE}");
+        contract::environment(self.spec, self.precision, self.video(), Some(log))
+            .into_iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect()
     }
 
     pub fn labels(&self) -> HashMap<String, String> {
@@ -245,7 +228,7 @@ mod tests {
             "VIDI_PRECISION=int8",
             "VIDI_OUTPUT_DIR=/output",
             "HF_HUB_OFFLINE=1",
-            "HF_HOME=/hf-cache",
+            "HF_HOME=/models/hf",
         ] {
             assert!(env.contains(&want.to_string()), "{want} missing from {env:?}");
         }

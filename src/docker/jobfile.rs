@@ -101,10 +101,7 @@ pub fn parse(text: &str, origin: &str) -> Result<VidiJob, JobFileError> {
         Some(_) => {}
     }
     // The rules the schema cannot express; a field the schema already refused is not repeated.
-    for e in validate(&job.spec, Runtime::Docker)
-        .into_iter()
-        .chain(docker_only(&job))
-    {
+    for e in validate(&job.spec, Runtime::Docker) {
         if !errors.iter().any(|seen| seen.field == e.field) {
             errors.push(e);
         }
@@ -130,16 +127,6 @@ fn is_dns_label(name: &str) -> bool {
         .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
     let ends_ok = |b: Option<u8>| b.is_some_and(|b| b.is_ascii_alphanumeric());
     ok_chars && name.len() <= 53 && ends_ok(name.bytes().next()) && ends_ok(name.bytes().last())
-}
-
-/// What only the Docker adapter can check: the selector subset it evaluates on container labels.
-fn docker_only(job: &VidiJob) -> Vec<FieldError> {
-    let mut errors = Vec::new();
-    let spec = &job.spec;
-    if let Some(selector) = &spec.co_tenants.selector {
-        errors.extend(super::selector::check(selector));
-    }
-    errors
 }
 
 /// The CRD's OpenAPI schema of the whole object.

@@ -24,7 +24,6 @@ pub mod journal;
 pub mod lock;
 pub mod observe;
 pub mod preflight;
-pub mod selector;
 pub mod session;
 pub mod state_dir;
 

@@ -13,14 +13,13 @@ use bollard::query_parameters::{InspectContainerOptions, ListContainersOptionsBu
 use futures::StreamExt as _;
 use jiff::Timestamp;
 
-use crate::api::{FieldError, JOB_LABEL, Runtime, WorkloadKind};
+use crate::api::{FieldError, JOB_LABEL, Runtime, WorkloadKind, selection};
 use crate::plan::{Attempt, AttemptState, CoTenant, CoTenantId, JobKey, JobView, Selection, Snapshot};
 
 use super::journal::{AttemptEnd, Exit, Journal};
-use super::{DockerError, JOB_NAMESPACE, commands, selector, status_code};
+use super::{DockerError, JOB_NAMESPACE, commands, status_code};
 
-/// The file the Vidi wrapper writes its result to, in the output dir.
-pub const RESULT_FILE: &str = "result.json";
+pub use crate::api::contract::RESULT_FILE;
 /// The contract's compact result is at most this big (Kubernetes' termination-message limit).
 const COMPACT_MAX: usize = 4096;
 
@@ -110,7 +109,7 @@ pub async fn snapshot(look: Look<'_>) -> Result<Snapshot, DockerError> {
 
     if !deleting {
         let all = list_containers(docker).await?;
-        let sel = selector::effective(spec.co_tenants.selector.as_ref());
+        let sel = selection::compile(spec.co_tenants.selector.as_ref());
         let mut picked: Vec<(usize, Selection)> = Vec::new();
         for (i, r) in spec.co_tenants.refs.iter().enumerate() {
             match all.iter().position(|c| c.name == r.name) {
@@ -133,7 +132,7 @@ pub async fn snapshot(look: Look<'_>) -> Result<Snapshot, DockerError> {
             if c.labels.contains_key(JOB_LABEL) || picked.iter().any(|(p, _)| *p == at) {
                 continue;
             }
-            if selector::matches(&sel, &c.labels) {
+            if sel.as_ref().is_some_and(|s| selection::matches(s, &c.labels)) {
                 picked.push((at, Selection::Selector));
             }
         }

@@ -759,3 +759,40 @@ async fn started_since(docker: &Docker, names: &[String], since: Timestamp) {
     }
     tokio::time::sleep(POLL).await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options(stop_timeout: Duration) -> Options {
+        Options {
+            state_dir: PathBuf::from("/tmp/vidi-test-state"),
+            vidi_image: "vidi:latest".into(),
+            gpus: GpuMode::None,
+            gate: false,
+            gate_timeout: Duration::ZERO,
+            gate_interval: Duration::from_secs(1),
+            user: "1000:1000".into(),
+            wait_for_lock: false,
+            stop_timeout,
+            start_timeout: Duration::from_secs(120),
+        }
+    }
+
+    #[test]
+    fn the_engine_client_outlasts_the_longest_stop() {
+        // An HTTP client opens nothing until the first request.
+        let docker = Docker::connect_with_http("http://127.0.0.1:9", 120, bollard::API_DEFAULT_VERSION).unwrap();
+        let quiet: Progress = Arc::new(|_: &str| {});
+        // A 130 s stop used to hit bollard's fixed 120 s request timeout mid-stop.
+        let s = Session::new(docker.clone(), options(Duration::from_secs(130)), quiet.clone());
+        assert!(
+            s.docker.timeout() >= Duration::from_secs(130 * 2 + 60),
+            "{:?}",
+            s.docker.timeout()
+        );
+        // Short stops keep the default.
+        let s = Session::new(docker, options(Duration::from_secs(10)), quiet);
+        assert_eq!(s.docker.timeout(), Duration::from_secs(120));
+    }
+}

@@ -70,11 +70,7 @@ fn original_replicas(meta: &ObjectMeta) -> Option<i32> {
 
 /// The selector a job uses for co-tenants (default: the opt-in label).
 pub fn co_tenant_selector(job: &VidiJob) -> Option<Selector> {
-    let selector = job.spec.co_tenants.selector.clone().unwrap_or_else(|| LabelSelector {
-        match_labels: Some([(YIELD_LABEL.to_string(), "true".to_string())].into()),
-        match_expressions: None,
-    });
-    Selector::try_from(selector).ok()
+    crate::api::selection::compile(job.spec.co_tenants.selector.as_ref())
 }
 
 /// Namespaces a job looks for co-tenants in.

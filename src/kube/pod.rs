@@ -10,16 +10,13 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::{Resource, ResourceExt};
 
+use crate::api::contract::{self, HF_HOME as HF_DIR, MODEL_PATH as WEIGHTS_DIR, OUTPUT_DIR, VIDEO_DIR};
 use crate::api::{ATTEMPT_LABEL, JOB_LABEL, Precision, VidiJob};
+
+pub use crate::api::contract::PRECISION_LABEL;
 
 pub const GATE_CONTAINER: &str = "gpu-gate";
 pub const VIDI_CONTAINER: &str = "vidi";
-pub const PRECISION_LABEL: &str = "vidi.dev/precision";
-
-const WEIGHTS_DIR: &str = "/models/vidi";
-const HF_DIR: &str = "/models/hf";
-const VIDEO_DIR: &str = "/input";
-const OUTPUT_DIR: &str = "/output";
 
 /// What the operator's configuration adds to every Vidi pod.
 #[derive(Clone, Debug)]
@@ -94,30 +91,27 @@ pub fn build(
         volumes.push(claim("weights", c, true));
         mounts.push(mount("weights", WEIGHTS_DIR, true, weights.path.as_deref()));
     }
-    let mut envs = vec![
-        env("VIDI_QUERY", spec.query.clone()),
-        env("VIDI_MODEL_PATH", WEIGHTS_DIR),
-        env("VIDI_PRECISION", precision.as_str()),
-        env("VIDI_OUTPUT_DIR", OUTPUT_DIR),
-        env("HF_HUB_OFFLINE", "1"),
-    ];
     if let Some(cache) = &spec.model.hf_cache
         && let Some(c) = &cache.claim_name
     {
         volumes.push(claim("hf-cache", c, true));
         mounts.push(mount("hf-cache", HF_DIR, true, cache.path.as_deref()));
-        envs.push(env("HF_HOME", HF_DIR));
     }
     // A URL is fetched by the Vidi wrapper itself; a claim is mounted read-only.
-    match (&spec.video.url, &spec.video.volume) {
-        (Some(url), _) => envs.push(env("VIDI_VIDEO", url.clone())),
+    let video = match (&spec.video.url, &spec.video.volume) {
+        (Some(url), _) => url.clone(),
         (None, Some(v)) => {
             volumes.push(claim("video", &v.claim_name, true));
             mounts.push(mount("video", VIDEO_DIR, true, None));
-            envs.push(env("VIDI_VIDEO", format!("{VIDEO_DIR}/{}", v.path)));
+            format!("{VIDEO_DIR}/{}", v.path)
         }
-        (None, None) => {}
-    }
+        (None, None) => String::new(),
+    };
+    // The termination message goes to Kubernetes' own /dev/termination-log (the default).
+    let envs: Vec<EnvVar> = contract::environment(spec, precision, video, None)
+        .into_iter()
+        .map(|(k, v)| env(k, v))
+        .collect();
     match spec.output.as_ref().and_then(|o| o.volume.as_ref()) {
         Some(v) => {
             volumes.push(claim("output", &v.claim_name, false));
@@ -136,7 +130,7 @@ pub fn build(
         .resources
         .as_ref()
         .and_then(|r| r.shm_size.clone())
-        .unwrap_or_else(|| Quantity("2Gi".into()));
+        .unwrap_or_else(|| Quantity(contract::DEFAULT_SHM.into()));
     volumes.push(Volume {
         name: "shm".into(),
         empty_dir: Some(EmptyDirVolumeSource {

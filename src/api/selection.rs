@@ -1,10 +1,12 @@
-//! Kubernetes label-selector semantics over Docker container labels, so `spec.coTenants.selector`
-//! means the same on both runtimes.
-use std::collections::HashMap;
+//! Which workloads a job's `spec.coTenants.selector` selects, one definition for both runtimes:
+//! the default (the opt-in label), the checks the API server does not make, and matching with
+//! kube's own label-selector semantics over Deployment labels or Docker container labels.
+use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use kube::core::{Selector, SelectorExt as _};
 
-use crate::api::{FieldError, YIELD_LABEL};
+use super::{FieldError, YIELD_LABEL};
 
 /// The selector a job uses: its own, or `vidi.dev/yield-gpu=true`.
 pub fn effective(selector: Option<&LabelSelector>) -> LabelSelector {
@@ -39,26 +41,16 @@ pub fn check(selector: &LabelSelector) -> Vec<FieldError> {
     errors
 }
 
+/// The job's selector (or the default) in kube's form; `None` when it is invalid (`check`
+/// says why), which selects nothing.
+pub fn compile(selector: Option<&LabelSelector>) -> Option<Selector> {
+    Selector::try_from(effective(selector)).ok()
+}
+
 /// Whether `labels` match. An empty selector matches everything (as in Kubernetes).
-pub fn matches(selector: &LabelSelector, labels: &HashMap<String, String>) -> bool {
-    let by_label = selector
-        .match_labels
-        .iter()
-        .flatten()
-        .all(|(k, v)| labels.get(k) == Some(v));
-    let by_expr = selector.match_expressions.iter().flatten().all(|e| {
-        let value = labels.get(&e.key);
-        let values = e.values.as_deref().unwrap_or_default();
-        match e.operator.as_str() {
-            "In" => value.is_some_and(|v| values.contains(v)),
-            "NotIn" => value.is_none_or(|v| !values.contains(v)),
-            "Exists" => value.is_some(),
-            "DoesNotExist" => value.is_none(),
-            // `check` reports it; matching nothing is the safe reading of a bad selector.
-            _ => false,
-        }
-    });
-    by_label && by_expr
+pub fn matches<'a>(selector: &Selector, labels: impl IntoIterator<Item = (&'a String, &'a String)>) -> bool {
+    let labels: BTreeMap<String, String> = labels.into_iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    selector.matches(&labels)
 }
 
 #[cfg(test)]
@@ -66,16 +58,35 @@ mod tests {
     use super::*;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
 
-    fn labels(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    fn sel(s: &LabelSelector) -> Selector {
+        compile(Some(s)).unwrap_or_else(|| {
+            Selector::try_from(LabelSelector {
+                match_labels: Some([("never".to_string(), "matches".to_string())].into()),
+                match_expressions: Some(vec![LabelSelectorRequirement {
+                    key: "never".into(),
+                    operator: "DoesNotExist".into(),
+                    values: None,
+                }]),
+            })
+            .expect("a selector that matches nothing")
+        })
     }
 
     #[test]
     fn default_selects_opted_in_containers() {
-        let s = effective(None);
+        let s = compile(None).expect("the default selector");
         assert!(matches(&s, &labels(&[(YIELD_LABEL, "true")])));
         assert!(!matches(&s, &labels(&[(YIELD_LABEL, "false")])));
         assert!(!matches(&s, &labels(&[])));
+        let everything = compile(Some(&LabelSelector::default())).expect("empty selector");
+        assert!(
+            matches(&everything, &labels(&[])),
+            "an empty selector matches everything"
+        );
     }
 
     #[test]
@@ -90,11 +101,14 @@ mod tests {
             match_expressions: Some(vec![r]),
         };
         let tts = labels(&[("app", "tts")]);
-        assert!(matches(&s(req("In", &["tts", "comfy"])), &tts));
-        assert!(!matches(&s(req("NotIn", &["tts"])), &tts));
-        assert!(matches(&s(req("Exists", &[])), &tts));
-        assert!(!matches(&s(req("DoesNotExist", &[])), &tts));
-        assert!(!matches(&s(req("Near", &[])), &tts));
+        assert!(matches(&sel(&s(req("In", &["tts", "comfy"]))), &tts));
+        assert!(!matches(&sel(&s(req("NotIn", &["tts"]))), &tts));
+        assert!(matches(&sel(&s(req("Exists", &[]))), &tts));
+        assert!(!matches(&sel(&s(req("DoesNotExist", &[]))), &tts));
+        assert!(
+            compile(Some(&s(req("Near", &[])))).is_none(),
+            "an invalid selector selects nothing"
+        );
         assert_eq!(
             check(&s(req("Near", &[])))[0].field,
             "spec.coTenants.selector.matchExpressions[0].operator"
