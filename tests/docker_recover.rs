@@ -13,7 +13,7 @@ use docker_support::{Fixture, IMAGE, Proc, eventually};
 async fn start_long_job(fx: &Fixture, suffix: &str) -> (Proc, String, String) {
     let job = fx.job(suffix);
     let tts = fx.cotenant(&format!("{suffix}-tts"), true).await;
-    let file = fx.job_file(&job, "find sleep=120", &fx.command_yaml(), "");
+    let file = fx.job_file(&job, "find wait=never", &fx.command_yaml(), "");
     let run = fx.run(&file, &[]);
     eventually("the Vidi container to run", || async {
         fx.vidi_containers(&job).await.iter().any(|(_, running)| *running)
@@ -144,7 +144,7 @@ async fn two_runs_on_one_host_serialize() {
     let _tts = fx.cotenant("tts", true).await;
     let first = fx.job("first");
     let second = fx.job("second");
-    let file1 = fx.job_file(&first, "find sleep=6", "", "");
+    let file1 = fx.job_file(&first, "find wait=go", "", "");
     let file2 = fx.job_file(&second, "find", "", "");
     let mut run1 = fx.run(&file1, &[]);
     eventually("the first job's Vidi to run", || async {
@@ -168,6 +168,7 @@ async fn two_runs_on_one_host_serialize() {
             .contains(&format!("waiting for job {first} (pid {}) to finish", run1.child.id()))
     })
     .await;
+    fx.release_vidi(&first);
     let overlapped = std::cell::Cell::new(false);
     eventually("the second job's Vidi to have run", || async {
         let a = fx.vidi_containers(&first).await;

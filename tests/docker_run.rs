@@ -12,7 +12,7 @@ async fn cotenant_containers_and_commands_are_stopped_and_started_again() {
     // Stopped before the job: held (original 0) and left stopped afterwards (invariant 6).
     let idle = fx.cotenant("idle", false).await;
     let job = fx.job("a");
-    let file = fx.job_file(&job, "find sleep=4", &fx.command_yaml(), "");
+    let file = fx.job_file(&job, "find wait=go", &fx.command_yaml(), "");
     let mut run = fx.run(&file, &[]);
 
     // While Vidi runs, every co-tenant is down and the journal records how to undo it.
@@ -31,6 +31,7 @@ async fn cotenant_containers_and_commands_are_stopped_and_started_again() {
     );
     let journal = std::fs::read_to_string(fx.path("state/journal.json")).expect("journal while running");
     assert!(journal.contains(&tts) && journal.contains("\"comfy\""), "{journal}");
+    fx.release_vidi(&job);
 
     let code = run.wait().await;
     let err = run.stderr();
@@ -273,7 +274,7 @@ async fn active_deadline_stops_vidi_and_restores() {
     };
     let tts = fx.cotenant("tts", true).await;
     let job = fx.job("a");
-    let (code, st, err) = outcome(&fx, "a", "find sleep=120", "  activeDeadlineSeconds: 2", None).await;
+    let (code, st, err) = outcome(&fx, "a", "find wait=never", "  activeDeadlineSeconds: 2", None).await;
     assert_eq!(code, Some(1), "{err}");
     assert_eq!(st["reason"], "DeadlineExceeded", "{err}");
     assert!(

@@ -330,6 +330,12 @@ spec:
         Proc::spawn(&all)
     }
 
+    /// Lets a fake Vidi started with `wait=go` in its query finish (it waits for this file in
+    /// its output dir, the default one under the state dir).
+    pub fn release_vidi(&self, job: &str) {
+        std::fs::write(self.path(&format!("state/jobs/{job}/output/go")), b"").expect("signal the fake Vidi");
+    }
+
     pub fn journal_exists(&self) -> bool {
         self.path("state/journal.json").exists()
     }
