@@ -452,21 +452,24 @@ proptest! {
         .. ProptestConfig::default()
     })]
 
-    /// Same pool, shared co-tenants, no crashes: jobs run one at a time, oldest first, and the
-    /// co-tenants are restored once, after the last.
+    /// Same pool, shared co-tenants, no crashes: jobs run one at a time, higher priority first
+    /// and then oldest first, and the co-tenants are restored once, after the last.
     #[test]
-    fn jobs_of_one_pool_run_one_at_a_time_oldest_first(
+    fn jobs_of_one_pool_run_one_at_a_time_by_priority_then_oldest_first(
         n in 2..4usize,
         replicas in prop::collection::vec(0..3i32, 1..4),
         order in prop::collection::vec(0..4usize, 0..30),
+        priorities in prop::collection::vec(-1..2i32, 4),
     ) {
         let mut w = World::new();
         for (i, r) in replicas.iter().enumerate() {
             w.add_co(NS, &format!("c{i}"), *r, true);
         }
         for j in 0..n {
-            w.add_job(&name(j), j as i64, spec());
+            w.add_job(&name(j), j as i64, spec_from(serde_json::json!({"priority": priorities[j]})));
         }
+        let mut expected: Vec<usize> = (0..n).collect();
+        expected.sort_by_key(|&j| (std::cmp::Reverse(priorities[j]), j));
         let mut started = Vec::new();
         let mut restores = 0;
         let mut reconcile = |w: &mut World, j: usize| {
@@ -498,7 +501,7 @@ proptest! {
             }
         }
         prop_assert!(w.jobs.iter().all(|j| j.status.phase == Phase::Succeeded));
-        prop_assert_eq!(started, (0..n).collect::<Vec<_>>());
+        prop_assert_eq!(started, expected);
         prop_assert_eq!(restores, replicas.len(), "each co-tenant restored exactly once");
         w.check_all_restored();
     }
@@ -510,6 +513,7 @@ proptest! {
     fn crashes_anywhere_never_put_two_jobs_on_one_gpu(
         replicas in prop::collection::vec(0..2i32, 1..3),
         suspended in prop::collection::vec(any::<bool>(), 2..4),
+        priorities in prop::collection::vec(-1..2i32, 4),
         events in prop::collection::vec(crash_event(), 0..60),
     ) {
         let mut w = World::new();
@@ -517,7 +521,7 @@ proptest! {
             w.add_co(NS, &format!("c{i}"), *r, true);
         }
         for (j, s) in suspended.iter().enumerate() {
-            w.add_job(&name(j), j as i64, spec_from(serde_json::json!({"suspend": s})));
+            w.add_job(&name(j), j as i64, spec_from(serde_json::json!({"suspend": s, "priority": priorities[j]})));
         }
         let mut history = History::from([w.clone()]);
         for e in &events {

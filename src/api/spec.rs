@@ -25,6 +25,7 @@ use super::status::VidiJobStatus;
     derive = "PartialEq",
     doc = "A VidiJob finds the moments of a video that match a text query with Vidi 1.5 9B, suspending the GPU's co-tenants while it runs and restoring them afterwards.",
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "Priority", type_ = "integer", json_path = ".spec.priority"),
     printcolumn(name = "Precision", type_ = "string", json_path = ".status.precision"),
     printcolumn(name = "Node", type_ = "string", json_path = ".status.node"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
@@ -84,6 +85,16 @@ pub struct VidiJobSpec {
     /// co-tenants and returns the job to Pending.
     #[serde(default)]
     pub suspend: bool,
+
+    /// Queue order among the jobs waiting for the same GPU pool: higher goes first, then the
+    /// oldest. A job already running is never interrupted for a higher one. Default 0.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    #[schemars(range(min = -1000, max = 1000))]
+    pub priority: i32,
+}
+
+fn is_zero(v: &i32) -> bool {
+    *v == 0
 }
 
 fn default_backoff_limit() -> i32 {

@@ -222,6 +222,7 @@ pub fn snapshot(job: &VidiJob, stores: &Stores, dry_run: bool, now: Timestamp) -
         .map(|other| Rival {
             key: job_key(other),
             created: created(other),
+            priority: other.spec.priority,
             phase: other.status.as_ref().map(|s| s.phase).unwrap_or(Phase::Pending),
             suspended: other.spec.suspend,
             deleting: other.metadata.deletion_timestamp.is_some(),

@@ -106,7 +106,7 @@ impl<'a> Plan<'a> {
         if self.s.dry_run {
             return self.dry_run();
         }
-        match turn(self.me, self.s.job.created, &self.s.rivals) {
+        match turn(self.place(), &self.s.rivals) {
             Turn::Go => {
                 self.st.phase = Phase::Suspending;
                 self.st.pool = Some(super::queue::pool_key(&self.s.job.spec));
@@ -145,17 +145,22 @@ impl<'a> Plan<'a> {
     /// view this never happens; it does when two jobs left the queue on views that had not seen
     /// each other yet (a lagging cache, concurrent reconciles, a spec.suspend edit racing).
     fn pool_taken(&self) -> Option<JobKey> {
-        let me = (self.s.job.created, self.me);
+        let me = self.place();
         self.s
             .rivals
             .iter()
             .filter(|r| r.key != *self.me)
             .find(|r| match r.phase {
                 Phase::Running | Phase::Restoring => true,
-                Phase::Suspending => (r.created, &r.key) < me,
+                Phase::Suspending => super::queue::order(r) < me,
                 _ => false,
             })
             .map(|r| r.key.clone())
+    }
+
+    /// This job's place in its pool's queue.
+    fn place(&self) -> super::queue::Place<'a> {
+        super::queue::place(self.me, self.s.job.created, self.s.job.spec.priority)
     }
 
     /// Invariant 3 before a Vidi pod exists: go back to the queue behind `other`.
@@ -171,7 +176,11 @@ impl<'a> Plan<'a> {
     fn queue(&mut self, blocker: JobKey, position: usize, what: &str) {
         let entering = self.st.phase != Phase::Queued;
         self.st.phase = Phase::Queued;
-        let message = format!("waiting for VidiJob {blocker} ({what}); position {position} in the GPU queue");
+        let priority = match self.s.job.spec.priority {
+            0 => String::new(),
+            p => format!(" (priority {p})"),
+        };
+        let message = format!("waiting for VidiJob {blocker} ({what}); position {position} in the GPU queue{priority}");
         if entering {
             self.notify(Severity::Normal, "Queued", message.clone());
         }

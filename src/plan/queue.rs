@@ -1,4 +1,6 @@
-//! One Vidi job per GPU pool at a time (invariant 3). Jobs of a pool run oldest first.
+//! One Vidi job per GPU pool at a time (invariant 3). Jobs of a pool leave the queue by
+//! `spec.priority` (higher first), then oldest first; a running job is never interrupted.
+use std::cmp::Reverse;
 use std::collections::BTreeMap;
 
 use jiff::Timestamp;
@@ -35,15 +37,24 @@ pub enum Turn {
     Wait { blocker: JobKey, position: usize },
 }
 
-/// Decides the turn of the job `me` (created at `created`) among its pool's `rivals`.
-pub fn turn(me: &JobKey, created: Timestamp, rivals: &[Rival]) -> Turn {
+/// A job's place in its pool's queue: higher priority, then older, then by name.
+pub type Place<'a> = (Reverse<i32>, Timestamp, &'a JobKey);
+
+/// The queue place of a job.
+pub fn place(key: &JobKey, created: Timestamp, priority: i32) -> Place<'_> {
+    (Reverse(priority), created, key)
+}
+
+/// Decides the turn of the job `me` (at queue place `mine`) among its pool's `rivals`.
+pub fn turn(mine: Place<'_>, rivals: &[Rival]) -> Turn {
+    let me = mine.2;
     // An active job being deleted still holds the GPU until its cleanup has stopped Vidi.
     let active = rivals
         .iter()
         .filter(|r| r.key != *me && r.phase.is_active())
         .min_by_key(|r| order(r));
     if let Some(active) = active {
-        let ahead = waiting_ahead(me, created, rivals);
+        let ahead = waiting_ahead(mine, rivals);
         return match ahead.first() {
             None => Turn::Next {
                 active: active.key.clone(),
@@ -54,7 +65,7 @@ pub fn turn(me: &JobKey, created: Timestamp, rivals: &[Rival]) -> Turn {
             },
         };
     }
-    let ahead = waiting_ahead(me, created, rivals);
+    let ahead = waiting_ahead(mine, rivals);
     match ahead.first() {
         None => Turn::Go,
         Some(first) => Turn::Wait {
@@ -64,17 +75,19 @@ pub fn turn(me: &JobKey, created: Timestamp, rivals: &[Rival]) -> Turn {
     }
 }
 
-fn order(r: &Rival) -> (Timestamp, &JobKey) {
-    (r.created, &r.key)
+/// A rival's queue place.
+pub fn order(r: &Rival) -> Place<'_> {
+    place(&r.key, r.created, r.priority)
 }
 
-/// Waiting rivals that go before `me`, oldest first.
-fn waiting_ahead<'a>(me: &JobKey, created: Timestamp, rivals: &'a [Rival]) -> Vec<&'a Rival> {
+/// Waiting rivals that go before `mine`, in queue order.
+fn waiting_ahead<'a>(mine: Place<'_>, rivals: &'a [Rival]) -> Vec<&'a Rival> {
+    let me = mine.2;
     let mut ahead: Vec<&Rival> = rivals
         .iter()
         .filter(|r| r.key != *me && !r.deleting && !r.suspended)
         .filter(|r| matches!(r.phase, Phase::Pending | Phase::Queued))
-        .filter(|r| (r.created, &r.key) < (created, me))
+        .filter(|r| order(r) < mine)
         .collect();
     ahead.sort_by(|a, b| order(a).cmp(&order(b)));
     ahead
@@ -88,6 +101,7 @@ mod tests {
         Rival {
             key: JobKey::new("ns", name),
             created: Timestamp::from_second(secs).unwrap(),
+            priority: 0,
             phase,
             suspended: false,
             deleting: false,
@@ -97,7 +111,10 @@ mod tests {
     #[test]
     fn alone_goes() {
         assert_eq!(
-            turn(&JobKey::new("ns", "a"), Timestamp::from_second(10).unwrap(), &[]),
+            turn(
+                place(&JobKey::new("ns", "a"), Timestamp::from_second(10).unwrap(), 0),
+                &[]
+            ),
             Turn::Go
         );
     }
@@ -107,7 +124,7 @@ mod tests {
         let rivals = [rival("a", 1, Phase::Queued), rival("c", 3, Phase::Pending)];
         let me = JobKey::new("ns", "b");
         assert_eq!(
-            turn(&me, Timestamp::from_second(2).unwrap(), &rivals),
+            turn(place(&me, Timestamp::from_second(2).unwrap(), 0), &rivals),
             Turn::Wait {
                 blocker: JobKey::new("ns", "a"),
                 position: 1
@@ -115,8 +132,7 @@ mod tests {
         );
         assert_eq!(
             turn(
-                &JobKey::new("ns", "a"),
-                Timestamp::from_second(1).unwrap(),
+                place(&JobKey::new("ns", "a"), Timestamp::from_second(1).unwrap(), 0),
                 &rivals[1..]
             ),
             Turn::Go
@@ -128,8 +144,7 @@ mod tests {
         let rivals = [rival("z", 9, Phase::Running), rival("a", 1, Phase::Queued)];
         assert_eq!(
             turn(
-                &JobKey::new("ns", "a"),
-                Timestamp::from_second(1).unwrap(),
+                place(&JobKey::new("ns", "a"), Timestamp::from_second(1).unwrap(), 0),
                 &rivals[..1]
             ),
             Turn::Next {
@@ -137,7 +152,10 @@ mod tests {
             }
         );
         assert_eq!(
-            turn(&JobKey::new("ns", "b"), Timestamp::from_second(2).unwrap(), &rivals),
+            turn(
+                place(&JobKey::new("ns", "b"), Timestamp::from_second(2).unwrap(), 0),
+                &rivals
+            ),
             Turn::Wait {
                 blocker: JobKey::new("ns", "a"),
                 position: 2
@@ -158,15 +176,17 @@ mod tests {
             deleting,
         ];
         assert_eq!(
-            turn(&JobKey::new("ns", "b"), Timestamp::from_second(5).unwrap(), &rivals),
+            turn(
+                place(&JobKey::new("ns", "b"), Timestamp::from_second(5).unwrap(), 0),
+                &rivals
+            ),
             Turn::Go
         );
         let mut active_deleting = rival("r", 1, Phase::Running);
         active_deleting.deleting = true;
         assert_eq!(
             turn(
-                &JobKey::new("ns", "b"),
-                Timestamp::from_second(5).unwrap(),
+                place(&JobKey::new("ns", "b"), Timestamp::from_second(5).unwrap(), 0),
                 &[active_deleting]
             ),
             Turn::Next {
@@ -186,5 +206,42 @@ mod tests {
         a.gpu.node_selector = [("a".to_string(), "1".to_string()), ("b".to_string(), "2".to_string())].into();
         assert_eq!(pool_key(&a), k);
         assert_eq!(k, "nvidia.com/gpu|a=1,b=2");
+    }
+
+    #[test]
+    fn higher_priority_leaves_the_queue_first_then_the_oldest() {
+        let mut urgent = rival("urgent", 9, Phase::Queued);
+        urgent.priority = 10;
+        let rivals = [rival("old", 1, Phase::Queued), urgent];
+        let at = |s| Timestamp::from_second(s).unwrap();
+        // The old job waits behind the younger urgent one.
+        assert_eq!(
+            turn(place(&JobKey::new("ns", "old"), at(1), 0), &rivals[1..]),
+            Turn::Wait {
+                blocker: JobKey::new("ns", "urgent"),
+                position: 1
+            }
+        );
+        // The urgent one goes although it is younger.
+        assert_eq!(
+            turn(place(&JobKey::new("ns", "urgent"), at(9), 10), &rivals[..1]),
+            Turn::Go
+        );
+        // A new job of the same priority as the old one queues behind both.
+        assert_eq!(
+            turn(place(&JobKey::new("ns", "new"), at(20), 0), &rivals),
+            Turn::Wait {
+                blocker: JobKey::new("ns", "urgent"),
+                position: 2
+            }
+        );
+        // A running job is never overtaken: the urgent one is next, behind it.
+        let running = [rival("old", 1, Phase::Running)];
+        assert_eq!(
+            turn(place(&JobKey::new("ns", "urgent"), at(9), 10), &running),
+            Turn::Next {
+                active: JobKey::new("ns", "old")
+            }
+        );
     }
 }

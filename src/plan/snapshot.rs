@@ -132,6 +132,8 @@ pub struct Attempt {
 pub struct Rival {
     pub key: JobKey,
     pub created: Timestamp,
+    /// `spec.priority`: higher leaves the queue first.
+    pub priority: i32,
     pub phase: Phase,
     pub suspended: bool,
     pub deleting: bool,

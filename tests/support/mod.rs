@@ -269,11 +269,17 @@ impl Snap {
         self.0.rivals.push(Rival {
             key: key(name),
             created: t(created),
+            priority: 0,
             phase,
             suspended: false,
             deleting: false,
         });
         self
+    }
+    /// Plans with one more rival, given whole (e.g. with a priority).
+    pub fn plan_with_rival(mut self, r: Rival) -> Decision {
+        self.0.rivals.push(r);
+        self.plan()
     }
     pub fn deleting(mut self) -> Self {
         self.0.job.deleting = true;

@@ -240,6 +240,7 @@ impl World {
             .map(|r| Rival {
                 key: r.key.clone(),
                 created: r.created,
+                priority: r.spec.priority,
                 phase: r.status.phase,
                 suspended: r.spec.suspend,
                 deleting: r.deleting,
