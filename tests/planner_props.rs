@@ -465,8 +465,8 @@ proptest! {
         for (i, r) in replicas.iter().enumerate() {
             w.add_co(NS, &format!("c{i}"), *r, true);
         }
-        for j in 0..n {
-            w.add_job(&name(j), j as i64, spec_from(serde_json::json!({"priority": priorities[j]})));
+        for (j, priority) in priorities.iter().take(n).enumerate() {
+            w.add_job(&name(j), j as i64, spec_from(serde_json::json!({"priority": priority})));
         }
         let mut expected: Vec<usize> = (0..n).collect();
         expected.sort_by_key(|&j| (std::cmp::Reverse(priorities[j]), j));
