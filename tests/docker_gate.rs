@@ -88,3 +88,99 @@ async fn the_gate_waits_for_free_memory_then_lets_vidi_start() {
     }
     assert_eq!(fx.running(&tts).await, Some(true));
 }
+
+/// `coTenants.policy: Minimal` on a 24 GiB card with 14 GiB free and fp16 needing 20 GiB: of a
+/// container declaring 4 GiB (label), one whose 8 GiB the driver shows held by its process (the
+/// fake reading lists the real container's pid, mapped to it through its cgroup), and one whose
+/// memory is unknown, only the 8 GiB one and the unknown one yield. When the GPU still does not
+/// free up, the next attempt yields everything before any precision is lowered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn minimal_policy_yields_the_cheapest_set_then_everything() {
+    use bollard::models::ContainerCreateBody;
+    use bollard::query_parameters::{CreateContainerOptionsBuilder, InspectContainerOptions, StartContainerOptions};
+    let Some(fx) = Fixture::new("minimal").await else {
+        return;
+    };
+    let declared = format!("{}-declared", fx.name);
+    fx.docker
+        .create_container(
+            Some(CreateContainerOptionsBuilder::default().name(&declared).build()),
+            ContainerCreateBody {
+                image: Some(docker_support::IMAGE.into()),
+                entrypoint: Some(vec!["/bin/sh".into(), "/cotenant.sh".into()]),
+                labels: Some(
+                    [
+                        (docker_support::TEST_LABEL.to_string(), fx.name.clone()),
+                        ("vidi.dev/gpu-memory".to_string(), "4Gi".to_string()),
+                    ]
+                    .into(),
+                ),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("create");
+    fx.docker
+        .start_container(&declared, None::<StartContainerOptions>)
+        .await
+        .expect("start");
+    let measured = fx.cotenant("measured", true).await;
+    let unknown = fx.cotenant("unknown", true).await;
+    let pid = fx
+        .docker
+        .inspect_container(&measured, None::<InspectContainerOptions>)
+        .await
+        .expect("inspect")
+        .state
+        .and_then(|s| s.pid)
+        .expect("a running container has a pid") as u32;
+    let declared_started = fx.started_at(&declared).await;
+
+    let file = fx.job_file(&fx.job("a"), "find", "", "");
+    let text = std::fs::read_to_string(&file).expect("job file");
+    std::fs::write(
+        &file,
+        text.replace("  coTenants:\n", "  coTenants:\n    policy: Minimal\n"),
+    )
+    .expect("job file");
+    let job = jobfile::load(std::path::Path::new(&file)).expect("job");
+    let mut reading = device(0, 24 * GIB, 14 * GIB);
+    reading.processes = vec![vidi_operator::gpu::fake::process(pid, "python3", 8 * GIB)];
+    let probe = FakeProbe::new(vec![reading]);
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let result = session(&fx, probe, lines.clone())
+        .run(&job, std::future::pending::<()>())
+        .await
+        .expect("run");
+    let said = lines.lock().unwrap_or_else(|p| p.into_inner()).join("\n");
+    let choice = said
+        .lines()
+        .find(|l| l.starts_with("policy Minimal: 14.0 GiB free, 20.0 GiB needed at fp16; yielding "))
+        .unwrap_or_else(|| panic!("no choice line:\n{said}"));
+    assert!(
+        choice.contains(&format!("Container {measured}"))
+            && choice.contains(&format!("Container {unknown}"))
+            && choice.ends_with(&format!("(cost 2), leaving Container {declared} running")),
+        "{choice}"
+    );
+    assert!(
+        said.contains("yielding every co-tenant (policy Minimal) before lowering the precision"),
+        "{said}"
+    );
+    // The first attempt ran with the declared one untouched; the second made everyone yield.
+    let first_gate = said.find("GPU gate failed").expect("the first gate failed");
+    let declared_stopped = said
+        .find(&format!("stopping Container {declared}"))
+        .expect("the declared one yields in the end");
+    assert!(declared_stopped > first_gate, "{said}");
+    assert!(
+        said.contains("14.0 GiB free, 12.0 GiB needed") || said.contains("14.0 GiB free >= 12.0 GiB needed"),
+        "then int8: {said}"
+    );
+    assert_eq!(result.status.attempts, 3, "fp16 minimal, fp16 all, int8:\n{said}");
+    for c in [&declared, &measured, &unknown] {
+        assert_eq!(fx.running(c).await, Some(true), "{c} restored");
+    }
+    assert_ne!(fx.started_at(&declared).await, declared_started);
+    assert!(!fx.journal_exists());
+}

@@ -981,6 +981,132 @@ fn spec_made_invalid_mid_run_stops_restores_and_fails() {
     w.check_all_restored();
 }
 
+// ----- policy: Minimal -----
+
+fn minimal() -> Snap {
+    job("a").with_spec(|s| s.co_tenants.policy = vidi_operator::api::CoTenantPolicy::Minimal)
+}
+
+fn with_memory(mut c: vidi_operator::plan::CoTenant, gib: Option<u64>, priority: u32) -> vidi_operator::plan::CoTenant {
+    c.gpu_memory_bytes = gib.map(|g| g << 30);
+    c.yield_priority = priority;
+    c
+}
+
+#[test]
+fn minimal_yields_the_cheapest_set_that_covers_the_need() {
+    // 24 GiB card, 12 GiB free, fp16 needs 20: 8 GiB short. tts (6 GiB, priority 1, 2 replicas:
+    // cost 2) + comfy (3 GiB, cost 1) = cost 3 beat big (10 GiB, priority 5: cost 5); idle is at
+    // 0 and is held as a record only.
+    let mut s = minimal()
+        .co(with_memory(deploy("tts").replicas(2).pods(2), Some(6), 1))
+        .co(with_memory(deploy("comfy"), Some(3), 1))
+        .co(with_memory(deploy("big"), Some(10), 5))
+        .co(with_memory(deploy("idle").replicas(0).pods(0), None, 1));
+    s.0.gpu_total_bytes = Some(24 << 30);
+    s.0.gpu_free_bytes = Some(12 << 30);
+    let d = s.plan();
+    assert_eq!(d.status.phase, Phase::Suspending);
+    assert_eq!(d.status.policy, Some(vidi_operator::api::CoTenantPolicy::Minimal));
+    assert_eq!(
+        writes(&d),
+        [
+            "hold ns/tts orig=2 by=ns/a",
+            "hold ns/comfy orig=1 by=ns/a",
+            "hold ns/idle orig=0 by=ns/a"
+        ]
+    );
+    let (_, message) = notice(&d, "YieldingMinimal").expect("the choice is explained");
+    assert_eq!(
+        message,
+        "policy Minimal: 12.0 GiB free, 20.0 GiB needed at fp16; yielding Deployment ns/tts, Deployment ns/comfy (cost 3), leaving Deployment ns/big running"
+    );
+    // The next look takes the holds as the choice: big stays out of it.
+    let d = minimal()
+        .status(|st| st.policy = Some(vidi_operator::api::CoTenantPolicy::Minimal))
+        .suspending()
+        .co(deploy("tts").held(&["a"], 2).replicas(0).pods(0))
+        .co(deploy("comfy").held(&["a"], 1).replicas(0).pods(0))
+        .co(with_memory(deploy("big"), Some(10), 5))
+        .plan();
+    assert_eq!(d.status.phase, Phase::Running, "{:?}", d.status.message);
+    assert!(writes(&d).is_empty(), "{:?}", writes(&d));
+}
+
+#[test]
+fn minimal_without_a_reading_or_memory_yields_everything_and_says_why() {
+    // Kubernetes: the node's free GPU memory is not read, so every selected co-tenant yields.
+    let d = minimal()
+        .co(with_memory(deploy("tts"), Some(6), 1))
+        .co(deploy("comfy"))
+        .plan();
+    assert_eq!(
+        writes(&d),
+        ["hold ns/tts orig=1 by=ns/a", "hold ns/comfy orig=1 by=ns/a"]
+    );
+    assert_eq!(d.status.policy, Some(vidi_operator::api::CoTenantPolicy::All));
+    let (_, why) = notice(&d, "YieldingAll").expect("says why");
+    assert!(why.contains("free memory cannot be measured"), "{why}");
+    // Unknown memory must yield even when the known ones would cover the need.
+    let mut s = minimal()
+        .co(with_memory(deploy("tts"), Some(9), 1))
+        .co(with_memory(deploy("mystery"), None, 1));
+    s.0.gpu_free_bytes = Some(12 << 30);
+    let d = s.plan();
+    assert_eq!(
+        writes(&d),
+        ["hold ns/tts orig=1 by=ns/a", "hold ns/mystery orig=1 by=ns/a"]
+    );
+}
+
+#[test]
+fn out_of_memory_under_minimal_yields_everything_before_lowering_the_precision() {
+    let oom = finished(3);
+    let d = minimal()
+        .with_spec(|s| s.model.precision = vidi_operator::api::Precision::Auto)
+        .status(|st| st.policy = Some(vidi_operator::api::CoTenantPolicy::Minimal))
+        .running()
+        .co(deploy("tts").held(&["a"], 1).replicas(0).pods(0))
+        .co(with_memory(deploy("big"), Some(10), 5))
+        .attempt(1, oom.clone())
+        .plan();
+    assert_eq!(d.status.phase, Phase::Suspending);
+    assert_eq!(d.status.policy, Some(vidi_operator::api::CoTenantPolicy::All));
+    assert_eq!(d.status.attempts, 2);
+    assert_eq!(
+        writes(&d),
+        ["hold ns/big orig=1 by=ns/a"],
+        "no new attempt before big is down"
+    );
+    let (severity, message) = notice(&d, "YieldingAll").expect("warned");
+    assert_eq!(severity, vidi_operator::plan::Severity::Warning);
+    assert!(message.starts_with("attempt 1: CUDA out of memory"), "{message}");
+    // Once big is down, attempt 2 runs at the same precision.
+    let d = minimal()
+        .with_spec(|s| s.model.precision = vidi_operator::api::Precision::Auto)
+        .status(|st| {
+            st.policy = Some(vidi_operator::api::CoTenantPolicy::All);
+            st.attempts = 2;
+        })
+        .running()
+        .co(deploy("tts").held(&["a"], 1).replicas(0).pods(0))
+        .co(deploy("big").held(&["a"], 1).replicas(0).pods(0))
+        .attempt(1, oom.clone())
+        .plan();
+    assert_eq!(writes(&d), ["start 2 a-vidi-2 fp16"]);
+    // A second out-of-memory, now with everything yielded, lowers the precision.
+    let d = minimal()
+        .with_spec(|s| s.model.precision = vidi_operator::api::Precision::Auto)
+        .status(|st| st.policy = Some(vidi_operator::api::CoTenantPolicy::All))
+        .running()
+        .co(deploy("tts").held(&["a"], 1).replicas(0).pods(0))
+        .co(deploy("big").held(&["a"], 1).replicas(0).pods(0))
+        .attempt(1, oom.clone())
+        .attempt(2, oom)
+        .plan();
+    assert_eq!(writes(&d), ["start 3 a-vidi-3 int8"]);
+}
+
 // ----- spec.suspend, dry run -----
 
 #[test]

@@ -206,6 +206,10 @@ fn build_spec(cos: &[CoSetup], s: &JobSetup) -> VidiJobSpec {
     spec.model.precision = s.precision;
     spec.suspend = s.suspend;
     spec.co_tenants.allow_none = s.allow_none;
+    // Half the jobs yield only what the GPU memory needs.
+    if s.created % 2 == 1 {
+        spec.co_tenants.policy = vidi_operator::api::CoTenantPolicy::Minimal;
+    }
     if s.wide {
         spec.co_tenants.namespaces = vec![NS.into(), "other".into()];
     }
@@ -229,6 +233,11 @@ fn world(cos: &[CoSetup], jobs: &[JobSetup]) -> World {
             c.opted_in,
         );
     }
+    // Co-tenants hold 3, 6, 9 GiB per replica, the fourth an unknown amount; 14 GiB read free.
+    for (i, c) in w.cos.iter_mut().enumerate() {
+        c.co.gpu_memory_bytes = (i < 3).then(|| (i as u64 + 1) * 3 * (1 << 30) * c.co.replicas.max(0) as u64);
+    }
+    w.gpu_free_bytes = Some(14 << 30);
     for (j, s) in jobs.iter().enumerate() {
         w.add_job(&name(j), s.created, build_spec(cos, s));
     }

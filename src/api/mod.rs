@@ -7,8 +7,8 @@ mod status;
 mod validate;
 
 pub use spec::{
-    CoTenantSpec, CommandCoTenant, GpuSpec, ModelFiles, ModelSpec, OutputSpec, Precision, ResourceSpec, VideoSource,
-    VidiJob, VidiJobSpec, VolumePath, WorkloadKind, WorkloadRef, YIELD_LABEL,
+    CoTenantPolicy, CoTenantSpec, CommandCoTenant, GpuSpec, ModelFiles, ModelMemory, ModelSpec, OutputSpec, Precision,
+    ResourceSpec, VideoSource, VidiJob, VidiJobSpec, VolumePath, WorkloadKind, WorkloadRef, YIELD_LABEL,
 };
 pub use status::{FailureReason, Outcome, Phase, Segment, SuspendedCoTenant, VidiJobStatus, VidiResult};
 pub use validate::{FieldError, Runtime, parse_quantity, parse_quantity_bytes, validate};
@@ -21,6 +21,12 @@ pub const ORIGINAL_REPLICAS: &str = "vidi.dev/original-replicas";
 pub const JOB_LABEL: &str = "vidi.dev/job";
 /// Label on Vidi pods: the attempt number.
 pub const ATTEMPT_LABEL: &str = "vidi.dev/attempt";
+/// Annotation (Kubernetes) or label (Docker) on a co-tenant: GPU memory per replica, a quantity
+/// such as `4Gi`, for `coTenants.policy: Minimal`.
+pub const GPU_MEMORY: &str = "vidi.dev/gpu-memory";
+/// Annotation or label on a co-tenant: how much yielding one replica costs (an integer, default
+/// 1); `policy: Minimal` yields the cheapest set.
+pub const YIELD_PRIORITY: &str = "vidi.dev/yield-priority";
 
 /// The CRD as YAML, exactly as committed in `crds/vidijob.yaml`.
 pub fn crd_yaml() -> Result<String, serde_saphyr::SerializeError> {

@@ -41,6 +41,38 @@ pub fn check(selector: &LabelSelector) -> Vec<FieldError> {
     errors
 }
 
+/// GPU memory a workload frees by yielding `replicas` replicas, from its `vidi.dev/gpu-memory`
+/// annotation or label (per replica); `None` when it does not say (or says nonsense).
+pub fn declared_gpu_memory<'a, M>(annotations: Option<&'a M>, labels: Option<&'a M>, replicas: i32) -> Option<u64>
+where
+    &'a M: IntoIterator<Item = (&'a String, &'a String)>,
+{
+    let per_replica = mark(annotations, labels, super::GPU_MEMORY)
+        .and_then(|q| super::parse_quantity_bytes(&k8s_openapi::apimachinery::pkg::api::resource::Quantity(q)))?;
+    Some(per_replica.saturating_mul(u64::try_from(replicas.max(0)).unwrap_or(0)))
+}
+
+/// The cost of yielding one replica: its `vidi.dev/yield-priority` annotation or label, 1 when
+/// it does not say.
+pub fn yield_priority<'a, M>(annotations: Option<&'a M>, labels: Option<&'a M>) -> u32
+where
+    &'a M: IntoIterator<Item = (&'a String, &'a String)>,
+{
+    mark(annotations, labels, super::YIELD_PRIORITY)
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(1)
+}
+
+fn mark<'a, M>(annotations: Option<&'a M>, labels: Option<&'a M>, key: &str) -> Option<String>
+where
+    &'a M: IntoIterator<Item = (&'a String, &'a String)>,
+{
+    [annotations, labels]
+        .into_iter()
+        .flatten()
+        .find_map(|m| m.into_iter().find(|(k, _)| k.as_str() == key).map(|(_, v)| v.clone()))
+}
+
 /// The job's selector (or the default) in kube's form; `None` when it is invalid (`check`
 /// says why), which selects nothing.
 pub fn compile(selector: Option<&LabelSelector>) -> Option<Selector> {

@@ -182,7 +182,7 @@ pub struct ModelFiles {
 }
 
 /// The model to run.
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct ModelSpec {
     /// The Vidi image (docker/vidi). Default: the operator's `--vidi-image`.
@@ -197,6 +197,45 @@ pub struct ModelSpec {
     /// auto (default), fp16, int8 or int4.
     #[serde(default)]
     pub precision: Precision,
+    /// GPU memory Vidi needs at each precision, model plus headroom (defaults: fp16 20Gi, int8
+    /// 12Gi, int4 7Gi). What the GPU gate waits for, and what `coTenants.policy: Minimal`
+    /// makes room for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<ModelMemory>,
+}
+
+/// GPU memory Vidi needs, per precision.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ModelMemory {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fp16: Option<Quantity>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub int8: Option<Quantity>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub int4: Option<Quantity>,
+}
+
+/// How many co-tenants yield the GPU.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CoTenantPolicy {
+    /// Every selected co-tenant yields (the safe default).
+    #[default]
+    All,
+    /// Only the cheapest set (replicas × `vidi.dev/yield-priority`) whose GPU memory covers
+    /// what Vidi needs beyond what is free; a co-tenant whose memory is unknown always yields. A
+    /// CUDA out-of-memory then retries with every co-tenant yielded before any precision is
+    /// lowered.
+    Minimal,
+}
+
+impl std::fmt::Display for CoTenantPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            CoTenantPolicy::All => "All",
+            CoTenantPolicy::Minimal => "Minimal",
+        })
+    }
 }
 
 /// Which GPU the job borrows.
@@ -288,7 +327,7 @@ pub struct WorkloadRef {
 /// process is really gone), and a restore counts only once `check` passes again after `start`.
 /// `stop` must be safe to run again on a process that is already shutting down (a restore after
 /// a crash repeats it when the process still runs).
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct CommandCoTenant {
     /// A name for messages and the journal, e.g. `comfyui`; unique among the commands.
@@ -314,6 +353,10 @@ pub struct CommandCoTenant {
     #[serde(default = "default_start_timeout_seconds")]
     #[schemars(range(min = 1, max = 3600))]
     pub start_timeout_seconds: i64,
+    /// GPU memory the process holds, e.g. `400Mi`, for `policy: Minimal` (unknown: it always
+    /// yields).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_memory: Option<Quantity>,
 }
 
 fn default_stop_timeout_seconds() -> i64 {
@@ -358,6 +401,10 @@ pub struct CoTenantSpec {
     /// fails with InvalidSpec, since that is almost always a typo in the selector.
     #[serde(default)]
     pub allow_none: bool,
+    /// `All` (default): every selected co-tenant yields. `Minimal`: only as many as the GPU
+    /// memory needs.
+    #[serde(default)]
+    pub policy: CoTenantPolicy,
 }
 
 /// Where the full result is written.

@@ -208,6 +208,10 @@ pub struct VidiJobStatus {
     /// The job this one waits for while Queued.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub waiting_for: Option<String>,
+    /// How co-tenants yield in this run: the spec's policy when the job left the queue, `All`
+    /// once a CUDA out-of-memory under `Minimal` made every co-tenant yield.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<super::spec::CoTenantPolicy>,
     /// The spec generation this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,

@@ -54,7 +54,7 @@ pub struct Journal {
 }
 
 /// A held co-tenant and how to restore it.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct Hold {
     pub kind: WorkloadKind,

@@ -30,6 +30,7 @@ pub fn job_key(name: &str) -> JobKey {
 /// A container as the planner needs it.
 #[derive(Clone, Debug)]
 struct Seen {
+    id: String,
     name: String,
     labels: HashMap<String, String>,
     running: bool,
@@ -57,6 +58,7 @@ async fn list_containers(docker: &Docker) -> Result<Vec<Seen>, DockerError> {
         .filter_map(|c| {
             let name = c.names?.into_iter().next()?.trim_start_matches('/').to_string();
             Some(Seen {
+                id: c.id.unwrap_or_default(),
                 name,
                 labels: c.labels.unwrap_or_default(),
                 running: summary_running(c.state),
@@ -84,6 +86,9 @@ pub struct Look<'a> {
     pub docker: &'a Docker,
     pub journal: &'a Journal,
     pub gpu_total_bytes: Option<u64>,
+    /// A reading of the job's GPU now (with `--gpus all`): its free memory, and the processes
+    /// whose memory is counted to their containers for `policy: Minimal`.
+    pub gpu: Option<crate::gpu::Reading>,
     pub dry_run: bool,
     /// Cancelled or recovering: only what the journal holds matters.
     pub deleting: bool,
@@ -95,9 +100,11 @@ pub async fn snapshot(look: Look<'_>) -> Result<Snapshot, DockerError> {
         docker,
         journal,
         gpu_total_bytes,
+        gpu,
         dry_run,
         deleting,
     } = look;
+    let measured = gpu.as_ref().map(super::gpu_usage::per_container).unwrap_or_default();
     let me = job_key(&journal.job);
     let spec = &journal.spec;
     let mut problems: Vec<FieldError> = Vec::new();
@@ -139,11 +146,26 @@ pub async fn snapshot(look: Look<'_>) -> Result<Snapshot, DockerError> {
         for (at, selection) in picked {
             let c = &all[at];
             let opted_in = c.labels.get(crate::api::YIELD_LABEL).is_some_and(|v| v == "true");
-            co_tenants.push(container(&c.name, c.running, selection, opted_in));
+            let mut co = container(&c.name, c.running, selection, opted_in);
+            // What the driver shows it holding, else what its label declares, else unknown.
+            co.gpu_memory_bytes = measured
+                .get(&c.id)
+                .copied()
+                .filter(|b| *b > 0)
+                .or_else(|| selection::declared_gpu_memory(None, Some(&c.labels), co.replicas));
+            co.yield_priority = selection::yield_priority(None, Some(&c.labels));
+            co_tenants.push(co);
         }
         for (i, cmd) in spec.co_tenants.commands.iter().enumerate() {
             match command(journal, &cmd.name, Some(&cmd.check), Selection::Ref(i)).await {
-                Ok(c) => co_tenants.push(c),
+                Ok(mut c) => {
+                    c.gpu_memory_bytes = cmd
+                        .gpu_memory
+                        .as_ref()
+                        .and_then(crate::api::parse_quantity_bytes)
+                        .map(|b| b * u64::try_from(c.replicas.max(0)).unwrap_or(0));
+                    co_tenants.push(c)
+                }
                 // Not held yet: a check that cannot run is the job's problem, refused like any
                 // other before anything is stopped. Once held, it is an error to retry.
                 Err(DockerError::Command { message, .. })
@@ -192,6 +214,7 @@ pub async fn snapshot(look: Look<'_>) -> Result<Snapshot, DockerError> {
         rivals: Vec::new(),
         problems,
         gpu_total_bytes,
+        gpu_free_bytes: gpu.as_ref().map(|r| r.free_bytes),
         dry_run,
         now: Timestamp::now(),
     })
@@ -227,6 +250,8 @@ fn held_co_tenant(
         selection,
         last_scaled_by: None,
         revision: None,
+        gpu_memory_bytes: None,
+        yield_priority: 1,
     }
 }
 

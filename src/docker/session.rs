@@ -207,6 +207,10 @@ impl Session {
             docker: &self.docker,
             journal: &journal,
             gpu_total_bytes: gpu_total,
+            gpu: match job.spec.co_tenants.policy {
+                crate::api::CoTenantPolicy::Minimal => self.gpu_reading(&job.spec),
+                crate::api::CoTenantPolicy::All => None,
+            },
             dry_run: true,
             deleting: false,
         })
@@ -329,6 +333,14 @@ impl Session {
             .as_deref()
             .and_then(|d| d.parse().ok())
             .unwrap_or_default()
+    }
+
+    /// A reading of the job's GPU, with `--gpus all` and a working probe.
+    fn gpu_reading(&self, spec: &crate::api::VidiJobSpec) -> Option<crate::gpu::Reading> {
+        if self.opts.gpus == GpuMode::None {
+            return None;
+        }
+        self.open_probe().ok()?.reading(&Self::gpu_selector(spec)).ok()
     }
 
     /// The GPU's total memory, so `precision: auto` starts at what fits. Absent without NVML.
@@ -501,6 +513,15 @@ impl<'s> Run<'s> {
             docker: &self.s.docker,
             journal: &self.journal,
             gpu_total_bytes: self.gpu_total,
+            // Read only while the job may still choose whom to yield.
+            gpu: match self.journal.status.phase {
+                Phase::Pending | Phase::Queued
+                    if !deleting && self.journal.spec.co_tenants.policy == crate::api::CoTenantPolicy::Minimal =>
+                {
+                    self.s.gpu_reading(&self.journal.spec)
+                }
+                _ => None,
+            },
             dry_run: false,
             deleting,
         })

@@ -244,6 +244,7 @@ pub fn snapshot(job: &VidiJob, stores: &Stores, dry_run: bool, now: Timestamp) -
         rivals,
         problems,
         gpu_total_bytes: None,
+        gpu_free_bytes: None,
         dry_run,
         now,
     }
@@ -290,6 +291,12 @@ fn co_tenant(w: &Workload<'_>, selection: Selection, pods: &[std::sync::Arc<Pod>
         selection,
         last_scaled_by: last_scaled_by(w.meta),
         revision: w.meta.resource_version.clone(),
+        gpu_memory_bytes: crate::api::selection::declared_gpu_memory(
+            w.meta.annotations.as_ref(),
+            w.meta.labels.as_ref(),
+            w.replicas,
+        ),
+        yield_priority: crate::api::selection::yield_priority(w.meta.annotations.as_ref(), w.meta.labels.as_ref()),
     }
 }
 

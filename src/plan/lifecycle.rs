@@ -6,8 +6,8 @@ use std::time::Duration;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use crate::api::{
-    FailureReason, FieldError, Outcome, Phase, Precision, Runtime, SuspendedCoTenant, VidiJobStatus, YIELD_LABEL,
-    validate,
+    CoTenantPolicy, FailureReason, FieldError, Outcome, Phase, Precision, Runtime, SuspendedCoTenant, VidiJobStatus,
+    YIELD_LABEL, validate,
 };
 
 use super::action::{Action, Decision, Notice, Severity};
@@ -40,6 +40,9 @@ struct Plan<'a> {
     view: Vec<CoTenant>,
     requeue: Option<Duration>,
     released: bool,
+    /// Under `policy: Minimal`, the co-tenants chosen to yield in this decision (indices into
+    /// `view`); later decisions take the holds as the choice.
+    chosen: Option<Vec<usize>>,
 }
 
 impl<'a> Plan<'a> {
@@ -54,6 +57,7 @@ impl<'a> Plan<'a> {
             view: s.co_tenants.clone(),
             requeue: None,
             released: false,
+            chosen: None,
         }
     }
 
@@ -109,6 +113,10 @@ impl<'a> Plan<'a> {
         match turn(self.place(), &self.s.rivals) {
             Turn::Go => {
                 self.st.phase = Phase::Suspending;
+                self.st.policy = Some(self.s.job.spec.co_tenants.policy);
+                if self.st.policy == Some(CoTenantPolicy::Minimal) {
+                    self.choose_minimal();
+                }
                 self.st.pool = Some(super::queue::pool_key(&self.s.job.spec));
                 self.st.waiting_for = None;
                 self.st.start_time.get_or_insert(Time(self.s.now));
@@ -338,6 +346,9 @@ impl<'a> Plan<'a> {
         retry: Retry,
     ) {
         let spec = &self.s.job.spec;
+        if retry == Retry::LowerPrecision && self.st.policy == Some(CoTenantPolicy::Minimal) {
+            return self.yield_all_instead(number, &message);
+        }
         match retry {
             // A fixed minFreeMemory would make a lower precision wait for the same memory again.
             Retry::LowerPrecision
@@ -408,6 +419,8 @@ impl<'a> Plan<'a> {
             Outcome::Suspended => {
                 self.st.phase = Phase::Pending;
                 self.st.outcome = None;
+                // A resumed job chooses whom to yield afresh.
+                self.st.policy = None;
                 // activeDeadlineSeconds counts "from leaving the queue": a resumed job leaves it
                 // again with a fresh clock (as a resumed Kubernetes Job resets its startTime),
                 // instead of failing at once for the time it spent suspended.
@@ -514,6 +527,10 @@ impl<'a> Plan<'a> {
     }
 
     fn dry_run(&mut self) {
+        if self.s.job.spec.co_tenants.policy == CoTenantPolicy::Minimal {
+            self.st.policy = Some(CoTenantPolicy::Minimal);
+            self.choose_minimal();
+        }
         let targets = self.targets();
         let list: Vec<String> = targets
             .iter()
@@ -537,6 +554,7 @@ impl<'a> Plan<'a> {
             self.notify(Severity::Normal, "DryRun", message.clone());
         }
         self.st.phase = Phase::Pending;
+        self.st.policy = None;
         self.st.message = Some(message);
     }
 
@@ -673,11 +691,107 @@ impl<'a> Plan<'a> {
         self.s.runtime == Runtime::Docker || c.id.namespace == self.me.namespace || c.opted_in
     }
 
-    /// Indices of the co-tenants this job should hold while active.
-    fn targets(&self) -> Vec<usize> {
+    /// Indices of the co-tenants this job selects (and may suspend).
+    fn selected(&self) -> Vec<usize> {
         (0..self.view.len())
             .filter(|&i| self.view[i].selection != Selection::HeldOnly && self.allowed(&self.view[i]))
             .collect()
+    }
+
+    /// Indices of the co-tenants this job should hold while active: every selected one, or under
+    /// `policy: Minimal` the chosen ones (this decision's choice, else the holds in place).
+    fn targets(&self) -> Vec<usize> {
+        let selected = self.selected();
+        if self.st.policy != Some(CoTenantPolicy::Minimal) {
+            return selected;
+        }
+        match &self.chosen {
+            Some(chosen) => selected.into_iter().filter(|i| chosen.contains(i)).collect(),
+            None => selected.into_iter().filter(|&i| self.holds(i)).collect(),
+        }
+    }
+
+    /// `policy: Minimal`: chooses the cheapest set of selected co-tenants whose GPU memory
+    /// covers what Vidi needs beyond what is free (`yielding::cheapest`); co-tenants already at 0
+    /// are held too (a record only: if something starts one, it is suspended again). Without a
+    /// reading of the free memory, or when even everything would not be enough, every selected
+    /// co-tenant yields, and the status says why.
+    fn choose_minimal(&mut self) {
+        let selected = self.selected();
+        let spec = &self.s.job.spec;
+        let precision = precision::first(spec.model.precision, self.s.gpu_total_bytes);
+        let need = precision::min_free_bytes(spec, precision);
+        let size = |b: u64| bytesize::ByteSize::b(b).display().iec().to_string();
+        let Some(free) = self.s.gpu_free_bytes else {
+            return self.yield_all_because(
+                "policy Minimal: the GPU's free memory cannot be measured here (on Kubernetes, node GPU memory is not read yet); every selected co-tenant yields".into(),
+            );
+        };
+        let deficit = need.saturating_sub(free);
+        let running: Vec<usize> = selected
+            .iter()
+            .copied()
+            .filter(|&i| self.view[i].replicas > 0)
+            .collect();
+        let candidates: Vec<super::yielding::Candidate> = running
+            .iter()
+            .map(|&i| {
+                let c = &self.view[i];
+                super::yielding::Candidate {
+                    memory_bytes: c.gpu_memory_bytes,
+                    cost: u64::try_from(c.replicas.max(0)).unwrap_or(0) * u64::from(c.yield_priority),
+                }
+            })
+            .collect();
+        let Some(choice) = super::yielding::cheapest(&candidates, deficit) else {
+            return self.yield_all_because(format!(
+                "policy Minimal: {} free and {} needed at {precision}, and the co-tenants' known GPU memory does not cover the difference; every selected co-tenant yields",
+                size(free),
+                size(need)
+            ));
+        };
+        let yielding: Vec<usize> = choice.yield_.iter().map(|&k| running[k]).collect();
+        let names = |list: &[usize]| {
+            if list.is_empty() {
+                "nothing".to_string()
+            } else {
+                list.iter()
+                    .map(|&i| self.view[i].id.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }
+        };
+        let staying: Vec<usize> = running.iter().copied().filter(|i| !yielding.contains(i)).collect();
+        let message = format!(
+            "policy Minimal: {} free, {} needed at {precision}; yielding {} (cost {}), leaving {} running",
+            size(free),
+            size(need),
+            names(&yielding),
+            choice.cost,
+            names(&staying)
+        );
+        self.notify(Severity::Normal, "YieldingMinimal", message);
+        let mut chosen = yielding;
+        chosen.extend(selected.iter().copied().filter(|&i| self.view[i].replicas <= 0));
+        self.chosen = Some(chosen);
+    }
+
+    fn yield_all_because(&mut self, message: String) {
+        self.st.policy = Some(CoTenantPolicy::All);
+        self.notify(Severity::Normal, "YieldingAll", message);
+    }
+
+    /// Vidi ran out of GPU memory (or the gate timed out) with only some co-tenants yielded:
+    /// the next attempt runs at the same precision with every selected co-tenant yielded, and
+    /// only a failure after that lowers the precision.
+    fn yield_all_instead(&mut self, number: u32, why: &str) {
+        self.st.policy = Some(CoTenantPolicy::All);
+        self.st.attempts = self.st.attempts.max(number + 1);
+        self.st.phase = Phase::Suspending;
+        let message =
+            format!("attempt {number}: {why}; yielding every co-tenant (policy Minimal) before lowering the precision");
+        self.notify(Severity::Warning, "YieldingAll", message.clone());
+        self.st.message = Some(message);
     }
 
     fn holds(&self, i: usize) -> bool {

@@ -9,6 +9,7 @@ pub mod precision;
 pub mod queue;
 mod snapshot;
 mod sweep;
+pub mod yielding;
 
 pub use action::{Action, Decision, Notice, Severity};
 pub use lifecycle::next;

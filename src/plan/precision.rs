@@ -21,11 +21,18 @@ pub fn required_free_bytes(precision: Precision) -> u64 {
     model_bytes(precision) + HEADROOM_BYTES
 }
 
-/// The threshold for one attempt: `spec.gpu.minFreeMemory` when set, else from the precision.
+/// The threshold for one attempt: `spec.gpu.minFreeMemory` when set, else `spec.model.memory`
+/// for the precision, else the default for the precision.
 pub fn min_free_bytes(spec: &VidiJobSpec, precision: Precision) -> u64 {
+    let declared = spec.model.memory.as_ref().and_then(|m| match precision {
+        Precision::Fp16 | Precision::Auto => m.fp16.as_ref(),
+        Precision::Int8 => m.int8.as_ref(),
+        Precision::Int4 => m.int4.as_ref(),
+    });
     spec.gpu
         .min_free_memory
         .as_ref()
+        .or(declared)
         .and_then(parse_quantity_bytes)
         .unwrap_or_else(|| required_free_bytes(precision))
 }

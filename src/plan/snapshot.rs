@@ -83,6 +83,11 @@ pub struct CoTenant {
     pub last_scaled_by: Option<String>,
     /// Opaque version for optimistic concurrency (Kubernetes resourceVersion).
     pub revision: Option<String>,
+    /// GPU memory it frees by yielding (all its replicas), when known: declared
+    /// (`vidi.dev/gpu-memory` per replica, a command's `gpuMemory`) or measured (NVML, Docker).
+    pub gpu_memory_bytes: Option<u64>,
+    /// `vidi.dev/yield-priority` (default 1): the cost of yielding one replica.
+    pub yield_priority: u32,
 }
 
 /// One Termination: how a container ended.
@@ -166,6 +171,9 @@ pub struct Snapshot {
     pub problems: Vec<crate::api::FieldError>,
     /// Total memory of the GPU, when the runtime can measure it before starting (Docker).
     pub gpu_total_bytes: Option<u64>,
+    /// Free memory of the GPU now, when the runtime can measure it (Docker, through NVML):
+    /// what `coTenants.policy: Minimal` makes up the rest of.
+    pub gpu_free_bytes: Option<u64>,
     /// Report what would happen; change nothing.
     pub dry_run: bool,
     pub now: Timestamp,

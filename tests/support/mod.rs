@@ -128,6 +128,8 @@ pub fn deploy(name: &str) -> CoTenant {
         selection: Selection::Selector,
         last_scaled_by: None,
         revision: Some("1".into()),
+        gpu_memory_bytes: None,
+        yield_priority: 1,
     }
 }
 
@@ -200,6 +202,7 @@ pub fn job(name: &str) -> Snap {
         rivals: Vec::new(),
         problems: Vec::new(),
         gpu_total_bytes: None,
+        gpu_free_bytes: None,
         dry_run: false,
         now: t(100),
     })

@@ -70,6 +70,8 @@ pub struct World {
     pub events: Vec<(JobKey, Notice)>,
     pub dry_run: bool,
     pub gpu_total_bytes: Option<u64>,
+    /// What the adapter reads as free GPU memory (`policy: Minimal` weighs co-tenants against it).
+    pub gpu_free_bytes: Option<u64>,
     /// Lookups by the job's spec that failed (what an adapter reports as `problems`).
     pub extra_problems: BTreeMap<JobKey, Vec<FieldError>>,
     /// Every step, for failure messages.
@@ -98,6 +100,7 @@ impl World {
             events: Vec::new(),
             dry_run: false,
             gpu_total_bytes: None,
+            gpu_free_bytes: None,
             extra_problems: BTreeMap::new(),
             trace: Vec::new(),
             planned_from_stale_view: false,
@@ -261,6 +264,7 @@ impl World {
             rivals,
             problems,
             gpu_total_bytes: self.gpu_total_bytes,
+            gpu_free_bytes: self.gpu_free_bytes,
             dry_run: self.dry_run,
             now: self.now,
         }
