@@ -167,7 +167,7 @@ fn queued_behind_an_active_job_joins_its_holds() {
 
 #[test]
 fn a_higher_priority_job_overtakes_older_waiting_ones_but_not_the_running_one() {
-    let mut older = support_rival("old", 1, Phase::Queued);
+    let mut older = rival_of("old", 1, Phase::Queued);
     older.priority = 0;
     // The urgent job is younger, but goes before the older waiting one: next behind the runner.
     let d = job("urgent")
@@ -183,7 +183,7 @@ fn a_higher_priority_job_overtakes_older_waiting_ones_but_not_the_running_one() 
         Some("waiting for VidiJob ns/run (running); position 1 in the GPU queue (priority 5)")
     );
     // The older one now waits behind the urgent one.
-    let mut urgent = support_rival("urgent", 50, Phase::Queued);
+    let mut urgent = rival_of("urgent", 50, Phase::Queued);
     urgent.priority = 5;
     let d = job("old")
         .created(1)
@@ -200,17 +200,6 @@ fn a_higher_priority_job_overtakes_older_waiting_ones_but_not_the_running_one() 
         d.status.message.as_deref(),
         Some("waiting for VidiJob ns/urgent (ahead in the queue); position 2 in the GPU queue")
     );
-}
-
-fn support_rival(name: &str, created: i64, phase: Phase) -> vidi_operator::plan::Rival {
-    vidi_operator::plan::Rival {
-        key: key(name),
-        created: t(created),
-        priority: 0,
-        phase,
-        suspended: false,
-        deleting: false,
-    }
 }
 
 // ----- failures and retries -----

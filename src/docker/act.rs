@@ -307,19 +307,22 @@ impl CoTenantActor<'_> {
         }
     }
 
+    /// Runs the co-tenant's `stop` or `start` command (`what`), saying so.
+    async fn run_command(&self, cmd: &CommandCoTenant, what: &str) -> Result<(), DockerError> {
+        let (doing, script) = match what {
+            "stop" => ("stopping", &cmd.stop),
+            _ => ("starting", &cmd.start),
+        };
+        (self.progress)(&format!("{doing} Command {}: {script}", cmd.name));
+        commands::run(&cmd.name, what, script, &commands::log_path(self.state_dir, &cmd.name)).await
+    }
+
     /// Runs `stop` and waits until `check` says the process is gone.
     async fn stop_command(&self, cmd: &CommandCoTenant) -> Result<(), DockerError> {
         if cmd.check.trim().is_empty() {
             return Err(no_check(cmd));
         }
-        (self.progress)(&format!("stopping Command {}: {}", cmd.name, cmd.stop));
-        commands::run(
-            &cmd.name,
-            "stop",
-            &cmd.stop,
-            &commands::log_path(self.state_dir, &cmd.name),
-        )
-        .await?;
+        self.run_command(cmd, "stop").await?;
         commands::wait_gone(&cmd.name, &cmd.check, cmd.stop_timeout()).await?;
         (self.progress)(&format!("stopped Command {}", cmd.name));
         Ok(())
@@ -346,14 +349,7 @@ impl CoTenantActor<'_> {
             ));
             self.stop_command(cmd).await?;
         }
-        (self.progress)(&format!("starting Command {}: {}", cmd.name, cmd.start));
-        commands::run(
-            &cmd.name,
-            "start",
-            &cmd.start,
-            &commands::log_path(self.state_dir, &cmd.name),
-        )
-        .await?;
+        self.run_command(cmd, "start").await?;
         commands::wait_up(&cmd.name, &cmd.check, cmd.start_timeout()).await?;
         (self.progress)(&format!("started Command {} again", cmd.name));
         Ok(())

@@ -186,6 +186,18 @@ impl CoExt for CoTenant {
 pub struct Snap(pub Snapshot);
 
 /// A Pending job `ns/<name>` created at t=0, observed at t=100, with a valid spec and no co-tenants.
+/// Another job of the pool, priority 0.
+pub fn rival_of(name: &str, created: i64, phase: Phase) -> Rival {
+    Rival {
+        key: key(name),
+        created: t(created),
+        priority: 0,
+        phase,
+        suspended: false,
+        deleting: false,
+    }
+}
+
 pub fn job(name: &str) -> Snap {
     Snap(Snapshot {
         runtime: Runtime::Kubernetes,
@@ -269,14 +281,7 @@ impl Snap {
         self
     }
     pub fn rival(mut self, name: &str, created: i64, phase: Phase) -> Self {
-        self.0.rivals.push(Rival {
-            key: key(name),
-            created: t(created),
-            priority: 0,
-            phase,
-            suspended: false,
-            deleting: false,
-        });
+        self.0.rivals.push(rival_of(name, created, phase));
         self
     }
     /// Plans with one more rival, given whole (e.g. with a priority).
