@@ -31,6 +31,10 @@ use super::pod::PodDefaults;
 /// a thousand jobs) without slowing single hand-offs.
 const RECONCILE_CONCURRENCY: u16 = 16;
 
+/// How soon a reconcile whose status write met a newer version plans again (the watch usually
+/// delivers that version first, which triggers it sooner).
+const STATUS_CONFLICT_RETRY: Duration = Duration::from_millis(500);
+
 /// The finalizer that guarantees a restore before a job goes away.
 pub const FINALIZER: &str = "vidi.dev/restore-co-tenants";
 
@@ -52,20 +56,48 @@ pub struct Context {
     pub recorder: Recorder,
     pub settings: Settings,
     pub metrics: Metrics,
-    /// The status last written per job uid: a reconcile whose cache still shows a version older
-    /// than that write plans from the written status instead.
-    written: std::sync::Mutex<std::collections::HashMap<String, Written>>,
 }
 
-/// Runs the controller until `shutdown` resolves.
+/// The clients the controller talks through: watches stream for long, every other request is
+/// bounded by a timeout shorter than the Lease.
+#[derive(Clone)]
+pub struct Clients {
+    pub watch: Client,
+    pub api: Client,
+}
+
+impl From<Client> for Clients {
+    fn from(client: Client) -> Self {
+        Clients {
+            watch: client.clone(),
+            api: client,
+        }
+    }
+}
+
+/// Tasks that end with their owner: a controller dropped when its replica stops leading takes
+/// its watches and its sweep with it.
+struct Tasks(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for Tasks {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
+    }
+}
+
+/// Runs the controller until `shutdown` resolves, or until the returned future is dropped
+/// (which stops every task it started at once).
 pub async fn run(
-    client: Client,
+    clients: impl Into<Clients>,
     settings: Settings,
     metrics: Metrics,
     health: Health,
     jobs_cache: Arc<std::sync::Mutex<Option<Cache<VidiJob>>>>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) -> Result<(), Error> {
+    let Clients { watch, api: client } = clients.into();
     let scope = settings.scope.clone();
     let namespaces: Vec<Option<String>> = match &scope {
         Scope::All => vec![None],
@@ -73,41 +105,41 @@ pub async fn run(
     };
     // One job controller per watched namespace (a kube Controller reads one store).
     let controllers = namespaces.len();
-    let mut tasks = Vec::new();
+    let mut tasks = Tasks(Vec::new());
     let (jobs, mut job_subs) = feed(
-        scoped::<VidiJob>(&client),
+        scoped::<VidiJob>(&watch),
         &scope,
         1 + controllers,
         trim_managed_fields,
-        &mut tasks,
+        &mut tasks.0,
     );
     let (deployments, mut deployment_subs) = feed(
-        scoped::<Deployment>(&client),
+        scoped::<Deployment>(&watch),
         &scope,
         controllers,
         trim_to_replica_managers,
-        &mut tasks,
+        &mut tasks.0,
     );
     let (statefulsets, mut statefulset_subs) = feed(
-        scoped::<StatefulSet>(&client),
+        scoped::<StatefulSet>(&watch),
         &scope,
         controllers,
         trim_to_replica_managers,
-        &mut tasks,
+        &mut tasks.0,
     );
     let (pods, mut pod_subs) = feed(
-        scoped::<Pod>(&client),
+        scoped::<Pod>(&watch),
         &scope,
         controllers,
         trim_managed_fields,
-        &mut tasks,
+        &mut tasks.0,
     );
     let (claims, _) = feed(
-        scoped::<PersistentVolumeClaim>(&client),
+        scoped::<PersistentVolumeClaim>(&watch),
         &scope,
         0,
         trim_managed_fields,
-        &mut tasks,
+        &mut tasks.0,
     );
     let stores = Stores {
         jobs,
@@ -132,13 +164,12 @@ pub async fn run(
         recorder,
         settings,
         metrics,
-        written: Default::default(),
     });
 
     // Readiness for /readyz, then the start-up sweep: once every cache has listed.
     {
         let ctx = ctx.clone();
-        tasks.push(tokio::spawn(async move {
+        tasks.0.push(tokio::spawn(async move {
             let s = &ctx.stores;
             let all = async {
                 s.jobs.listed().await
@@ -204,9 +235,7 @@ pub async fn run(
         runs.push(run);
     }
     futures::future::join_all(runs).await;
-    for task in tasks {
-        task.abort();
-    }
+    drop(tasks);
     Ok(())
 }
 
@@ -309,36 +338,6 @@ async fn reconcile(job: Arc<VidiJob>, ctx: Arc<Context>) -> Result<Requeue, Erro
     .await
 }
 
-/// The operator's latest status write of one job, and the resourceVersions known to be older.
-struct Written {
-    /// Versions the operator wrote over or wrote before its latest write. Opaque strings, so
-    /// "older" is only ever known this way, never by comparing them.
-    older: std::collections::HashSet<String>,
-    /// The version the latest write produced.
-    latest: String,
-    status: VidiJobStatus,
-}
-
-/// The job as last written: the cache may not have caught up with the operator's own status
-/// writes yet (it may even show an intermediate one).
-fn current(job: &VidiJob, ctx: &Context) -> VidiJob {
-    let mut job = job.clone();
-    let (Some(uid), Some(rv)) = (job.metadata.uid.clone(), job.metadata.resource_version.clone()) else {
-        return job;
-    };
-    if let Ok(mut written) = ctx.written.lock() {
-        match written.get(&uid) {
-            Some(w) if w.older.contains(&rv) => job.status = Some(w.status.clone()),
-            // Caught up with our latest write, or someone else wrote since: the cache is current.
-            Some(_) => {
-                written.remove(&uid);
-            }
-            None => {}
-        }
-    }
-    job
-}
-
 /// The pod of the latest attempt may be missing from the cache only because it was created a
 /// moment ago. Planning as if it did not exist would release the co-tenants while Vidi starts, so
 /// in that one case the pod is read from the API.
@@ -368,7 +367,6 @@ async fn recent_pod(job: &VidiJob, ctx: &Context, snapshot: &mut plan::Snapshot)
 
 /// One pass: observe → plan → act → status.
 async fn step(job: &VidiJob, ctx: &Context) -> Result<Requeue, Error> {
-    let job = &current(job, ctx);
     let now = Timestamp::now();
     let mut snapshot = observe::snapshot(job, &ctx.stores, ctx.settings.dry_run, now);
     recent_pod(job, ctx, &mut snapshot).await?;
@@ -391,14 +389,14 @@ async fn step(job: &VidiJob, ctx: &Context) -> Result<Requeue, Error> {
         actor.apply(job, &decision.actions, now).await?;
     }
     let old = job.status.clone().unwrap_or_default();
-    if decision.status != old {
-        write_status(ctx, job, &old, &decision.status).await?;
+    if decision.status != old && !write_status(ctx, job, &old, &decision.status).await? {
+        // The job changed since this plan's view of it (often: the cache has not caught up with
+        // the previous status write yet). Plan again from the newer version.
+        tracing::debug!("status changed since it was read; planning again");
+        return Ok(Requeue::requeue(STATUS_CONFLICT_RETRY));
     }
     if snapshot.job.deleting {
         if decision.released {
-            if let (Some(uid), Ok(mut written)) = (job.metadata.uid.as_ref(), ctx.written.lock()) {
-                written.remove(uid);
-            }
             return Ok(Requeue::await_change());
         }
         return Err(Error::StillReleasing);
@@ -413,8 +411,10 @@ fn requeue(decision: &Decision) -> Requeue {
     }
 }
 
-/// Writes the status with a merge patch; fields the new status drops are removed explicitly.
-async fn write_status(ctx: &Context, job: &VidiJob, old: &VidiJobStatus, new: &VidiJobStatus) -> Result<(), Error> {
+/// Writes the status with a merge patch guarded by the resourceVersion the plan was made from;
+/// fields the new status drops are removed explicitly. `Ok(false)`: the job changed since (409),
+/// nothing was written.
+async fn write_status(ctx: &Context, job: &VidiJob, old: &VidiJobStatus, new: &VidiJobStatus) -> Result<bool, Error> {
     let mut body = serde_json::to_value(new).map_err(Error::Serialize)?;
     if let (Value::Object(map), Ok(Value::Object(before))) = (&mut body, serde_json::to_value(old)) {
         for key in before.keys() {
@@ -427,32 +427,18 @@ async fn write_status(ctx: &Context, job: &VidiJob, old: &VidiJobStatus, new: &V
         field_manager: Some(MANAGER.into()),
         ..Default::default()
     };
-    let stored = jobs
-        .patch_status(&job.name_any(), &params, &Patch::Merge(json!({ "status": body })))
-        .await
-        .map_err(|source| Error::Write {
+    let patch = json!({
+        "metadata": {"resourceVersion": job.metadata.resource_version},
+        "status": body,
+    });
+    match jobs.patch_status(&job.name_any(), &params, &Patch::Merge(patch)).await {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
+        Err(source) => Err(Error::Write {
             what: format!("VidiJob {ns}/{} status", job.name_any()),
             source,
-        })?;
-    if let (Some(uid), Some(over), Some(latest), Ok(mut written)) = (
-        job.metadata.uid.clone(),
-        job.metadata.resource_version.clone(),
-        stored.metadata.resource_version.clone(),
-        ctx.written.lock(),
-    ) {
-        let entry = written.entry(uid).or_insert_with(|| Written {
-            older: Default::default(),
-            latest: latest.clone(),
-            status: new.clone(),
-        });
-        entry.older.insert(over);
-        let previous = std::mem::replace(&mut entry.latest, latest);
-        if previous != entry.latest {
-            entry.older.insert(previous);
-        }
-        entry.status = new.clone();
+        }),
     }
-    Ok(())
 }
 
 /// A job changed: the waiting jobs of its pool may go now (or must keep waiting).

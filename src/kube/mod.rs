@@ -2,12 +2,13 @@
 mod act;
 pub mod cache;
 pub mod controller;
+pub mod lease;
 pub mod observe;
 pub mod pod;
 pub mod rbac;
 
 pub use cache::Scope;
-pub use controller::{FINALIZER, Settings, run};
+pub use controller::{Clients, FINALIZER, Settings, run};
 pub use pod::PodDefaults;
 
 /// What can go wrong in a reconcile. Variant names are the `error` label of

@@ -3,7 +3,7 @@
 use crate::error::ApiError;
 use crate::selector::{FieldSelector, LabelSelector};
 use crate::store::{DeleteOpts, PatchType, State, StoredEvent, with_version};
-use crate::{Access, AccessRecord, Gvr, ResourceInfo, Shared};
+use crate::{Access, AccessRecord, Cut, Gvr, ResourceInfo, Shared};
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Request, State as AxState};
@@ -165,14 +165,73 @@ fn delete_opts(q: &Query, body: &[u8]) -> Result<DeleteOpts, ApiError> {
     })
 }
 
+/// `/clients/<id>/rest`: the client's name and the path it asked for.
+fn client_of(path: &str) -> (Option<String>, String) {
+    match path.strip_prefix("/clients/").and_then(|rest| rest.split_once('/')) {
+        Some((id, rest)) if !id.is_empty() => (Some(id.to_string()), format!("/{rest}")),
+        _ => (None, path.to_string()),
+    }
+}
+
+/// Resolves once client `id` is not cut off in the way `held` says (or the server stops).
+async fn until_not(shared: &Arc<Shared>, id: &Option<String>, held: impl Fn(Option<Cut>) -> bool) {
+    let Some(id) = id else { return };
+    let mut rx = shared.notify.subscribe();
+    loop {
+        rx.borrow_and_update();
+        if !held(shared.lock().cuts.get(id).copied()) {
+            return;
+        }
+        tokio::select! {
+            r = rx.changed() => if r.is_err() { return },
+            _ = shared.cancel.cancelled() => return,
+        }
+    }
+}
+
 async fn handle(AxState(shared): AxState<Arc<Shared>>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
+    let (client, path) = client_of(parts.uri.path());
+    let body = match axum::body::to_bytes(body, 64 << 20).await {
+        Ok(b) => b,
+        Err(e) => return error(&ApiError::bad_request(format!("cannot read body: {e}"))),
+    };
+    // A hung client's request is served once the cut heals, even if the client has gone: it
+    // runs in its own task, which dropping this handler does not cancel.
+    let hung = client
+        .as_ref()
+        .is_some_and(|id| shared.lock().cuts.get(id) == Some(&Cut::Hang));
+    if let (true, Some(id)) = (hung, client.clone()) {
+        *shared.lock().held.entry(id.clone()).or_default() += 1;
+        let task = tokio::spawn(async move {
+            until_not(&shared, &client, |c| c == Some(Cut::Hang)).await;
+            let answer = serve(shared.clone(), client, path, parts, body).await;
+            if let Some(n) = shared.lock().held.get_mut(&id) {
+                *n = n.saturating_sub(1);
+            }
+            shared.poke();
+            answer
+        });
+        return match task.await {
+            Ok(r) => r,
+            Err(e) => error(&ApiError::new(500, "InternalError", e.to_string())),
+        };
+    }
+    serve(shared, client, path, parts, body).await
+}
+
+async fn serve(
+    shared: Arc<Shared>,
+    client: Option<String>,
+    path: String,
+    parts: axum::http::request::Parts,
+    body: Bytes,
+) -> Response {
     let q = Query(
         form_urlencoded::parse(parts.uri.query().unwrap_or_default().as_bytes())
             .into_owned()
             .collect(),
     );
-    let path = parts.uri.path().to_string();
     match path.as_str() {
         "/version" => {
             return respond(
@@ -228,16 +287,22 @@ async fn handle(AxState(shared): AxState<Arc<Shared>>, req: Request) -> Response
             namespace: target.ns.clone(),
             name: target.name.clone(),
             code,
+            client: client.clone(),
+            at: std::time::Instant::now(),
         });
-    };
-    let body = match axum::body::to_bytes(body, 64 << 20).await {
-        Ok(b) => b,
-        Err(e) => return error(&ApiError::bad_request(format!("cannot read body: {e}"))),
     };
     let meta_only = metadata_only(&parts.headers);
     let prepared = {
         let mut st = shared.lock();
         let checked = (|| -> Result<ResourceInfo, ApiError> {
+            let lease_write = access.resource == "leases" && matches!(verb, "create" | "update" | "patch");
+            if lease_write
+                && client
+                    .as_ref()
+                    .is_some_and(|id| st.cuts.get(id) == Some(&Cut::LeaseWritesFail))
+            {
+                return Err(ApiError::from_code(503, "injected: this client's Lease writes fail"));
+            }
             if let Some(code) = st.take_fault(&access) {
                 return Err(ApiError::from_code(
                     code,
@@ -275,7 +340,7 @@ async fn handle(AxState(shared): AxState<Arc<Shared>>, req: Request) -> Response
     let status = target.sub.is_some();
     let media = media_type(&parts.headers);
     if verb == "watch" {
-        return match start_watch(&shared, &res, target.ns.as_deref(), &q, meta_only) {
+        return match start_watch(&shared, &res, target.ns.as_deref(), &q, meta_only, client.clone()) {
             Ok(r) => {
                 record(&mut shared.lock(), 200);
                 r
@@ -434,6 +499,8 @@ struct Watch {
     labels: LabelSelector,
     fields: FieldSelector,
     meta_only: bool,
+    /// The client that opened the watch: while it hangs, nothing is delivered.
+    client: Option<String>,
     last: u64,
     epoch: u64,
     pending: VecDeque<Bytes>,
@@ -517,6 +584,7 @@ impl Watch {
 
     async fn next(mut self) -> Option<(Result<Bytes, Infallible>, Self)> {
         loop {
+            until_not(&self.shared, &self.client, |c| c == Some(Cut::Hang)).await;
             if let Some(b) = self.pending.pop_front() {
                 return Some((Ok(b), self));
             }
@@ -567,6 +635,7 @@ fn start_watch(
     ns: Option<&str>,
     q: &Query,
     meta_only: bool,
+    client: Option<String>,
 ) -> Result<Response, ApiError> {
     let (labels, fields) = selectors(q, res)?;
     let send_initial = q.flag("sendInitialEvents");
@@ -592,6 +661,7 @@ fn start_watch(
         labels,
         fields,
         meta_only,
+        client,
         last: st.rv,
         epoch: st.watch_epoch,
         pending: VecDeque::new(),

@@ -6,7 +6,7 @@ use crate::kubelet::KubeletState;
 use crate::selector::{FieldSelector, LabelSelector};
 use crate::{Access, AccessRecord, Gvr, ResourceInfo};
 use serde_json::{Map, Value, json};
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
 /// Store key: (group, plural, namespace or "", name). Versions of one group share storage.
@@ -101,6 +101,10 @@ pub(crate) struct State {
     pub timers: Vec<Timer>,
     pub access: Vec<AccessRecord>,
     pub faults: Vec<Fault>,
+    /// Clients cut off the API, by name.
+    pub cuts: HashMap<String, crate::Cut>,
+    /// Requests of hung clients not served yet, by client.
+    pub held: HashMap<String, usize>,
     pub bookmark_interval: Duration,
     pub workloads_enabled: bool,
     /// The resourceVersion the workload controller's last pass looked at (0: none yet).
@@ -217,6 +221,8 @@ impl State {
             timers: Vec::new(),
             access: Vec::new(),
             faults: Vec::new(),
+            cuts: HashMap::new(),
+            held: HashMap::new(),
             bookmark_interval: Duration::from_secs(1),
             workloads_enabled: true,
             workloads_synced_rv: 0,
