@@ -275,6 +275,24 @@ async fn happy_path_suspends_runs_and_restores() {
     for r in ["Started", "Suspended", "Starting", "Answered", "Restored", "Succeeded"] {
         assert!(reasons.iter().any(|x| x == r), "missing event {r}: {reasons:?}");
     }
+    // One Event per co-tenant for each suspend and restore, each naming its co-tenant (the
+    // Recorder would fold Events with the same reason and related object into one).
+    for (reason, note) in [
+        ("Suspended", "suspended Deployment media/cosyvoice (was 1 replicas)"),
+        ("Suspended", "suspended Deployment media/comfyui (was 2 replicas)"),
+        ("Restored", "restored Deployment media/cosyvoice to 1 replicas"),
+        ("Restored", "restored Deployment media/comfyui to 2 replicas"),
+    ] {
+        let found: Vec<Value> = api
+            .list(&Gvr::events(), Some(NS))
+            .into_iter()
+            .filter(|e| e["reason"] == reason && e["note"] == note)
+            .collect();
+        assert_eq!(found.len(), 1, "one {reason} Event {note:?}: {:?}", events(&api));
+        let co_tenant = note.split('/').nth(1).and_then(|n| n.split(' ').next()).unwrap();
+        assert_eq!(found[0]["related"]["name"], co_tenant, "{}", found[0]);
+        assert_eq!(found[0]["related"]["kind"], "Deployment");
+    }
 
     // Every call the controller made is granted by the chart's RBAC rules, and every rule is used.
     let granted: std::collections::BTreeSet<(String, String, String)> = vidi_operator::kube::rbac::rules()

@@ -2,14 +2,14 @@
 //! carrying the observed resourceVersion, so a stale view fails with 409 and is planned again.
 use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{ObjectReference, Pod};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::{Value, json};
 
 use crate::api::{HELD_BY, ORIGINAL_REPLICAS, VidiJob, WorkloadKind};
-use crate::plan::{Action, CoTenantId, JobKey, Severity};
+use crate::plan::{Action, CoTenantId, JobKey, Notice, Severity, Subject};
 
 use super::Error;
 use super::observe::MANAGER;
@@ -156,16 +156,7 @@ impl Actor<'_> {
                     }
                 }
                 Action::Notify(notice) => {
-                    let event = Event {
-                        type_: match notice.severity {
-                            Severity::Normal => EventType::Normal,
-                            Severity::Warning => EventType::Warning,
-                        },
-                        reason: notice.reason.clone(),
-                        note: Some(truncate(&notice.message, 1000)),
-                        action: notice.reason.clone(),
-                        secondary: None,
-                    };
+                    let event = event(job, notice);
                     // An Event that cannot be published must not stop a restore.
                     if let Err(e) = self.recorder.publish(&event, &job.object_ref(&())).await {
                         tracing::warn!(error = %e, reason = %notice.reason, "could not publish event");
@@ -188,6 +179,47 @@ impl Actor<'_> {
             }
         }
         Ok(())
+    }
+}
+
+/// The Event for a notice. kube-runtime's Recorder folds Events with the same type, reason,
+/// action, regarding and related object into one series (keeping the first note), so each
+/// co-tenant and each attempt is the `related` object of its own Events.
+pub fn event(job: &VidiJob, notice: &Notice) -> Event {
+    let ns = job.namespace().unwrap_or_default();
+    let secondary = notice.subject.as_ref().map(|subject| match subject {
+        Subject::CoTenant(id) => ObjectReference {
+            api_version: Some("apps/v1".into()),
+            kind: Some(id.kind.to_string()),
+            namespace: Some(id.namespace.clone()),
+            name: Some(id.name.clone()),
+            ..Default::default()
+        },
+        Subject::Attempt(number) => ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Pod".into()),
+            namespace: Some(ns.clone()),
+            name: Some(crate::plan::names::attempt(&job.name_any(), *number)),
+            ..Default::default()
+        },
+    });
+    let action = match notice.reason.as_str() {
+        "Suspended" => "Suspend",
+        "CoTenantFought" => "Resuspend",
+        "Released" => "Release",
+        "Restored" | "OriginalReplicasLost" => "Restore",
+        "Retrying" | "PrecisionLowered" => "Retry",
+        other => other,
+    };
+    Event {
+        type_: match notice.severity {
+            Severity::Normal => EventType::Normal,
+            Severity::Warning => EventType::Warning,
+        },
+        reason: notice.reason.clone(),
+        note: Some(truncate(&notice.message, 1000)),
+        action: action.into(),
+        secondary,
     }
 }
 

@@ -10,7 +10,7 @@ pub mod queue;
 mod snapshot;
 mod sweep;
 
-pub use action::{Action, Decision, Notice, Severity};
+pub use action::{Action, Decision, Notice, Severity, Subject};
 pub use lifecycle::next;
 pub use snapshot::{
     Attempt, AttemptState, CoTenant, CoTenantId, JobKey, JobView, Rival, Selection, Snapshot, Termination,
