@@ -155,10 +155,6 @@ pub fn trim_managed_fields<K: kube::Resource>(obj: &mut K) {
 /// name who scaled a held co-tenant back up.
 pub fn trim_to_replica_managers<K: kube::Resource>(obj: &mut K) {
     if let Some(fields) = obj.meta_mut().managed_fields.as_mut() {
-        fields.retain(|f| {
-            f.fields_v1
-                .as_ref()
-                .is_some_and(|v| v.0.to_string().contains("\"f:replicas\""))
-        });
+        fields.retain(super::observe::sets_spec_replicas);
     }
 }

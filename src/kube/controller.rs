@@ -321,18 +321,30 @@ async fn reconcile(job: Arc<VidiJob>, ctx: Arc<Context>) -> Result<Requeue, Erro
             return Ok(Requeue::requeue(Duration::from_millis(500)));
         }
         ctx.metrics.reconciles.inc();
+        if ctx.settings.dry_run {
+            // A dry run writes nothing at all: no finalizer, no status, no Event. It says what it
+            // would do in the log.
+            return Ok(dry_run(&job, &ctx));
+        }
         let jobs: Api<VidiJob> = Api::namespaced(ctx.client.clone(), &ns);
-        finalizer(&jobs, FINALIZER, job, |event| async {
+        use kube::runtime::finalizer::Error as F;
+        match finalizer(&jobs, FINALIZER, job, |event| async {
             match event {
                 Finalizer::Apply(job) => step(&job, &ctx).await,
                 Finalizer::Cleanup(job) => step(&job, &ctx).await,
             }
         })
         .await
-        .map_err(|e| match e {
-            kube::runtime::finalizer::Error::ApplyFailed(e) | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
-            other => Error::Finalizer(Box::new(other)),
-        })
+        {
+            Ok(requeue) => Ok(requeue),
+            Err(F::ApplyFailed(e) | F::CleanupFailed(e)) => Err(e),
+            // The job went away meanwhile (its finalizer was the last one): nothing left to do.
+            Err(F::AddFinalizer(kube::Error::Api(e)) | F::RemoveFinalizer(kube::Error::Api(e))) if e.code == 404 => {
+                tracing::debug!("the job is gone");
+                Ok(Requeue::await_change())
+            }
+            Err(other) => Err(Error::Finalizer(Box::new(other))),
+        }
     }
     .instrument(span)
     .await
@@ -365,23 +377,29 @@ async fn recent_pod(job: &VidiJob, ctx: &Context, snapshot: &mut plan::Snapshot)
     Ok(())
 }
 
+/// A dry run's pass: observe → plan → log what would be done.
+fn dry_run(job: &VidiJob, ctx: &Context) -> Requeue {
+    let snapshot = observe::snapshot(job, &ctx.stores, true, Timestamp::now());
+    let decision = plan::next(&snapshot);
+    for action in &decision.actions {
+        match action {
+            plan::Action::Notify(notice) => tracing::info!(reason = %notice.reason, "{}", notice.message),
+            other => tracing::warn!(action = ?other, "dry run: not applying"),
+        }
+    }
+    requeue(&decision)
+}
+
 /// One pass: observe → plan → act → status.
 async fn step(job: &VidiJob, ctx: &Context) -> Result<Requeue, Error> {
     let now = Timestamp::now();
-    let mut snapshot = observe::snapshot(job, &ctx.stores, ctx.settings.dry_run, now);
+    let mut snapshot = observe::snapshot(job, &ctx.stores, false, now);
     recent_pod(job, ctx, &mut snapshot).await?;
     let decision = plan::next(&snapshot);
-    let writes = decision
-        .actions
-        .iter()
-        .filter(|a| !matches!(a, plan::Action::Notify(_)))
-        .count();
-    if ctx.settings.dry_run && writes > 0 {
-        // The planner writes nothing in dry-run before a job starts; anything else is a bug.
-        tracing::warn!(?decision.actions, "dry run: not applying");
-    } else {
+    {
         let actor = Actor {
             client: &ctx.client,
+            stores: &ctx.stores,
             recorder: &ctx.recorder,
             defaults: &ctx.settings.pods,
             metrics: &ctx.metrics,
@@ -489,7 +507,7 @@ async fn sweep(ctx: &Context) {
     };
     for co in observe::held_co_tenants(&ctx.stores) {
         if let Some(action) = stale_holders(&co, live)
-            && let Some((target, patch)) = co_tenant_patch(&action)
+            && let Some((target, patch)) = co_tenant_patch(&action, Timestamp::now())
         {
             tracing::info!(co_tenant = %target, "sweep: releasing holders that no longer exist or have finished");
             if ctx.settings.dry_run {

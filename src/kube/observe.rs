@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{ContainerStatus, PersistentVolumeClaim, Pod};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ManagedFieldsEntry, ObjectMeta};
 use kube::ResourceExt;
 use kube::core::{Selector, SelectorExt};
 use kube::runtime::reflector::ObjectRef;
@@ -113,17 +113,23 @@ fn workloads<'a>(
     d.chain(s).collect()
 }
 
+/// A managedFields entry that owns `spec.replicas` of the object itself: the status
+/// subresource's `status.replicas` (the workload controller's, after every scale) does not count.
+pub fn sets_spec_replicas(entry: &ManagedFieldsEntry) -> bool {
+    entry.subresource.as_deref().is_none_or(str::is_empty)
+        && entry
+            .fields_v1
+            .as_ref()
+            .is_some_and(|v| v.0.get("f:spec").and_then(|s| s.get("f:replicas")).is_some())
+}
+
 /// Who last changed `spec.replicas`, other than the operator (from managedFields).
 fn last_scaled_by(meta: &ObjectMeta) -> Option<String> {
     meta.managed_fields
         .as_ref()?
         .iter()
         .filter(|f| f.manager.as_deref() != Some(MANAGER))
-        .filter(|f| {
-            f.fields_v1
-                .as_ref()
-                .is_some_and(|v| v.0.to_string().contains("\"f:replicas\""))
-        })
+        .filter(|f| sets_spec_replicas(f))
         .max_by_key(|f| f.time.as_ref().map(|t| t.0))
         .and_then(|f| f.manager.clone())
 }

@@ -366,7 +366,8 @@ async fn serve(
                 }
                 "update" => {
                     let obj = parse_body(&media, &body)?;
-                    st.update(&res, &ns, &name, obj, status).map(|o| (200, o))
+                    st.update(&res, &ns, &name, obj, status, q.get("fieldManager"))
+                        .map(|o| (200, o))
                 }
                 "patch" => {
                     let ptype = match media.as_str() {

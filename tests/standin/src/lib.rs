@@ -573,8 +573,18 @@ impl Standin {
             {
                 obj["metadata"]["resourceVersion"] = cur["metadata"]["resourceVersion"].clone();
             }
-            st.update(&res, ns, &name, obj, false)
+            st.update(&res, ns, &name, obj, false, None)
         })
+    }
+
+    /// JSON merge patch of the main resource by field manager `manager` (recorded in
+    /// managedFields, as a real server does).
+    pub fn patch_as(&self, manager: &str, gvr: &Gvr, ns: &str, name: &str, patch: Value) -> Result<Value, ApiError> {
+        let res = lookup(&self.shared, gvr)?;
+        let body = patch.to_string();
+        self.shared
+            .with(|st| st.patch(&res, ns, name, PatchType::Merge, body.as_bytes(), false, Some(manager)))
+            .map(|(o, _)| o)
     }
 
     /// JSON merge patch of the main resource.

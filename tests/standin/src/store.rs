@@ -654,6 +654,7 @@ impl State {
         name: &str,
         body: Value,
         status: bool,
+        manager: Option<&str>,
     ) -> Result<Value, ApiError> {
         if !body.is_object() {
             return Err(ApiError::bad_request("the body of the request must be a JSON object"));
@@ -693,7 +694,7 @@ impl State {
             }
             Some(_) => {}
         }
-        self.write(res, k, old, body, status)
+        self.write(res, k, old, body, status, manager.map(|m| (m, "Update")))
     }
 
     #[allow(clippy::too_many_arguments)] // mirrors the request: target, type, body, subresource, manager
@@ -785,10 +786,13 @@ impl State {
         {
             return Err(ApiError::modified(&res.group, &res.plural, name));
         }
-        self.write(res, k, old, new, status).map(|o| (o, false))
+        let operation = if ptype == PatchType::Apply { "Apply" } else { "Update" };
+        self.write(res, k, old, new, status, field_manager.map(|m| (m, operation)))
+            .map(|o| (o, false))
     }
 
-    /// The common tail of PUT and PATCH.
+    /// The common tail of PUT and PATCH. `manager`: (field manager, operation) to record in
+    /// managedFields with the fields this write changed.
     pub(crate) fn write(
         &mut self,
         res: &ResourceInfo,
@@ -796,6 +800,7 @@ impl State {
         old: Value,
         mut new: Value,
         status: bool,
+        manager: Option<(&str, &str)>,
     ) -> Result<Value, ApiError> {
         let name = k.3.clone();
         if !new.is_object() {
@@ -855,6 +860,10 @@ impl State {
         }
         meta.remove("managedFields");
         meta.remove("selfLink");
+        let managed = managed_fields(&old, &new, status, manager);
+        if let Some(m) = managed {
+            meta_mut(&mut new).insert("managedFields".into(), m);
+        }
         if meta_str(&old, "deletionTimestamp").is_some() {
             let before = finalizers(&old);
             let added: Vec<String> = finalizers(&new).into_iter().filter(|f| !before.contains(f)).collect();
@@ -996,6 +1005,79 @@ impl State {
             .position(|f| f.verb == access.verb && f.resource == access.resource)?;
         Some(self.faults.remove(i).code)
     }
+}
+
+/// The fields that differ between `old` and `new` under the roots a manager can own, as FieldsV1
+/// (`{"f:spec": {"f:replicas": {}}}`).
+fn changed_fields(old: &Value, new: &Value) -> Value {
+    fn diff(old: Option<&Value>, new: Option<&Value>) -> Option<Value> {
+        match (old, new) {
+            (Some(Value::Object(a)), Some(Value::Object(b))) => {
+                let mut out = serde_json::Map::new();
+                for key in a.keys().chain(b.keys()) {
+                    if out.contains_key(&format!("f:{key}")) {
+                        continue;
+                    }
+                    if let Some(d) = diff(a.get(key), b.get(key)) {
+                        out.insert(format!("f:{key}"), d);
+                    }
+                }
+                (!out.is_empty()).then_some(Value::Object(out))
+            }
+            (a, b) if a == b => None,
+            _ => Some(json!({})),
+        }
+    }
+    let mut out = serde_json::Map::new();
+    for root in ["spec", "status"] {
+        if let Some(d) = diff(old.get(root), new.get(root)) {
+            out.insert(format!("f:{root}"), d);
+        }
+    }
+    for field in ["labels", "annotations"] {
+        if let Some(d) = diff(
+            old.pointer(&format!("/metadata/{field}")),
+            new.pointer(&format!("/metadata/{field}")),
+        ) {
+            let meta = out.entry("f:metadata").or_insert_with(|| json!({}));
+            meta[format!("f:{field}")] = d;
+        }
+    }
+    Value::Object(out)
+}
+
+/// `old`'s managedFields plus this write's entry: the fields it changed, under its manager,
+/// operation and subresource (merged into that manager's entry if it has one). Simplified: the
+/// fields are not taken away from other managers.
+fn managed_fields(old: &Value, new: &Value, status: bool, manager: Option<(&str, &str)>) -> Option<Value> {
+    let mut entries: Vec<Value> = old
+        .pointer("/metadata/managedFields")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    if let Some((name, operation)) = manager {
+        let fields = changed_fields(old, new);
+        if fields.as_object().is_some_and(|f| !f.is_empty()) {
+            let subresource = if status { json!("status") } else { Value::Null };
+            let same =
+                |e: &Value| e["manager"] == name && e["operation"] == operation && e["subresource"] == subresource;
+            let entry = match entries.iter().position(same) {
+                Some(i) => entries.remove(i),
+                None => json!({"manager": name, "operation": operation, "fieldsType": "FieldsV1", "fieldsV1": {}}),
+            };
+            let mut entry = entry;
+            let mut merged = entry["fieldsV1"].clone();
+            json_patch::merge(&mut merged, &fields);
+            entry["fieldsV1"] = merged;
+            entry["time"] = json!(now());
+            entry["apiVersion"] = new["apiVersion"].clone();
+            if status {
+                entry["subresource"] = subresource;
+            }
+            entries.push(entry);
+        }
+    }
+    (!entries.is_empty()).then(|| Value::Array(entries))
 }
 
 /// The update validation of built-in kinds that operators most often trip over.
