@@ -1077,7 +1077,7 @@ fn managed_fields(old: &Value, new: &Value, status: bool, manager: Option<(&str,
             entries.push(entry);
         }
     }
-    (!entries.is_empty()).then(|| Value::Array(entries))
+    (!entries.is_empty()).then_some(Value::Array(entries))
 }
 
 /// The update validation of built-in kinds that operators most often trip over.
