@@ -18,6 +18,7 @@ const RESULT: &str =
 struct Operator {
     task: JoinHandle<()>,
     metrics: Metrics,
+    health: Health,
 }
 
 impl Operator {
@@ -41,19 +42,20 @@ impl Operator {
         };
         let client = api.client();
         let metrics = Metrics::default();
-        let theirs = metrics.clone();
+        let health = Health::default();
+        let (theirs, their_health) = (metrics.clone(), health.clone());
         let task = tokio::spawn(async move {
             let _ = vidi_operator::kube::run(
                 client,
                 settings,
                 theirs,
-                Health::default(),
+                their_health,
                 Arc::default(),
                 std::future::pending(),
             )
             .await;
         });
-        Operator { task, metrics }
+        Operator { task, metrics, health }
     }
 
     /// A crash: the task is gone, only what it wrote survives.
@@ -866,4 +868,22 @@ async fn start_up_sweep_restores_co_tenants_whose_holder_is_gone() {
     assert_eq!(replicas(&api, NS, "comfyui"), Some(0), "still held by the live job");
     assert_eq!(annotations(&api, NS, "comfyui")["vidi.dev/original-replicas"], "1");
     op.crash().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_starts_are_ready_as_soon_as_the_caches_have_listed() {
+    let api = standin_with_claims(&["videos", "weights", "hf-cache"]).await;
+    api.create(&Gvr::deployments(), NS, deployment("cosyvoice", NS, 1, true))
+        .unwrap();
+    // The readiness task used to miss the caches' wake-up and resume only on its 5 s timeout.
+    let limit = Duration::from_secs(4);
+    for start in 0..20 {
+        let op = Operator::start(&api);
+        let began = tokio::time::Instant::now();
+        while !op.health.ready.load(std::sync::atomic::Ordering::SeqCst) {
+            assert!(began.elapsed() < limit, "start {start} was not ready within {limit:?}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        op.crash().await;
+    }
 }

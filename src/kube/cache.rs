@@ -4,10 +4,10 @@
 use std::sync::Arc;
 
 use futures::StreamExt;
-use futures::future::FutureExt;
 use kube::Api;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 /// The namespaces watched: all of them, or a list.
@@ -40,6 +40,10 @@ where
     K::DynamicType: Eq + std::hash::Hash + Clone,
 {
     stores: Vec<Store<K>>,
+    /// One flag per store, set once its reflector has applied the first list. A watch channel
+    /// wakes every waiter (`Store::wait_until_ready` keeps a single waker, which the next poller
+    /// overwrites: a waiter could then sleep until its timeout).
+    listed: Vec<watch::Receiver<bool>>,
 }
 
 impl<K: reflector::Lookup + Clone + 'static> Clone for Cache<K>
@@ -49,6 +53,7 @@ where
     fn clone(&self) -> Self {
         Cache {
             stores: self.stores.clone(),
+            listed: self.listed.clone(),
         }
     }
 }
@@ -73,15 +78,13 @@ where
 
     /// Every reflector has listed once.
     pub fn is_listed(&self) -> bool {
-        self.stores
-            .iter()
-            .all(|s| matches!(s.wait_until_ready().now_or_never(), Some(Ok(()))))
+        self.listed.iter().all(|l| *l.borrow())
     }
 
     /// Resolves once every reflector has listed (false if one stopped first).
     pub async fn listed(&self) -> bool {
-        for s in &self.stores {
-            if s.wait_until_ready().await.is_err() {
+        for l in &self.listed {
+            if l.clone().wait_for(|listed| *listed).await.is_err() {
                 return false;
             }
         }
@@ -114,15 +117,23 @@ where
     K::DynamicType: Eq + std::hash::Hash + Clone + Default + Send + Sync,
 {
     let mut stores = Vec::new();
+    let mut listed = Vec::new();
     let mut subs = Vec::new();
     for ns in scope.parts() {
         let (store, writer) = reflector::store();
+        let (lists, listed_rx) = watch::channel(false);
         let (senders, receivers): (Vec<_>, Vec<_>) = (0..subscribers)
             .map(|_| futures::channel::mpsc::unbounded::<K>())
             .unzip();
         let events = watcher(make_api(ns.as_deref()), watcher::Config::default()).modify(trim);
         let stream = reflector::reflector(writer, events)
             .default_backoff()
+            .inspect(move |event| {
+                // The reflector has applied the list to the store before it yields InitDone.
+                if matches!(event, Ok(watcher::Event::InitDone)) {
+                    lists.send_if_modified(|l| !std::mem::replace(l, true));
+                }
+            })
             .touched_objects()
             .for_each(move |change| {
                 match change {
@@ -141,9 +152,10 @@ where
             });
         tasks.push(tokio::spawn(stream));
         stores.push(store);
+        listed.push(listed_rx);
         subs.push(receivers.into_iter().map(Some).collect());
     }
-    (Cache { stores }, subs)
+    (Cache { stores, listed }, subs)
 }
 
 /// Drops what the caches never read: managedFields (often the largest part of an object).
