@@ -126,21 +126,40 @@ where
             .map(|_| futures::channel::mpsc::unbounded::<K>())
             .unzip();
         let events = watcher(make_api(ns.as_deref()), watcher::Config::default()).modify(trim);
+        let reader = store.clone();
+        // The store as it was when a re-list began: what is missing from the list was deleted
+        // while no watch ran, and no Delete event will say so.
+        let mut before: Option<Vec<Arc<K>>> = None;
         let stream = reflector::reflector(writer, events)
             .default_backoff()
-            .inspect(move |event| {
-                // The reflector has applied the list to the store before it yields InitDone.
-                if matches!(event, Ok(watcher::Event::InitDone)) {
-                    lists.send_if_modified(|l| !std::mem::replace(l, true));
+            .map(move |event| match event {
+                Ok(watcher::Event::Apply(o) | watcher::Event::Delete(o) | watcher::Event::InitApply(o)) => Ok(vec![o]),
+                Ok(watcher::Event::Init) => {
+                    before = Some(reader.state());
+                    Ok(Vec::new())
                 }
+                Ok(watcher::Event::InitDone) => {
+                    // The reflector has applied the list to the store before it yields InitDone.
+                    lists.send_if_modified(|l| !std::mem::replace(l, true));
+                    let vanished = before
+                        .take()
+                        .unwrap_or_default()
+                        .into_iter()
+                        .filter(|o| reader.get(&ObjectRef::from_obj(&**o)).is_none())
+                        .map(|o| (*o).clone())
+                        .collect();
+                    Ok(vanished)
+                }
+                Err(e) => Err(e),
             })
-            .touched_objects()
             .for_each(move |change| {
                 match change {
-                    Ok(obj) => {
-                        for tx in &senders {
-                            // A stopped controller no longer listens; the others still do.
-                            let _ = tx.unbounded_send(obj.clone());
+                    Ok(objects) => {
+                        for obj in objects {
+                            for tx in &senders {
+                                // A stopped controller no longer listens; the others still do.
+                                let _ = tx.unbounded_send(obj.clone());
+                            }
                         }
                     }
                     // The watcher retries with backoff; say so, or a stuck cache is invisible.

@@ -217,6 +217,10 @@ async fn handle(AxState(shared): AxState<Arc<Shared>>, req: Request) -> Response
             Err(e) => error(&ApiError::new(500, "InternalError", e.to_string())),
         };
     }
+    let latency = shared.lock().latency;
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
     serve(shared, client, path, parts, body).await
 }
 
@@ -303,11 +307,13 @@ async fn serve(
             {
                 return Err(ApiError::from_code(503, "injected: this client's Lease writes fail"));
             }
-            if let Some(code) = st.take_fault(&access) {
-                return Err(ApiError::from_code(
-                    code,
-                    format!("injected failure for {verb} {}", access.resource),
-                ));
+            let named = format!(
+                "{}/{}",
+                target.ns.as_deref().unwrap_or_default(),
+                target.name.as_deref().unwrap_or_default()
+            );
+            if let Some((code, message)) = st.injected(&access, &named) {
+                return Err(ApiError::from_code(code, message));
             }
             let res = st.resource(&target.gvr).ok_or_else(ApiError::no_route)?;
             if !res.namespaced && target.ns.is_some() {
@@ -504,6 +510,7 @@ struct Watch {
     client: Option<String>,
     last: u64,
     epoch: u64,
+    drop_epoch: u64,
     pending: VecDeque<Bytes>,
     done: bool,
     deadline: tokio::time::Instant,
@@ -558,6 +565,10 @@ impl Watch {
     fn collect(&mut self) {
         let shared = Arc::clone(&self.shared);
         let st = shared.lock();
+        if st.watch_drop_epoch != self.drop_epoch {
+            self.done = true;
+            return;
+        }
         if st.watch_epoch != self.epoch || self.last < st.compacted_through {
             self.pending.push_back(gone(self.last, st.rv));
             self.done = true;
@@ -665,6 +676,7 @@ fn start_watch(
         client,
         last: st.rv,
         epoch: st.watch_epoch,
+        drop_epoch: st.watch_drop_epoch,
         pending: VecDeque::new(),
         done: false,
         deadline: tokio::time::Instant::now() + Duration::from_secs(timeout),

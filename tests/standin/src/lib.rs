@@ -743,6 +743,29 @@ impl Standin {
         }
     }
 
+    /// While on, the first patch or update of each object (per verb and subresource) fails with
+    /// 409 Conflict, as if someone had written it just before; the retry goes through.
+    pub fn conflict_first_writes(&self, on: bool) {
+        self.shared.lock().conflict_first_writes = on.then(Default::default);
+    }
+
+    /// Every write (create, update, patch, delete) fails with `code` for `d` from now.
+    pub fn fail_writes_for(&self, code: u16, d: Duration) {
+        self.shared.lock().writes_fail_until = Some((std::time::Instant::now() + d, code));
+    }
+
+    /// Ends every open watch without an error (a dropped connection): watchers resume from their
+    /// last resourceVersion.
+    pub fn drop_watches(&self) {
+        self.shared.lock().watch_drop_epoch += 1;
+        self.shared.poke();
+    }
+
+    /// Every request waits `d` before it is served (a slow API server).
+    pub fn set_latency(&self, d: Duration) {
+        self.shared.lock().latency = d;
+    }
+
     /// Like an etcd compaction: drops the whole event history and ends every open watch
     /// with an ERROR event carrying 410 Gone, so watchers must re-list.
     pub fn compact(&self) {

@@ -105,6 +105,15 @@ pub(crate) struct State {
     pub cuts: HashMap<String, crate::Cut>,
     /// Requests of hung clients not served yet, by client.
     pub held: HashMap<String, usize>,
+    /// While set: the first patch or update of each (verb, resource, subresource, namespace,
+    /// name) fails with 409 Conflict; the keys already refused once.
+    pub conflict_first_writes: Option<HashSet<String>>,
+    /// Every write fails with this code until then.
+    pub writes_fail_until: Option<(std::time::Instant, u16)>,
+    /// Bumped by `drop_watches()`: open watches end without an error.
+    pub watch_drop_epoch: u64,
+    /// How long every request waits before it is served.
+    pub latency: Duration,
     pub bookmark_interval: Duration,
     pub workloads_enabled: bool,
     /// The resourceVersion the workload controller's last pass looked at (0: none yet).
@@ -223,6 +232,10 @@ impl State {
             faults: Vec::new(),
             cuts: HashMap::new(),
             held: HashMap::new(),
+            conflict_first_writes: None,
+            writes_fail_until: None,
+            watch_drop_epoch: 0,
+            latency: Duration::ZERO,
             bookmark_interval: Duration::from_secs(1),
             workloads_enabled: true,
             workloads_synced_rv: 0,
@@ -996,6 +1009,43 @@ impl State {
 
     pub(crate) fn record(&mut self, rec: AccessRecord) {
         self.access.push(rec);
+    }
+
+    /// The failure an injected fault gives this request (`target`: namespace/name), if any.
+    pub(crate) fn injected(&mut self, access: &Access, target: &str) -> Option<(u16, String)> {
+        let write = matches!(
+            access.verb.as_str(),
+            "create" | "update" | "patch" | "delete" | "deletecollection"
+        );
+        if write && let Some((until, code)) = self.writes_fail_until {
+            if std::time::Instant::now() < until {
+                return Some((code, format!("injected: writes fail with {code} for a while")));
+            }
+            self.writes_fail_until = None;
+        }
+        if matches!(access.verb.as_str(), "update" | "patch")
+            && let Some(seen) = self.conflict_first_writes.as_mut()
+        {
+            let key = format!(
+                "{} {}/{}/{} {target}",
+                access.verb, access.group, access.resource, access.subresource
+            );
+            if seen.insert(key) {
+                return Some((
+                    409,
+                    format!(
+                        "Operation cannot be fulfilled on {} {target}: injected: the object has been modified; please apply your changes to the latest version and try again",
+                        access.resource
+                    ),
+                ));
+            }
+        }
+        self.take_fault(access).map(|code| {
+            (
+                code,
+                format!("injected failure for {} {}", access.verb, access.resource),
+            )
+        })
     }
 
     pub(crate) fn take_fault(&mut self, access: &Access) -> Option<u16> {
