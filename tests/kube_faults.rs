@@ -268,7 +268,8 @@ fn check_invariants(what: &str, changes: &[Change]) {
             if before > 0 && now == 0 {
                 suspended_ever = true;
                 assert!(
-                    a["vidi.dev/held-by"] == "media/j" && a["vidi.dev/original-replicas"] == original.to_string(),
+                    a["vidi.dev/held-by"] == "media/j"
+                        && a["vidi.dev/original-replicas"].as_str() == Some(original.to_string().as_str()),
                     "{what}: invariant 1: {name} scaled to 0 without its marks in the same write: {}",
                     c.object
                 );

@@ -3,9 +3,13 @@ mod act;
 pub mod cache;
 pub mod controller;
 pub mod lease;
+mod mappers;
 pub mod observe;
 pub mod pod;
 pub mod rbac;
+mod reconcile;
+mod status;
+mod sweep;
 
 pub use cache::Scope;
 pub use controller::{Clients, FINALIZER, Settings, run};
