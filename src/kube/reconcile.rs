@@ -108,23 +108,29 @@ async fn step(job: &VidiJob, ctx: &Context) -> Result<Requeue, Error> {
     let mut snapshot = observe::snapshot(job, &ctx.stores, false, now);
     recent_pod(job, ctx, &mut snapshot).await?;
     let decision = plan::next(&snapshot);
-    {
-        let actor = Actor {
-            client: &ctx.client,
-            stores: &ctx.stores,
-            recorder: &ctx.recorder,
-            defaults: &ctx.settings.pods,
-            metrics: &ctx.metrics,
-        };
-        actor.apply(job, &decision.actions, now).await?;
-    }
+    let actor = Actor {
+        client: &ctx.client,
+        stores: &ctx.stores,
+        recorder: &ctx.recorder,
+        defaults: &ctx.settings.pods,
+        metrics: &ctx.metrics,
+    };
+    // A Vidi pod is created only once the status that records its attempt (number, precision,
+    // pod name) has landed: a plan from a job version that is no longer current must not start
+    // an attempt the status does not know of.
+    let (starts, rest): (Vec<_>, Vec<_>) = decision
+        .actions
+        .iter()
+        .cloned()
+        .partition(|a| matches!(a, plan::Action::StartAttempt { .. }));
+    actor.apply(job, &rest, now).await?;
     let old = job.status.clone().unwrap_or_default();
     if decision.status != old && !write_status(ctx, job, &old, &decision.status).await? {
         // The job changed since this plan's view of it (often: the cache has not caught up with
         // the previous status write yet). Plan again from the newer version.
-        tracing::debug!("status changed since it was read; planning again");
-        return Ok(Requeue::requeue(STATUS_CONFLICT_RETRY));
+        return Err(Error::Replan);
     }
+    actor.apply(job, &starts, now).await?;
     if snapshot.job.deleting {
         if decision.released {
             return Ok(Requeue::await_change());
@@ -144,6 +150,10 @@ fn requeue(decision: &Decision) -> Requeue {
 pub(super) fn error_policy(_job: Arc<VidiJob>, error: &Error, ctx: Arc<Context>) -> Requeue {
     match error {
         Error::StillReleasing => Requeue::requeue(Duration::from_secs(2)),
+        Error::Replan => {
+            tracing::debug!("{error}");
+            Requeue::requeue(STATUS_CONFLICT_RETRY)
+        }
         other => {
             ctx.metrics
                 .errors
