@@ -17,7 +17,7 @@ use crate::telemetry::{Health, Metrics};
 use super::Error;
 use super::cache::{Cache, Scope, feed, trim_managed_fields, trim_to_replica_managers};
 use super::mappers::{interested_jobs, jobs_waiting_on_pod, waiting_peers, within};
-use super::observe::{MANAGER, Stores};
+use super::observe::{self, MANAGER, Stores};
 use super::pod::PodDefaults;
 use super::reconcile::{error_policy, reconcile};
 use super::sweep::sweep;
@@ -102,6 +102,7 @@ pub async fn run(
         &scope,
         1 + controllers,
         trim_managed_fields,
+        observe::job_keys,
         &mut tasks.0,
     );
     let (deployments, mut deployment_subs) = feed(
@@ -109,6 +110,7 @@ pub async fn run(
         &scope,
         controllers,
         trim_to_replica_managers,
+        observe::workload_keys,
         &mut tasks.0,
     );
     let (statefulsets, mut statefulset_subs) = feed(
@@ -116,6 +118,7 @@ pub async fn run(
         &scope,
         controllers,
         trim_to_replica_managers,
+        observe::workload_keys,
         &mut tasks.0,
     );
     let (pods, mut pod_subs) = feed(
@@ -123,6 +126,7 @@ pub async fn run(
         &scope,
         controllers,
         trim_managed_fields,
+        observe::pod_keys,
         &mut tasks.0,
     );
     let (claims, _) = feed(
@@ -130,6 +134,7 @@ pub async fn run(
         &scope,
         0,
         trim_managed_fields,
+        observe::no_keys,
         &mut tasks.0,
     );
     let stores = Stores {
