@@ -23,6 +23,9 @@
 //! Memory: VmRSS/VmHWM of the operator process from /proc/PID/status, so the stand-in (this
 //! process) is not counted at all.
 //!
+//! `VIDI_BENCH_SCALE=10` multiplies the scene by ten: 10,000 VidiJobs, 1,000 pools, 2,000 co-tenant
+//! Deployments (1,000 measured lifecycles).
+//!
 //! `cargo bench --bench controller`; JSON in `target/bench-controller.json`, the operator's log
 //! in `target/bench-controller-operator.log`. `VIDI_BENCH_VERBOSE=1` prints every sample,
 //! `VIDI_BENCH_TRACE=1` the stand-in's write history of the first measured jobs.
@@ -37,8 +40,28 @@ use serde_json::{Value, json};
 use vidi_operator::api::VidiJob;
 
 const NS: &str = "gpu";
-const POOLS: usize = 100;
-const BUSY_POOLS: usize = 50;
+/// `VIDI_BENCH_SCALE=n` multiplies the scene: pools, co-tenants, jobs (default 1: 1,000 jobs,
+/// 100 pools, 200 co-tenant Deployments; 10: 10,000 jobs, 1,000 pools, 2,000 Deployments).
+fn scale() -> usize {
+    static SCALE: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *SCALE.get_or_init(|| {
+        std::env::var("VIDI_BENCH_SCALE")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .filter(|n| *n >= 1)
+            .unwrap_or(1)
+    })
+}
+
+/// GPU node pools, each with two co-tenant Deployments.
+fn pools() -> usize {
+    100 * scale()
+}
+
+/// Pools with a job running for the whole benchmark and 9 queued behind it.
+fn busy_pools() -> usize {
+    pools() / 2
+}
 const FINISHED_PER_POOL: usize = 8;
 const QUEUED_PER_BUSY_POOL: usize = 9;
 const ROUNDS: usize = 2;
@@ -46,7 +69,12 @@ const ROUNDS: usize = 2;
 const POD_TERMINATION: Duration = Duration::from_millis(30);
 /// How long a Vidi pod runs (simulated, excluded from the numbers).
 const VIDI_RUN: Duration = Duration::from_millis(20);
-const SETUP_TIMEOUT: Duration = Duration::from_secs(240);
+fn setup_timeout() -> Duration {
+    SETUP_TIMEOUT_PER_SCALE * scale() as u32
+}
+
+/// Setting the scene, per unit of scale.
+const SETUP_TIMEOUT_PER_SCALE: Duration = Duration::from_secs(240);
 const CYCLE_TIMEOUT: Duration = Duration::from_secs(30);
 const RESULT: &str = r#"{"segments":[[65,72]],"precision":"int4","videoSeconds":600,"peakVramBytes":5000000000}"#;
 const APPS: [&str; 2] = ["cosyvoice", "comfyui"];
@@ -140,7 +168,7 @@ async fn wait_phases(api: &Standin, names: &[String], phases: &[&str], what: &st
                 }
                 next == names.len()
             },
-            SETUP_TIMEOUT,
+            setup_timeout(),
         )
         .await;
     if done.is_err() {
@@ -148,7 +176,7 @@ async fn wait_phases(api: &Standin, names: &[String], phases: &[&str], what: &st
         panic!(
             "{what}: {stuck} still {:?} after {:?}",
             api.get(&Gvr::vidijobs(), NS, stuck).map(|j| j["status"].clone()),
-            SETUP_TIMEOUT
+            setup_timeout()
         );
     }
     eprintln!("  {what}: {} jobs in {:.1?}", names.len(), started.elapsed());
@@ -393,7 +421,7 @@ async fn bench() {
                 json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": claim}}),
             )?;
         }
-        for pool in 0..POOLS {
+        for pool in 0..pools() {
             api.kubelet().add_node(&node(pool), &[("gpu-node", &node(pool))]);
             for a in APPS {
                 api.create(&Gvr::deployments(), NS, deployment(a, pool))?;
@@ -416,14 +444,14 @@ async fn bench() {
     let all_ready = api
         .wait_for(
             |v| {
-                (0..POOLS).all(|p| {
+                (0..pools()).all(|p| {
                     APPS.iter().all(|a| {
                         v.get(&Gvr::deployments(), NS, &app(a, p))
                             .is_some_and(|d| d["status"]["readyReplicas"] == 1)
                     })
                 })
             },
-            SETUP_TIMEOUT,
+            setup_timeout(),
         )
         .await;
     if all_ready.is_err() {
@@ -434,7 +462,7 @@ async fn bench() {
     let operator = start_operator(&api, &target);
     let pid = operator.child.id();
     // Synced = every cache has listed; the controller reads 5 kinds.
-    let synced_by = Instant::now() + SETUP_TIMEOUT;
+    let synced_by = Instant::now() + setup_timeout();
     loop {
         let listed: std::collections::BTreeSet<String> = api
             .access_records()
@@ -467,8 +495,8 @@ async fn bench() {
             panic!("creating {name}: {e:?}");
         }
     };
-    let busy: Vec<String> = (0..BUSY_POOLS).map(|p| format!("busy-{p}-0")).collect();
-    let finished: Vec<String> = (BUSY_POOLS..POOLS)
+    let busy: Vec<String> = (0..busy_pools()).map(|p| format!("busy-{p}-0")).collect();
+    let finished: Vec<String> = (busy_pools()..pools())
         .flat_map(|p| (0..FINISHED_PER_POOL).map(move |k| format!("done-{p}-{k}")))
         .collect();
     for (p, name) in busy.iter().enumerate() {
@@ -481,7 +509,7 @@ async fn bench() {
     eprintln!("background: {} running + {} to finish", busy.len(), finished.len());
     wait_phases(&api, &busy, &["Running"], "busy pools running").await;
     wait_phases(&api, &finished, &["Succeeded"], "finished jobs").await;
-    let queued: Vec<String> = (0..BUSY_POOLS)
+    let queued: Vec<String> = (0..busy_pools())
         .flat_map(|p| (1..=QUEUED_PER_BUSY_POOL).map(move |k| format!("busy-{p}-{k}")))
         .collect();
     for name in &queued {
@@ -490,7 +518,10 @@ async fn bench() {
     }
     wait_phases(&api, &queued, &["Queued"], "queued jobs").await;
     let restored = api
-        .wait_for(|v| (BUSY_POOLS..POOLS).all(|p| pool_restored(v, p)), SETUP_TIMEOUT)
+        .wait_for(
+            |v| (busy_pools()..pools()).all(|p| pool_restored(v, p)),
+            setup_timeout(),
+        )
         .await;
     if restored.is_err() {
         panic!("measured pools' co-tenants were not restored after the background jobs");
@@ -517,7 +548,7 @@ async fn bench() {
     eprintln!(
         "background ready: {background_jobs} jobs; operator VmRSS {:.2} MiB; measuring {} jobs one at a time",
         mib(rss_loaded),
-        ROUNDS * (POOLS - BUSY_POOLS)
+        ROUNDS * (pools() - busy_pools())
     );
 
     // Measured jobs, one at a time so each interval is latency, not queueing behind another.
@@ -526,7 +557,7 @@ async fn bench() {
     let mut samples = Vec::new();
     let mut failures = Vec::new();
     for round in 0..ROUNDS {
-        for pool in BUSY_POOLS..POOLS {
+        for pool in busy_pools()..pools() {
             let name = format!("m-{pool}-{round}");
             let rv0 = api.resource_version();
             create(&name, pool);
@@ -542,7 +573,7 @@ async fn bench() {
                     api.get(&Gvr::vidijobs(), NS, &name).map(|j| j["status"].clone())
                 );
             }
-            if std::env::var_os("VIDI_BENCH_TRACE").is_some() && pool < BUSY_POOLS + 3 {
+            if std::env::var_os("VIDI_BENCH_TRACE").is_some() && pool < busy_pools() + 3 {
                 let changes = api.changes_since(rv0);
                 let t0 = changes[0].at;
                 for c in &changes {
@@ -611,8 +642,9 @@ async fn bench() {
     };
     println!();
     println!(
-        "vidi-operator controller benchmark: {jobs_total} VidiJobs, {POOLS} GPU node pools, {} co-tenant Deployments, {pods_total} pods",
-        POOLS * APPS.len()
+        "vidi-operator controller benchmark: {jobs_total} VidiJobs, {} GPU node pools, {} co-tenant Deployments, {pods_total} pods",
+        pools(),
+        pools() * APPS.len()
     );
     println!(
         "{:<44} {:>4} {:>9} {:>9} {:>9} {:>9}  target: median <= 20 ms, p99 <= 100 ms",
@@ -651,9 +683,9 @@ async fn bench() {
 
     let report = json!({
         "scene": {
-            "jobs_at_end": jobs_total, "pods_at_end": pods_total, "pools": POOLS,
-            "co_tenant_deployments": POOLS * APPS.len(), "busy_pools": BUSY_POOLS,
-            "running_jobs": BUSY_POOLS, "queued_jobs": queued.len(), "finished_before_measuring": finished.len(),
+            "scale": scale(), "jobs_at_end": jobs_total, "pods_at_end": pods_total, "pools": pools(),
+            "co_tenant_deployments": pools() * APPS.len(), "busy_pools": busy_pools(),
+            "running_jobs": busy_pools(), "queued_jobs": queued.len(), "finished_before_measuring": finished.len(),
             "measured_jobs": samples.len(), "unusable_samples": failures,
             "pod_termination_ms": POD_TERMINATION.as_millis() as u64, "vidi_run_ms": VIDI_RUN.as_millis() as u64,
         },

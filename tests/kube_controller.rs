@@ -17,6 +17,8 @@ const RESULT: &str =
 
 struct Operator {
     task: JoinHandle<()>,
+    metrics: Metrics,
+    health: Health,
 }
 
 impl Operator {
@@ -39,18 +41,21 @@ impl Operator {
             instance: "test".into(),
         };
         let client = api.client();
+        let metrics = Metrics::default();
+        let health = Health::default();
+        let (theirs, their_health) = (metrics.clone(), health.clone());
         let task = tokio::spawn(async move {
             let _ = vidi_operator::kube::run(
                 client,
                 settings,
-                Metrics::default(),
-                Health::default(),
+                theirs,
+                their_health,
                 Arc::default(),
                 std::future::pending(),
             )
             .await;
         });
-        Operator { task }
+        Operator { task, metrics, health }
     }
 
     /// A crash: the task is gone, only what it wrote survives.
@@ -275,6 +280,24 @@ async fn happy_path_suspends_runs_and_restores() {
     for r in ["Started", "Suspended", "Starting", "Answered", "Restored", "Succeeded"] {
         assert!(reasons.iter().any(|x| x == r), "missing event {r}: {reasons:?}");
     }
+    // One Event per co-tenant for each suspend and restore, each naming its co-tenant (the
+    // Recorder would fold Events with the same reason and related object into one).
+    for (reason, note) in [
+        ("Suspended", "suspended Deployment media/cosyvoice (was 1 replicas)"),
+        ("Suspended", "suspended Deployment media/comfyui (was 2 replicas)"),
+        ("Restored", "restored Deployment media/cosyvoice to 1 replicas"),
+        ("Restored", "restored Deployment media/comfyui to 2 replicas"),
+    ] {
+        let found: Vec<Value> = api
+            .list(&Gvr::events(), Some(NS))
+            .into_iter()
+            .filter(|e| e["reason"] == reason && e["note"] == note)
+            .collect();
+        assert_eq!(found.len(), 1, "one {reason} Event {note:?}: {:?}", events(&api));
+        let co_tenant = note.split('/').nth(1).and_then(|n| n.split(' ').next()).unwrap();
+        assert_eq!(found[0]["related"]["name"], co_tenant, "{}", found[0]);
+        assert_eq!(found[0]["related"]["kind"], "Deployment");
+    }
 
     // Every call the controller made is granted by the chart's RBAC rules, and every rule is used.
     let granted: std::collections::BTreeSet<(String, String, String)> = vidi_operator::kube::rbac::rules()
@@ -464,6 +487,9 @@ async fn deleting_a_running_job_stops_vidi_then_restores() {
             .iter()
             .all(|p| p["metadata"]["labels"]["vidi.dev/job"].is_null())
     );
+    // Removing the finalizer of a job that is already gone is not a failure.
+    let metrics = op.metrics.encode();
+    assert!(!metrics.contains("error=\"Finalizer\""), "{metrics}");
     op.crash().await;
 }
 
@@ -613,9 +639,16 @@ async fn co_tenant_scaled_up_mid_job_is_suspended_again_with_a_warning() {
     let op = Operator::start(&api);
     api.create(&Gvr::vidijobs(), NS, job("j", json!({}))).unwrap();
     settle(&api, "the Vidi pod", WAIT, |v| !vidi_pods(v).is_empty()).await;
-    // Someone (a GitOps sync, a person) scales it back up.
-    api.patch_json(&Gvr::deployments(), NS, "cosyvoice", json!({"spec": {"replicas": 3}}))
-        .unwrap();
+    // Someone (a GitOps sync, a person) scales it back up; the workload controller then
+    // updates the status subresource, which must not be blamed.
+    api.patch_as(
+        "argocd",
+        &Gvr::deployments(),
+        NS,
+        "cosyvoice",
+        json!({"spec": {"replicas": 3}}),
+    )
+    .unwrap();
     settle(&api, "suspended again", WAIT, |v| {
         replicas(v, NS, "cosyvoice") == Some(0)
     })
@@ -630,7 +663,7 @@ async fn co_tenant_scaled_up_mid_job_is_suspended_again_with_a_warning() {
             v.list(&Gvr::events(), Some(NS)).iter().any(|e| {
                 e["type"] == "Warning"
                     && e["reason"] == "CoTenantFought"
-                    && e["note"].as_str().is_some_and(|n| n.contains("scaled to 3"))
+                    && e["note"].as_str().is_some_and(|n| n.contains("scaled to 3 by argocd"))
             })
         },
         WAIT,
@@ -835,4 +868,22 @@ async fn start_up_sweep_restores_co_tenants_whose_holder_is_gone() {
     assert_eq!(replicas(&api, NS, "comfyui"), Some(0), "still held by the live job");
     assert_eq!(annotations(&api, NS, "comfyui")["vidi.dev/original-replicas"], "1");
     op.crash().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_starts_are_ready_as_soon_as_the_caches_have_listed() {
+    let api = standin_with_claims(&["videos", "weights", "hf-cache"]).await;
+    api.create(&Gvr::deployments(), NS, deployment("cosyvoice", NS, 1, true))
+        .unwrap();
+    // The readiness task used to miss the caches' wake-up and resume only on its 5 s timeout.
+    let limit = Duration::from_secs(4);
+    for start in 0..20 {
+        let op = Operator::start(&api);
+        let began = tokio::time::Instant::now();
+        while !op.health.ready.load(std::sync::atomic::Ordering::SeqCst) {
+            assert!(began.elapsed() < limit, "start {start} was not ready within {limit:?}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        op.crash().await;
+    }
 }

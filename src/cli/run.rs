@@ -7,7 +7,8 @@ use anyhow::Context as _;
 use kube::Client;
 use vidi_operator::api::VidiJob;
 use vidi_operator::kube::cache::Cache;
-use vidi_operator::kube::{PodDefaults, Scope, Settings};
+use vidi_operator::kube::lease::{Leadership, LeaseSettings, Role};
+use vidi_operator::kube::{Clients, PodDefaults, Scope, Settings};
 use vidi_operator::telemetry::{self, Health, LogFormat, Metrics};
 
 #[derive(clap::Args, Debug)]
@@ -28,13 +29,20 @@ pub struct RunArgs {
     /// Namespace of the Lease (default: POD_NAMESPACE, else the kube context's namespace).
     #[arg(long, env = "POD_NAMESPACE")]
     lease_namespace: Option<String>,
-    /// How long a Lease stays valid without renewal: a standby takes over this long after the
-    /// leader stopped renewing (crashed). Must be longer than --lease-grace.
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    /// How long a Lease stays valid without renewal, in whole seconds: a standby takes over
+    /// this long after it last saw the leader renew.
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
     lease_duration: Duration,
-    /// How long before the Lease expires the leader renews it.
+    /// How long after its latest successful renewal the leader keeps acting (its own clock).
+    /// Shorter than --lease-duration: the leader stops before any standby can take over.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    renew_deadline: Duration,
+    /// How often the leader renews the Lease and a standby looks at it.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    retry_period: Duration,
+    /// The longest any API request other than a watch may take. Shorter than --lease-duration.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
-    lease_grace: Duration,
+    request_timeout: Duration,
     /// This replica's identity for the Lease and Events (default: POD_NAME, else the hostname).
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
@@ -61,9 +69,17 @@ pub struct RunArgs {
 
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     telemetry::init_logging(args.log_format);
-    let client = Client::try_default()
+    let config = kube::Config::infer()
         .await
         .context("no usable kube context: set KUBECONFIG or run inside a cluster")?;
+    let watch = Client::try_from(config.clone()).context("building the kube client")?;
+    // Every request but a watch is bounded, so a hung request cannot outlive the Lease.
+    let mut bounded = config;
+    bounded.connect_timeout = Some(args.request_timeout);
+    bounded.read_timeout = Some(args.request_timeout);
+    bounded.write_timeout = Some(args.request_timeout);
+    let api = Client::try_from(bounded).context("building the kube client")?;
+    let clients = Clients { watch, api };
     let identity = args
         .identity
         .clone()
@@ -110,77 +126,86 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     });
     tracing::info!(addr = %args.metrics_addr, "serving /healthz, /readyz and /metrics");
 
-    // With leader election: the lease watch, whose task releases the Lease once the receiver
-    // (held by `shutdown`) is dropped.
-    let mut lease = None;
-    if args.leader_election {
-        let (duration, grace) = (args.lease_duration.as_secs(), args.lease_grace.as_secs());
-        if grace == 0 || grace >= duration {
-            anyhow::bail!("--lease-grace must be at least 1s and shorter than --lease-duration ({duration}s)");
+    let stop = async {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = terminate() => {}
         }
-        let namespace = args
+    };
+    tokio::pin!(stop);
+
+    if !args.leader_election {
+        let result = tokio::select! {
+            r = vidi_operator::kube::run(clients, settings, metrics, health, jobs_cache, std::future::pending()) => r,
+            _ = &mut stop => Ok(()),
+        };
+        server.abort();
+        return result.context("controller failed");
+    }
+
+    let lease = LeaseSettings {
+        namespace: args
             .lease_namespace
             .clone()
-            .unwrap_or_else(|| client.default_namespace().to_string());
-        let manager = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), &args.lease_name)
-            .with_namespace(&namespace)
-            .with_identity(&identity)
-            .with_duration(duration)
-            .with_grace(grace)
-            .build()
-            .await
-            .context("setting up leader election")?;
-        let (mut leading, task) = manager.watch().await;
-        tracing::info!(lease = %format!("{namespace}/{}", args.lease_name), "waiting to become the leader");
-        // A standby replica is healthy; it becomes ready to act once it leads.
-        health.set_ready(true);
+            .unwrap_or_else(|| clients.api.default_namespace().to_string()),
+        name: args.lease_name.clone(),
+        identity: identity.clone(),
+        duration: args.lease_duration,
+        renew_deadline: args.renew_deadline,
+        retry_period: args.retry_period,
+        request_timeout: args.request_timeout,
+    };
+    lease.check()?;
+    let lease_name = format!("{}/{}", lease.namespace, lease.name);
+    let leadership = Leadership::start(clients.api.clone(), lease);
+    let mut role = leadership.role();
+    let result = loop {
+        tracing::info!(lease = %lease_name, "waiting to become the leader");
+        // A standby that sees a live leader is ready (a rolling update waits for it); a replica
+        // that has just stopped leading is not, until it sees who leads now.
+        let leading = async {
+            loop {
+                let now = *role.borrow_and_update();
+                health.set_ready(now == Role::Standby);
+                if now == Role::Leading {
+                    return true;
+                }
+                if role.changed().await.is_err() {
+                    return false;
+                }
+            }
+        };
         tokio::select! {
-            waited = leading.wait_for(|l| *l) => { waited.context("leader election stopped")?; }
-            _ = tokio::signal::ctrl_c() => return Ok(()),
-            _ = terminate() => return Ok(()),
+            led = leading => if !led { break Err(anyhow::anyhow!("leader election stopped")) },
+            _ = &mut stop => break Ok(()),
         }
         tracing::info!("leading: starting the controller");
         health.set_ready(false);
-        lease = Some((leading, task));
-    }
-
-    let lost = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let shutdown = {
-        let lost = lost.clone();
-        let mut leading = lease.as_ref().map(|(leading, _)| leading.clone());
-        async move {
-            let lost_lease = async {
-                match leading.as_mut() {
-                    Some(leading) => {
-                        let _ = leading.wait_for(|l| !*l).await;
-                        tracing::error!("lost the lease: stopping so that only the new leader acts");
-                        lost.store(true, std::sync::atomic::Ordering::SeqCst);
-                    }
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = terminate() => {}
-                _ = lost_lease => {}
+        let controller = vidi_operator::kube::run(
+            clients.clone(),
+            settings.clone(),
+            metrics.clone(),
+            health.clone(),
+            jobs_cache.clone(),
+            std::future::pending(),
+        );
+        let deposed = async {
+            let _ = role.wait_for(|r| *r != Role::Leading).await;
+        };
+        // Dropping the controller future stops its reconciles, watches and sweep at once.
+        tokio::select! {
+            r = controller => break r.context("controller failed"),
+            _ = deposed => {
+                health.set_ready(false);
+                tracing::error!("stopped leading: the controller is stopped; acting again only after winning the Lease");
             }
+            _ = &mut stop => break Ok(()),
         }
     };
-    let result = vidi_operator::kube::run(client, settings, metrics, health, jobs_cache, shutdown).await;
+    // Releases the Lease if this replica still leads, so a standby takes over at once.
+    leadership.stop().await;
     server.abort();
-    if let Some((leading, task)) = lease {
-        // Dropping the last receiver makes the lease task release the Lease, so a standby takes
-        // over at once instead of after --lease-duration.
-        drop(leading);
-        if tokio::time::timeout(Duration::from_secs(5), task).await.is_err() {
-            tracing::warn!("could not release the lease in time; a standby takes over once it expires");
-        }
-    }
-    result.context("controller failed")?;
-    if lost.load(std::sync::atomic::Ordering::SeqCst) {
-        anyhow::bail!("lost leadership");
-    }
-    Ok(())
+    result
 }
 
 async fn terminate() {

@@ -2,14 +2,15 @@
 //! carrying the observed resourceVersion, so a stale view fails with 409 and is planned again.
 use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{ObjectReference, Pod};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::{Value, json};
 
 use crate::api::{HELD_BY, ORIGINAL_REPLICAS, VidiJob, WorkloadKind};
-use crate::plan::{Action, CoTenantId, JobKey, Severity};
+use crate::plan::{Action, CoTenantId, JobKey, Notice, Severity, Subject};
 
 use super::Error;
 use super::observe::MANAGER;
@@ -18,6 +19,7 @@ use super::pod::{self, PodDefaults};
 /// What the actions need besides the job.
 pub struct Actor<'a> {
     pub client: &'a Client,
+    pub stores: &'a super::observe::Stores,
     pub recorder: &'a Recorder,
     pub defaults: &'a PodDefaults,
     pub metrics: &'a crate::telemetry::Metrics,
@@ -27,8 +29,12 @@ fn holder_list(holders: &[JobKey]) -> String {
     holders.iter().map(|k| k.to_string()).collect::<Vec<_>>().join(",")
 }
 
+/// When the co-tenant's current hold began (RFC 3339), written with the first holder and removed
+/// with the marks: `co_tenant_suspended_seconds` measures each co-tenant's own hold.
+pub const HELD_SINCE: &str = "vidi.dev/held-since";
+
 /// The merge patch for one co-tenant write.
-pub fn co_tenant_patch(action: &Action) -> Option<(&CoTenantId, Value)> {
+pub fn co_tenant_patch(action: &Action, now: Timestamp) -> Option<(&CoTenantId, Value)> {
     let with_version = |revision: &Option<String>, mut meta: Value| {
         if let Some(rv) = revision {
             meta["resourceVersion"] = json!(rv);
@@ -41,16 +47,23 @@ pub fn co_tenant_patch(action: &Action) -> Option<(&CoTenantId, Value)> {
             holders,
             original_replicas,
             revision,
-        } => (
-            target,
-            json!({
-                "metadata": with_version(revision, json!({"annotations": {
-                    HELD_BY: holder_list(holders),
-                    ORIGINAL_REPLICAS: original_replicas.to_string(),
-                }})),
-                "spec": {"replicas": 0},
-            }),
-        ),
+        } => {
+            let mut annotations = json!({
+                HELD_BY: holder_list(holders),
+                ORIGINAL_REPLICAS: original_replicas.to_string(),
+            });
+            // One holder: this write starts the hold (joining a hold keeps its start).
+            if holders.len() == 1 {
+                annotations[HELD_SINCE] = json!(now.to_string());
+            }
+            (
+                target,
+                json!({
+                    "metadata": with_version(revision, json!({"annotations": annotations})),
+                    "spec": {"replicas": 0},
+                }),
+            )
+        }
         Action::Resuspend { target, revision } => (
             target,
             json!({"metadata": with_version(revision, json!({})), "spec": {"replicas": 0}}),
@@ -70,7 +83,7 @@ pub fn co_tenant_patch(action: &Action) -> Option<(&CoTenantId, Value)> {
         } => (
             target,
             json!({
-                "metadata": with_version(revision, json!({"annotations": {HELD_BY: null, ORIGINAL_REPLICAS: null}})),
+                "metadata": with_version(revision, json!({"annotations": {HELD_BY: null, ORIGINAL_REPLICAS: null, HELD_SINCE: null}})),
                 "spec": {"replicas": replicas},
             }),
         ),
@@ -102,15 +115,33 @@ pub(super) async fn patch_workload(client: &Client, target: &CoTenantId, patch: 
 }
 
 impl Actor<'_> {
+    /// When the co-tenant's current hold began, from its cached `vidi.dev/held-since` mark.
+    fn held_since(&self, target: &CoTenantId) -> Option<Timestamp> {
+        let (name, ns) = (&target.name, &target.namespace);
+        let annotations = match target.kind {
+            WorkloadKind::Deployment => {
+                let d = self.stores.deployments.get(&ObjectRef::new(name).within(ns))?;
+                d.metadata.annotations.clone()
+            }
+            WorkloadKind::StatefulSet => {
+                let s = self.stores.statefulsets.get(&ObjectRef::new(name).within(ns))?;
+                s.metadata.annotations.clone()
+            }
+            WorkloadKind::Container | WorkloadKind::Command => None,
+        };
+        annotations?.get(HELD_SINCE)?.parse().ok()
+    }
+
     /// Applies `actions` for `job` in order; stops at the first failure.
     pub async fn apply(&self, job: &VidiJob, actions: &[Action], now: Timestamp) -> Result<(), Error> {
         let ns = job.namespace().unwrap_or_default();
         for action in actions {
             match action {
                 Action::Hold { .. } | Action::Resuspend { .. } | Action::Release { .. } | Action::Restore { .. } => {
-                    if let Some((target, patch)) = co_tenant_patch(action) {
+                    if let Some((target, patch)) = co_tenant_patch(action, now) {
+                        let held_since = self.held_since(target);
                         patch_workload(self.client, target, patch).await?;
-                        self.metrics.count_co_tenant_write(action, job, now);
+                        self.metrics.count_co_tenant_write(action, held_since, now);
                     }
                 }
                 Action::StartAttempt {
@@ -156,16 +187,7 @@ impl Actor<'_> {
                     }
                 }
                 Action::Notify(notice) => {
-                    let event = Event {
-                        type_: match notice.severity {
-                            Severity::Normal => EventType::Normal,
-                            Severity::Warning => EventType::Warning,
-                        },
-                        reason: notice.reason.clone(),
-                        note: Some(truncate(&notice.message, 1000)),
-                        action: notice.reason.clone(),
-                        secondary: None,
-                    };
+                    let event = event(job, notice);
                     // An Event that cannot be published must not stop a restore.
                     if let Err(e) = self.recorder.publish(&event, &job.object_ref(&())).await {
                         tracing::warn!(error = %e, reason = %notice.reason, "could not publish event");
@@ -191,6 +213,47 @@ impl Actor<'_> {
     }
 }
 
+/// The Event for a notice. kube-runtime's Recorder folds Events with the same type, reason,
+/// action, regarding and related object into one series (keeping the first note), so each
+/// co-tenant and each attempt is the `related` object of its own Events.
+pub fn event(job: &VidiJob, notice: &Notice) -> Event {
+    let ns = job.namespace().unwrap_or_default();
+    let secondary = notice.subject.as_ref().map(|subject| match subject {
+        Subject::CoTenant(id) => ObjectReference {
+            api_version: Some("apps/v1".into()),
+            kind: Some(id.kind.to_string()),
+            namespace: Some(id.namespace.clone()),
+            name: Some(id.name.clone()),
+            ..Default::default()
+        },
+        Subject::Attempt(number) => ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Pod".into()),
+            namespace: Some(ns.clone()),
+            name: Some(crate::plan::names::attempt(&job.name_any(), *number)),
+            ..Default::default()
+        },
+    });
+    let action = match notice.reason.as_str() {
+        "Suspended" => "Suspend",
+        "CoTenantFought" => "Resuspend",
+        "Released" => "Release",
+        "Restored" | "OriginalReplicasLost" => "Restore",
+        "Retrying" | "PrecisionLowered" => "Retry",
+        other => other,
+    };
+    Event {
+        type_: match notice.severity {
+            Severity::Normal => EventType::Normal,
+            Severity::Warning => EventType::Warning,
+        },
+        reason: notice.reason.clone(),
+        note: Some(truncate(&notice.message, 1000)),
+        action: action.into(),
+        secondary,
+    }
+}
+
 fn truncate(s: &str, max: usize) -> String {
     if s.len() <= max {
         return s.to_string();
@@ -212,4 +275,65 @@ fn deadline_left(job: &VidiJob, now: Timestamp) -> Option<i64> {
         .map(|t| t.0)
         .unwrap_or(now);
     Some(limit - (now.as_second() - start.as_second()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id() -> CoTenantId {
+        CoTenantId {
+            kind: WorkloadKind::Deployment,
+            namespace: "media".into(),
+            name: "cosyvoice".into(),
+        }
+    }
+
+    fn hold(holders: &[&str]) -> Action {
+        Action::Hold {
+            target: id(),
+            holders: holders.iter().map(|h| JobKey::new("media", *h)).collect(),
+            original_replicas: 2,
+            revision: Some("7".into()),
+        }
+    }
+
+    #[test]
+    fn the_first_holder_starts_the_hold_clock_and_a_restore_stops_it() {
+        let now: Timestamp = "2026-11-30T14:00:00Z".parse().unwrap();
+        let (_, first) = co_tenant_patch(&hold(&["a"]), now).unwrap();
+        assert_eq!(first["metadata"]["annotations"][HELD_SINCE], "2026-11-30T14:00:00Z");
+        assert_eq!(first["metadata"]["resourceVersion"], "7");
+        let (_, joined) = co_tenant_patch(&hold(&["a", "b"]), now).unwrap();
+        assert!(joined["metadata"]["annotations"].get(HELD_SINCE).is_none(), "{joined}");
+        let restore = Action::Restore {
+            target: id(),
+            replicas: 2,
+            revision: None,
+        };
+        let (_, restored) = co_tenant_patch(&restore, now).unwrap();
+        assert!(restored["metadata"]["annotations"][HELD_SINCE].is_null());
+        assert!(
+            restored["metadata"]["annotations"].get(HELD_SINCE).is_some(),
+            "removed explicitly"
+        );
+    }
+
+    #[test]
+    fn suspended_seconds_is_the_co_tenants_own_hold() {
+        let metrics = crate::telemetry::Metrics::default();
+        let since: Timestamp = "2026-11-30T14:00:00Z".parse().unwrap();
+        let now: Timestamp = "2026-11-30T14:01:30Z".parse().unwrap();
+        let restore = Action::Restore {
+            target: id(),
+            replicas: 2,
+            revision: None,
+        };
+        metrics.count_co_tenant_write(&restore, Some(since), now);
+        let text = metrics.encode();
+        assert!(
+            text.contains("vidi_operator_co_tenant_suspended_seconds_sum 90.0"),
+            "{text}"
+        );
+    }
 }

@@ -1,13 +1,16 @@
 //! Watch caches: one shared reflector per kind and watched namespace, read through one `Cache`
 //! per kind, with subscriptions that trigger reconciles. One watch per kind and namespace serves
-//! every reader, so a reconcile never lists anything.
-use std::sync::Arc;
+//! every reader, so a reconcile never lists anything. Each cache keeps a side index (keys chosen
+//! per kind: namespace, labels, holders, pools) updated from the same stream before any
+//! subscriber hears of a change, so readers look objects up instead of scanning the cache.
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, RwLock};
 
 use futures::StreamExt;
-use futures::future::FutureExt;
 use kube::Api;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 /// The namespaces watched: all of them, or a list.
@@ -40,6 +43,11 @@ where
     K::DynamicType: Eq + std::hash::Hash + Clone,
 {
     stores: Vec<Store<K>>,
+    /// One flag per store, set once its reflector has applied the first list. A watch channel
+    /// wakes every waiter (`Store::wait_until_ready` keeps a single waker, which the next poller
+    /// overwrites: a waiter could then sleep until its timeout).
+    listed: Vec<watch::Receiver<bool>>,
+    index: Arc<Index<K>>,
 }
 
 impl<K: reflector::Lookup + Clone + 'static> Clone for Cache<K>
@@ -49,7 +57,112 @@ where
     fn clone(&self) -> Self {
         Cache {
             stores: self.stores.clone(),
+            listed: self.listed.clone(),
+            index: self.index.clone(),
         }
+    }
+}
+
+/// The keys an object is indexed under.
+pub type Keys<K> = fn(&K) -> Vec<String>;
+
+/// Objects by key, kept from the watch stream. Keys are strings such as `ns:media` or
+/// `label:media/app=cosyvoice` (see `observe` for each kind's keys).
+pub struct Index<K: reflector::Lookup + Clone + 'static>
+where
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    keys: Keys<K>,
+    maps: RwLock<IndexMaps<K>>,
+}
+
+struct IndexMaps<K: reflector::Lookup + Clone + 'static>
+where
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    by_object: HashMap<ObjectRef<K>, Vec<String>>,
+    by_key: HashMap<String, HashSet<ObjectRef<K>>>,
+}
+
+impl<K> Index<K>
+where
+    K: reflector::Lookup + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    fn new(keys: Keys<K>) -> Self {
+        Index {
+            keys,
+            maps: RwLock::new(IndexMaps {
+                by_object: HashMap::new(),
+                by_key: HashMap::new(),
+            }),
+        }
+    }
+
+    fn put(maps: &mut IndexMaps<K>, r: ObjectRef<K>, keys: Vec<String>) {
+        Self::take(maps, &r);
+        for k in &keys {
+            maps.by_key.entry(k.clone()).or_default().insert(r.clone());
+        }
+        maps.by_object.insert(r, keys);
+    }
+
+    fn take(maps: &mut IndexMaps<K>, r: &ObjectRef<K>) {
+        for k in maps.by_object.remove(r).unwrap_or_default() {
+            if let Some(set) = maps.by_key.get_mut(&k) {
+                set.remove(r);
+                if set.is_empty() {
+                    maps.by_key.remove(&k);
+                }
+            }
+        }
+    }
+
+    fn apply(&self, r: ObjectRef<K>, obj: &K) {
+        let keys = (self.keys)(obj);
+        if let Ok(mut maps) = self.maps.write() {
+            Self::put(&mut maps, r, keys);
+        }
+    }
+
+    fn delete(&self, r: &ObjectRef<K>) {
+        if let Ok(mut maps) = self.maps.write() {
+            Self::take(&mut maps, r);
+        }
+    }
+
+    /// After a re-list of one store: `before` are the objects it held, `now` what it holds.
+    fn relisted(&self, before: &[Arc<K>], now: &[(ObjectRef<K>, Arc<K>)], key_of: impl Fn(&K) -> ObjectRef<K>) {
+        if let Ok(mut maps) = self.maps.write() {
+            for o in before {
+                Self::take(&mut maps, &key_of(o));
+            }
+            for (r, o) in now {
+                let keys = (self.keys)(o);
+                Self::put(&mut maps, r.clone(), keys);
+            }
+        }
+    }
+
+    /// The objects indexed under `key`.
+    pub fn get(&self, key: &str) -> Vec<ObjectRef<K>> {
+        self.maps
+            .read()
+            .map(|m| {
+                m.by_key
+                    .get(key)
+                    .map(|s| s.iter().cloned().collect())
+                    .unwrap_or_default()
+            })
+            .unwrap_or_default()
+    }
+
+    /// How many objects are indexed under `key`.
+    pub fn count(&self, key: &str) -> usize {
+        self.maps
+            .read()
+            .map(|m| m.by_key.get(key).map_or(0, HashSet::len))
+            .unwrap_or(0)
     }
 }
 
@@ -73,19 +186,27 @@ where
 
     /// Every reflector has listed once.
     pub fn is_listed(&self) -> bool {
-        self.stores
-            .iter()
-            .all(|s| matches!(s.wait_until_ready().now_or_never(), Some(Ok(()))))
+        self.listed.iter().all(|l| *l.borrow())
     }
 
     /// Resolves once every reflector has listed (false if one stopped first).
     pub async fn listed(&self) -> bool {
-        for s in &self.stores {
-            if s.wait_until_ready().await.is_err() {
+        for l in &self.listed {
+            if l.clone().wait_for(|listed| *listed).await.is_err() {
                 return false;
             }
         }
         true
+    }
+
+    /// The cached objects indexed under `key`.
+    pub fn indexed(&self, key: &str) -> Vec<Arc<K>> {
+        self.index.get(key).iter().filter_map(|r| self.get(r)).collect()
+    }
+
+    /// The side index.
+    pub fn index(&self) -> &Index<K> {
+        &self.index
     }
 
     /// The store of the `index`-th watched namespace (a kube Controller reads one store).
@@ -94,8 +215,12 @@ where
     }
 }
 
-/// Every change of one kind (deletions included), as a stream a controller can watch.
-pub type Changes<K> = futures::channel::mpsc::UnboundedReceiver<K>;
+/// Every change of one kind (deletions included), as a stream a controller can watch. Bounded:
+/// a subscriber that stops reading holds the watch back instead of growing a queue.
+pub type Changes<K> = futures::channel::mpsc::Receiver<K>;
+
+/// Changes a subscriber may have unread before the feed waits for it.
+const SUBSCRIBER_BUFFER: usize = 256;
 
 /// Change streams by watched namespace, then by subscriber (taken as they are wired up).
 pub type Subscriptions<K> = Vec<Vec<Option<Changes<K>>>>;
@@ -107,6 +232,7 @@ pub fn feed<K>(
     scope: &Scope,
     subscribers: usize,
     trim: fn(&mut K),
+    keys: Keys<K>,
     tasks: &mut Vec<JoinHandle<()>>,
 ) -> (Cache<K>, Subscriptions<K>)
 where
@@ -114,36 +240,81 @@ where
     K::DynamicType: Eq + std::hash::Hash + Clone + Default + Send + Sync,
 {
     let mut stores = Vec::new();
+    let mut listed = Vec::new();
     let mut subs = Vec::new();
+    let index = Arc::new(Index::new(keys));
     for ns in scope.parts() {
         let (store, writer) = reflector::store();
+        let (lists, listed_rx) = watch::channel(false);
         let (senders, receivers): (Vec<_>, Vec<_>) = (0..subscribers)
-            .map(|_| futures::channel::mpsc::unbounded::<K>())
+            .map(|_| futures::channel::mpsc::channel::<K>(SUBSCRIBER_BUFFER))
             .unzip();
         let events = watcher(make_api(ns.as_deref()), watcher::Config::default()).modify(trim);
+        let reader = store.clone();
+        let indexes = index.clone();
+        // The store as it was when a re-list began: what is missing from the list was deleted
+        // while no watch ran, and no Delete event will say so.
+        let mut before: Option<Vec<Arc<K>>> = None;
         let stream = reflector::reflector(writer, events)
             .default_backoff()
-            .touched_objects()
+            .map(move |event| match event {
+                Ok(watcher::Event::Apply(o)) => {
+                    indexes.apply(ObjectRef::from_obj(&o), &o);
+                    Ok(vec![o])
+                }
+                Ok(watcher::Event::Delete(o)) => {
+                    indexes.delete(&ObjectRef::from_obj(&o));
+                    Ok(vec![o])
+                }
+                Ok(watcher::Event::InitApply(o)) => Ok(vec![o]),
+                Ok(watcher::Event::Init) => {
+                    before = Some(reader.state());
+                    Ok(Vec::new())
+                }
+                Ok(watcher::Event::InitDone) => {
+                    // The reflector has applied the list to the store before it yields InitDone.
+                    let before = before.take().unwrap_or_default();
+                    let now: Vec<_> = reader
+                        .state()
+                        .into_iter()
+                        .map(|o| (ObjectRef::from_obj(&*o), o))
+                        .collect();
+                    indexes.relisted(&before, &now, |o| ObjectRef::from_obj(o));
+                    lists.send_if_modified(|l| !std::mem::replace(l, true));
+                    let vanished = before
+                        .into_iter()
+                        .filter(|o| reader.get(&ObjectRef::from_obj(&**o)).is_none())
+                        .map(|o| (*o).clone())
+                        .collect();
+                    Ok(vanished)
+                }
+                Err(e) => Err(e),
+            })
             .for_each(move |change| {
-                match change {
-                    Ok(obj) => {
-                        for tx in &senders {
-                            // A stopped controller no longer listens; the others still do.
-                            let _ = tx.unbounded_send(obj.clone());
+                let senders = senders.clone();
+                async move {
+                    match change {
+                        Ok(objects) => {
+                            for obj in objects {
+                                for mut tx in senders.iter().cloned() {
+                                    // A stopped controller no longer listens; the others still do.
+                                    let _ = futures::SinkExt::send(&mut tx, obj.clone()).await;
+                                }
+                            }
+                        }
+                        // The watcher retries with backoff; say so, or a stuck cache is invisible.
+                        Err(e) => {
+                            tracing::warn!(kind = %K::kind(&Default::default()), error = %e, "watch failed; retrying")
                         }
                     }
-                    // The watcher retries with backoff; say so, or a stuck cache is invisible.
-                    Err(e) => {
-                        tracing::warn!(kind = %K::kind(&Default::default()), error = %e, "watch failed; retrying")
-                    }
                 }
-                futures::future::ready(())
             });
         tasks.push(tokio::spawn(stream));
         stores.push(store);
+        listed.push(listed_rx);
         subs.push(receivers.into_iter().map(Some).collect());
     }
-    (Cache { stores }, subs)
+    (Cache { stores, listed, index }, subs)
 }
 
 /// Drops what the caches never read: managedFields (often the largest part of an object).
@@ -155,10 +326,6 @@ pub fn trim_managed_fields<K: kube::Resource>(obj: &mut K) {
 /// name who scaled a held co-tenant back up.
 pub fn trim_to_replica_managers<K: kube::Resource>(obj: &mut K) {
     if let Some(fields) = obj.meta_mut().managed_fields.as_mut() {
-        fields.retain(|f| {
-            f.fields_v1
-                .as_ref()
-                .is_some_and(|v| v.0.to_string().contains("\"f:replicas\""))
-        });
+        fields.retain(super::observe::sets_spec_replicas);
     }
 }

@@ -1,31 +1,26 @@
-//! The controller: one reconcile = observe (caches) → plan → act → write status.
+//! The controller's wiring: caches, change feeds and one kube Controller per watched namespace.
+//! A reconcile is in `reconcile`, the mappers from changes to jobs in `mappers`, status writes in
+//! `status`, the start-up sweep in `sweep`.
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
-use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
-use kube::api::{Patch, PatchParams};
-use kube::core::SelectorExt;
 use kube::runtime::Controller;
-use kube::runtime::controller::Action as Requeue;
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::finalizer::{Event as Finalizer, finalizer};
-use kube::runtime::reflector::ObjectRef;
-use kube::{Api, Client, ResourceExt};
-use serde_json::{Value, json};
-use tracing::{Instrument, info_span};
+use kube::{Api, Client};
 
-use crate::api::{JOB_LABEL, Phase, VidiJob, VidiJobStatus};
-use crate::plan::{self, Decision, stale_holders};
-use crate::telemetry::{ErrorLabels, Health, Metrics};
+use crate::api::VidiJob;
+use crate::telemetry::{Health, Metrics};
 
 use super::Error;
-use super::act::{Actor, co_tenant_patch};
 use super::cache::{Cache, Scope, feed, trim_managed_fields, trim_to_replica_managers};
-use super::observe::{self, MANAGER, Stores, job_key};
+use super::mappers::{interested_jobs, jobs_waiting_on_pod, waiting_peers, within};
+use super::observe::{self, MANAGER, Stores};
 use super::pod::PodDefaults;
+use super::reconcile::{error_policy, reconcile};
+use super::sweep::sweep;
 
 /// Reconciles in flight at once per job controller: bounds the memory of a burst (a restart with
 /// a thousand jobs) without slowing single hand-offs.
@@ -52,20 +47,48 @@ pub struct Context {
     pub recorder: Recorder,
     pub settings: Settings,
     pub metrics: Metrics,
-    /// The status last written per job uid: a reconcile whose cache still shows a version older
-    /// than that write plans from the written status instead.
-    written: std::sync::Mutex<std::collections::HashMap<String, Written>>,
 }
 
-/// Runs the controller until `shutdown` resolves.
+/// The clients the controller talks through: watches stream for long, every other request is
+/// bounded by a timeout shorter than the Lease.
+#[derive(Clone)]
+pub struct Clients {
+    pub watch: Client,
+    pub api: Client,
+}
+
+impl From<Client> for Clients {
+    fn from(client: Client) -> Self {
+        Clients {
+            watch: client.clone(),
+            api: client,
+        }
+    }
+}
+
+/// Tasks that end with their owner: a controller dropped when its replica stops leading takes
+/// its watches and its sweep with it.
+struct Tasks(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for Tasks {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
+    }
+}
+
+/// Runs the controller until `shutdown` resolves, or until the returned future is dropped
+/// (which stops every task it started at once).
 pub async fn run(
-    client: Client,
+    clients: impl Into<Clients>,
     settings: Settings,
     metrics: Metrics,
     health: Health,
     jobs_cache: Arc<std::sync::Mutex<Option<Cache<VidiJob>>>>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) -> Result<(), Error> {
+    let Clients { watch, api: client } = clients.into();
     let scope = settings.scope.clone();
     let namespaces: Vec<Option<String>> = match &scope {
         Scope::All => vec![None],
@@ -73,41 +96,46 @@ pub async fn run(
     };
     // One job controller per watched namespace (a kube Controller reads one store).
     let controllers = namespaces.len();
-    let mut tasks = Vec::new();
+    let mut tasks = Tasks(Vec::new());
     let (jobs, mut job_subs) = feed(
-        scoped::<VidiJob>(&client),
+        scoped::<VidiJob>(&watch),
         &scope,
         1 + controllers,
         trim_managed_fields,
-        &mut tasks,
+        observe::job_keys,
+        &mut tasks.0,
     );
     let (deployments, mut deployment_subs) = feed(
-        scoped::<Deployment>(&client),
+        scoped::<Deployment>(&watch),
         &scope,
         controllers,
         trim_to_replica_managers,
-        &mut tasks,
+        observe::workload_keys,
+        &mut tasks.0,
     );
     let (statefulsets, mut statefulset_subs) = feed(
-        scoped::<StatefulSet>(&client),
+        scoped::<StatefulSet>(&watch),
         &scope,
         controllers,
         trim_to_replica_managers,
-        &mut tasks,
+        observe::workload_keys,
+        &mut tasks.0,
     );
     let (pods, mut pod_subs) = feed(
-        scoped::<Pod>(&client),
+        scoped::<Pod>(&watch),
         &scope,
         controllers,
         trim_managed_fields,
-        &mut tasks,
+        observe::pod_keys,
+        &mut tasks.0,
     );
     let (claims, _) = feed(
-        scoped::<PersistentVolumeClaim>(&client),
+        scoped::<PersistentVolumeClaim>(&watch),
         &scope,
         0,
         trim_managed_fields,
-        &mut tasks,
+        observe::no_keys,
+        &mut tasks.0,
     );
     let stores = Stores {
         jobs,
@@ -132,13 +160,12 @@ pub async fn run(
         recorder,
         settings,
         metrics,
-        written: Default::default(),
     });
 
     // Readiness for /readyz, then the start-up sweep: once every cache has listed.
     {
         let ctx = ctx.clone();
-        tasks.push(tokio::spawn(async move {
+        tasks.0.push(tokio::spawn(async move {
             let s = &ctx.stores;
             let all = async {
                 s.jobs.listed().await
@@ -204,9 +231,7 @@ pub async fn run(
         runs.push(run);
     }
     futures::future::join_all(runs).await;
-    for task in tasks {
-        task.abort();
-    }
+    drop(tasks);
     Ok(())
 }
 
@@ -219,300 +244,5 @@ where
     move |ns| match ns {
         Some(n) => Api::namespaced(client.clone(), n),
         None => Api::all(client.clone()),
-    }
-}
-
-/// Keeps the jobs a controller of namespace `own` (or of all namespaces) reconciles.
-fn within(own: &Option<String>, refs: Vec<ObjectRef<VidiJob>>) -> Vec<ObjectRef<VidiJob>> {
-    match own {
-        None => refs,
-        Some(ns) => refs
-            .into_iter()
-            .filter(|r| r.namespace.as_deref() == Some(ns.as_str()))
-            .collect(),
-    }
-}
-
-/// Jobs that hold this workload or may select it (unfinished ones).
-fn interested_jobs(
-    stores: &Stores,
-    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
-) -> Vec<ObjectRef<VidiJob>> {
-    let held = observe::holders(meta);
-    let ns = meta.namespace.clone().unwrap_or_default();
-    let empty = Default::default();
-    let labels = meta.labels.as_ref().unwrap_or(&empty);
-    stores
-        .jobs
-        .state()
-        .iter()
-        .filter(|job| {
-            if held.contains(&job_key(job)) {
-                return true;
-            }
-            let unfinished = job.status.as_ref().is_none_or(|s| !s.phase.is_terminal());
-            unfinished
-                && observe::co_tenant_namespaces(job).contains(&ns)
-                && observe::co_tenant_selector(job).is_some_and(|s| s.matches(labels))
-        })
-        .map(|job| ObjectRef::from_obj(&**job))
-        .collect()
-}
-
-/// A Vidi pod changed: wake its job. A co-tenant pod came or went: wake the jobs suspending in
-/// its namespace.
-fn jobs_waiting_on_pod(stores: &Stores, pod: &Pod) -> Vec<ObjectRef<VidiJob>> {
-    if pod.labels().contains_key(JOB_LABEL) {
-        let ns = pod.namespace().unwrap_or_default();
-        return pod
-            .owner_references()
-            .iter()
-            .filter(|o| o.kind == "VidiJob" && o.api_version.starts_with("vidi.dev/"))
-            .map(|o| ObjectRef::new(&o.name).within(&ns))
-            .collect();
-    }
-    let ns = pod.namespace().unwrap_or_default();
-    stores
-        .jobs
-        .state()
-        .iter()
-        .filter(|job| job.status.as_ref().is_some_and(|s| s.phase == Phase::Suspending))
-        .filter(|job| observe::co_tenant_namespaces(job).contains(&ns) || job.namespace().as_deref() == Some(&ns))
-        .map(|job| ObjectRef::from_obj(&**job))
-        .collect()
-}
-
-async fn reconcile(job: Arc<VidiJob>, ctx: Arc<Context>) -> Result<Requeue, Error> {
-    let ns = job.namespace().unwrap_or_default();
-    let span = info_span!("reconcile", namespace = %ns, name = %job.name_any());
-    async move {
-        let unsynced = ctx.stores.unsynced();
-        if !unsynced.is_empty() {
-            tracing::debug!(?unsynced, "caches not listed yet; waiting before planning");
-            return Ok(Requeue::requeue(Duration::from_millis(500)));
-        }
-        ctx.metrics.reconciles.inc();
-        let jobs: Api<VidiJob> = Api::namespaced(ctx.client.clone(), &ns);
-        finalizer(&jobs, FINALIZER, job, |event| async {
-            match event {
-                Finalizer::Apply(job) => step(&job, &ctx).await,
-                Finalizer::Cleanup(job) => step(&job, &ctx).await,
-            }
-        })
-        .await
-        .map_err(|e| match e {
-            kube::runtime::finalizer::Error::ApplyFailed(e) | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
-            other => Error::Finalizer(Box::new(other)),
-        })
-    }
-    .instrument(span)
-    .await
-}
-
-/// The operator's latest status write of one job, and the resourceVersions known to be older.
-struct Written {
-    /// Versions the operator wrote over or wrote before its latest write. Opaque strings, so
-    /// "older" is only ever known this way, never by comparing them.
-    older: std::collections::HashSet<String>,
-    /// The version the latest write produced.
-    latest: String,
-    status: VidiJobStatus,
-}
-
-/// The job as last written: the cache may not have caught up with the operator's own status
-/// writes yet (it may even show an intermediate one).
-fn current(job: &VidiJob, ctx: &Context) -> VidiJob {
-    let mut job = job.clone();
-    let (Some(uid), Some(rv)) = (job.metadata.uid.clone(), job.metadata.resource_version.clone()) else {
-        return job;
-    };
-    if let Ok(mut written) = ctx.written.lock() {
-        match written.get(&uid) {
-            Some(w) if w.older.contains(&rv) => job.status = Some(w.status.clone()),
-            // Caught up with our latest write, or someone else wrote since: the cache is current.
-            Some(_) => {
-                written.remove(&uid);
-            }
-            None => {}
-        }
-    }
-    job
-}
-
-/// The pod of the latest attempt may be missing from the cache only because it was created a
-/// moment ago. Planning as if it did not exist would release the co-tenants while Vidi starts, so
-/// in that one case the pod is read from the API.
-async fn recent_pod(job: &VidiJob, ctx: &Context, snapshot: &mut plan::Snapshot) -> Result<(), Error> {
-    let Some(name) = job.status.as_ref().and_then(|s| s.pod_name.clone()) else {
-        return Ok(());
-    };
-    if snapshot.attempts.iter().any(|a| a.name == name) {
-        return Ok(());
-    }
-    let ns = job.namespace().unwrap_or_default();
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-    let pod = pods.get_opt(&name).await.map_err(|source| Error::Read {
-        what: format!("pod {ns}/{name}"),
-        source,
-    })?;
-    if let Some(pod) = pod.filter(|p| {
-        p.owner_references()
-            .iter()
-            .any(|o| Some(&o.uid) == job.metadata.uid.as_ref())
-    }) && let Some(attempt) = observe::attempt(&pod)
-    {
-        snapshot.attempts.push(attempt);
-    }
-    Ok(())
-}
-
-/// One pass: observe → plan → act → status.
-async fn step(job: &VidiJob, ctx: &Context) -> Result<Requeue, Error> {
-    let job = &current(job, ctx);
-    let now = Timestamp::now();
-    let mut snapshot = observe::snapshot(job, &ctx.stores, ctx.settings.dry_run, now);
-    recent_pod(job, ctx, &mut snapshot).await?;
-    let decision = plan::next(&snapshot);
-    let writes = decision
-        .actions
-        .iter()
-        .filter(|a| !matches!(a, plan::Action::Notify(_)))
-        .count();
-    if ctx.settings.dry_run && writes > 0 {
-        // The planner writes nothing in dry-run before a job starts; anything else is a bug.
-        tracing::warn!(?decision.actions, "dry run: not applying");
-    } else {
-        let actor = Actor {
-            client: &ctx.client,
-            recorder: &ctx.recorder,
-            defaults: &ctx.settings.pods,
-            metrics: &ctx.metrics,
-        };
-        actor.apply(job, &decision.actions, now).await?;
-    }
-    let old = job.status.clone().unwrap_or_default();
-    if decision.status != old {
-        write_status(ctx, job, &old, &decision.status).await?;
-    }
-    if snapshot.job.deleting {
-        if decision.released {
-            if let (Some(uid), Ok(mut written)) = (job.metadata.uid.as_ref(), ctx.written.lock()) {
-                written.remove(uid);
-            }
-            return Ok(Requeue::await_change());
-        }
-        return Err(Error::StillReleasing);
-    }
-    Ok(requeue(&decision))
-}
-
-fn requeue(decision: &Decision) -> Requeue {
-    match decision.requeue_after {
-        Some(after) => Requeue::requeue(after.max(Duration::from_secs(1))),
-        None => Requeue::await_change(),
-    }
-}
-
-/// Writes the status with a merge patch; fields the new status drops are removed explicitly.
-async fn write_status(ctx: &Context, job: &VidiJob, old: &VidiJobStatus, new: &VidiJobStatus) -> Result<(), Error> {
-    let mut body = serde_json::to_value(new).map_err(Error::Serialize)?;
-    if let (Value::Object(map), Ok(Value::Object(before))) = (&mut body, serde_json::to_value(old)) {
-        for key in before.keys() {
-            map.entry(key.clone()).or_insert(Value::Null);
-        }
-    }
-    let ns = job.namespace().unwrap_or_default();
-    let jobs: Api<VidiJob> = Api::namespaced(ctx.client.clone(), &ns);
-    let params = PatchParams {
-        field_manager: Some(MANAGER.into()),
-        ..Default::default()
-    };
-    let stored = jobs
-        .patch_status(&job.name_any(), &params, &Patch::Merge(json!({ "status": body })))
-        .await
-        .map_err(|source| Error::Write {
-            what: format!("VidiJob {ns}/{} status", job.name_any()),
-            source,
-        })?;
-    if let (Some(uid), Some(over), Some(latest), Ok(mut written)) = (
-        job.metadata.uid.clone(),
-        job.metadata.resource_version.clone(),
-        stored.metadata.resource_version.clone(),
-        ctx.written.lock(),
-    ) {
-        let entry = written.entry(uid).or_insert_with(|| Written {
-            older: Default::default(),
-            latest: latest.clone(),
-            status: new.clone(),
-        });
-        entry.older.insert(over);
-        let previous = std::mem::replace(&mut entry.latest, latest);
-        if previous != entry.latest {
-            entry.older.insert(previous);
-        }
-        entry.status = new.clone();
-    }
-    Ok(())
-}
-
-/// A job changed: the waiting jobs of its pool may go now (or must keep waiting).
-fn waiting_peers(stores: &Stores, job: &VidiJob) -> Vec<ObjectRef<VidiJob>> {
-    let pool = plan::queue::job_pool(&job.spec, &job.status.clone().unwrap_or_default());
-    stores
-        .jobs
-        .state()
-        .iter()
-        .filter(|other| other.metadata.uid != job.metadata.uid)
-        .filter(|other| {
-            other
-                .status
-                .as_ref()
-                .is_none_or(|s| matches!(s.phase, Phase::Pending | Phase::Queued))
-        })
-        .filter(|other| plan::queue::job_pool(&other.spec, &other.status.clone().unwrap_or_default()) == pool)
-        .map(|other| ObjectRef::from_obj(&**other))
-        .collect()
-}
-
-fn error_policy(_job: Arc<VidiJob>, error: &Error, ctx: Arc<Context>) -> Requeue {
-    match error {
-        Error::StillReleasing => Requeue::requeue(Duration::from_secs(2)),
-        other => {
-            ctx.metrics
-                .errors
-                .get_or_create(&ErrorLabels {
-                    error: other.metric_label().into(),
-                })
-                .inc();
-            tracing::warn!(error = %other, "reconcile failed; retrying");
-            Requeue::requeue(Duration::from_secs(5))
-        }
-    }
-}
-
-/// Restores co-tenants whose holders no longer exist or have finished.
-async fn sweep(ctx: &Context) {
-    let jobs = ctx.stores.jobs.state();
-    let live = |key: &plan::JobKey| {
-        // A holder outside the watched namespace is not ours to judge.
-        let foreign = !ctx.settings.scope.covers(&key.namespace);
-        foreign
-            || jobs
-                .iter()
-                .any(|j| job_key(j) == *key && j.status.as_ref().is_none_or(|s| !s.phase.is_terminal()))
-    };
-    for co in observe::held_co_tenants(&ctx.stores) {
-        if let Some(action) = stale_holders(&co, live)
-            && let Some((target, patch)) = co_tenant_patch(&action)
-        {
-            tracing::info!(co_tenant = %target, "sweep: releasing holders that no longer exist or have finished");
-            if ctx.settings.dry_run {
-                continue;
-            }
-            let result = super::act::patch_workload(&ctx.client, target, patch).await;
-            if let Err(e) = result {
-                tracing::warn!(co_tenant = %target, error = %e, "sweep could not restore; the holders' reconciles will retry");
-            }
-        }
     }
 }

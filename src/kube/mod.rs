@@ -2,12 +2,17 @@
 mod act;
 pub mod cache;
 pub mod controller;
+pub mod lease;
+mod mappers;
 pub mod observe;
 pub mod pod;
 pub mod rbac;
+mod reconcile;
+mod status;
+mod sweep;
 
 pub use cache::Scope;
-pub use controller::{FINALIZER, Settings, run};
+pub use controller::{Clients, FINALIZER, Settings, run};
 pub use pod::PodDefaults;
 
 /// What can go wrong in a reconcile. Variant names are the `error` label of
@@ -35,6 +40,11 @@ pub enum Error {
     /// Deleting, and co-tenants are still being restored (not a failure: the finalizer waits).
     #[error("still stopping Vidi and restoring co-tenants")]
     StillReleasing,
+    /// The job changed since the plan read it; its status was not written (not a failure: the
+    /// job is planned again). An error, so that kube's finalizer helper never takes a
+    /// cleanup whose status did not land for a finished one.
+    #[error("the job changed since it was read; planning again")]
+    Replan,
 }
 
 impl Error {
@@ -46,6 +56,7 @@ impl Error {
             Error::Finalizer(_) => "Finalizer",
             Error::Unsupported(_) => "Unsupported",
             Error::StillReleasing => "StillReleasing",
+            Error::Replan => "Replan",
         }
     }
 }

@@ -1,11 +1,13 @@
-//! Turns the watch caches into the planner's `Snapshot`. Reads only reflector stores: no API
-//! call per reconcile, so the cost stays flat as jobs and nodes grow.
+//! Turns the watch caches into the planner's `Snapshot`. Reads only reflector stores, through
+//! their side indexes (workloads and pods by namespace, label and holder; jobs by pool): no API
+//! call and no scan of a whole cache per reconcile.
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{ContainerStatus, PersistentVolumeClaim, Pod};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ManagedFieldsEntry, ObjectMeta};
 use kube::ResourceExt;
 use kube::core::{Selector, SelectorExt};
 use kube::runtime::reflector::ObjectRef;
@@ -48,6 +50,93 @@ impl Stores {
         ];
         listed.into_iter().filter(|(_, ok)| !ok).map(|(name, _)| name).collect()
     }
+}
+
+/// Index key: every object of a namespace.
+pub fn namespace_key(ns: &str) -> String {
+    format!("ns:{ns}")
+}
+
+/// Index key: objects of a namespace with this label.
+pub fn label_key(ns: &str, k: &str, v: &str) -> String {
+    format!("label:{ns}/{k}={v}")
+}
+
+/// Index key: workloads held by this job.
+pub fn held_key(job: &JobKey) -> String {
+    format!("held:{job}")
+}
+
+/// Index key: unfinished jobs that look for co-tenants in this namespace.
+pub fn selecting_key(ns: &str) -> String {
+    format!("selecting:{ns}")
+}
+
+/// Index key: jobs in Suspending whose co-tenants may live in this namespace.
+pub fn suspending_key(ns: &str) -> String {
+    format!("suspending:{ns}")
+}
+
+/// Index key: jobs waiting (Pending, Queued) in this GPU pool.
+pub fn waiting_key(pool: &str) -> String {
+    format!("waiting:{pool}")
+}
+
+/// Index key: unfinished jobs of this GPU pool (the rivals of a job).
+pub fn unfinished_key(pool: &str) -> String {
+    format!("unfinished:{pool}")
+}
+
+fn meta_keys(meta: &ObjectMeta) -> Vec<String> {
+    let ns = meta.namespace.clone().unwrap_or_default();
+    let mut keys = vec![namespace_key(&ns)];
+    for (k, v) in meta.labels.iter().flatten() {
+        keys.push(label_key(&ns, k, v));
+    }
+    keys
+}
+
+/// Pods are indexed by namespace and label.
+pub fn pod_keys(pod: &Pod) -> Vec<String> {
+    meta_keys(&pod.metadata)
+}
+
+/// Workloads are indexed by namespace, label and holder.
+pub fn workload_keys<K: kube::Resource>(w: &K) -> Vec<String> {
+    let mut keys = meta_keys(w.meta());
+    keys.extend(holders(w.meta()).iter().map(held_key));
+    keys
+}
+
+/// Claims are looked up by name only.
+pub fn no_keys<K>(_: &K) -> Vec<String> {
+    Vec::new()
+}
+
+/// Jobs are indexed by what the mappers and the snapshot ask: the namespaces an unfinished job
+/// selects in, the namespaces a suspending job waits on, the pool a job waits in or competes in.
+pub fn job_keys(job: &VidiJob) -> Vec<String> {
+    let status = job.status.clone().unwrap_or_default();
+    let phase = job.status.as_ref().map(|s| s.phase).unwrap_or(Phase::Pending);
+    let pool = queue::job_pool(&job.spec, &status);
+    let mut keys = Vec::new();
+    if phase.is_terminal() {
+        return keys;
+    }
+    let namespaces = co_tenant_namespaces(job);
+    keys.extend(namespaces.iter().map(|ns| selecting_key(ns)));
+    keys.push(unfinished_key(&pool));
+    if phase == Phase::Suspending {
+        let own = job.namespace().unwrap_or_default();
+        keys.extend(namespaces.iter().map(|ns| suspending_key(ns)));
+        if !namespaces.contains(&own) {
+            keys.push(suspending_key(&own));
+        }
+    }
+    if matches!(phase, Phase::Pending | Phase::Queued) {
+        keys.push(waiting_key(&pool));
+    }
+    keys
 }
 
 /// The key a job is known by in holder marks.
@@ -109,31 +198,53 @@ fn workloads<'a>(
     d.chain(s).collect()
 }
 
+/// A managedFields entry that owns `spec.replicas` of the object itself: the status
+/// subresource's `status.replicas` (the workload controller's, after every scale) does not count.
+pub fn sets_spec_replicas(entry: &ManagedFieldsEntry) -> bool {
+    entry.subresource.as_deref().is_none_or(str::is_empty)
+        && entry
+            .fields_v1
+            .as_ref()
+            .is_some_and(|v| v.0.get("f:spec").and_then(|s| s.get("f:replicas")).is_some())
+}
+
 /// Who last changed `spec.replicas`, other than the operator (from managedFields).
 fn last_scaled_by(meta: &ObjectMeta) -> Option<String> {
     meta.managed_fields
         .as_ref()?
         .iter()
         .filter(|f| f.manager.as_deref() != Some(MANAGER))
-        .filter(|f| {
-            f.fields_v1
-                .as_ref()
-                .is_some_and(|v| v.0.to_string().contains("\"f:replicas\""))
-        })
+        .filter(|f| sets_spec_replicas(f))
         .max_by_key(|f| f.time.as_ref().map(|t| t.0))
         .and_then(|f| f.manager.clone())
 }
 
-fn live_pods(pods: &[std::sync::Arc<Pod>], namespace: &str, selector: Option<&LabelSelector>) -> u32 {
-    let Some(selector) = selector.cloned().and_then(|s| Selector::try_from(s).ok()) else {
+/// The cached objects of `ns` that may match `selector`: those under its rarest matchLabels pair,
+/// else the whole namespace. The caller still applies the whole selector.
+fn candidates<K>(cache: &Cache<K>, ns: &str, selector: Option<&LabelSelector>) -> Vec<Arc<K>>
+where
+    K: kube::runtime::reflector::Lookup + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    let rarest = selector
+        .and_then(|s| s.match_labels.as_ref())
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| label_key(ns, k, v))
+        .min_by_key(|key| cache.index().count(key));
+    cache.indexed(&rarest.unwrap_or_else(|| namespace_key(ns)))
+}
+
+fn live_pods(pods: &Cache<Pod>, namespace: &str, selector: Option<&LabelSelector>) -> u32 {
+    let Some(parsed) = selector.cloned().and_then(|s| Selector::try_from(s).ok()) else {
         return 0;
     };
-    if selector.selects_all() {
+    if parsed.selects_all() {
         return 0;
     }
-    pods.iter()
-        .filter(|p| p.namespace().as_deref() == Some(namespace))
-        .filter(|p| selector.matches(p.labels()))
+    candidates(pods, namespace, selector)
+        .iter()
+        .filter(|p| parsed.matches(p.labels()))
         .filter(|p| !matches!(pod_phase(p), Some("Succeeded" | "Failed")))
         .count() as u32
 }
@@ -142,16 +253,69 @@ fn pod_phase(pod: &Pod) -> Option<&str> {
     pod.status.as_ref()?.phase.as_deref()
 }
 
+/// The workloads of one kind a job may care about: named by its refs, possibly matched by its
+/// selector in its namespaces, or held by it.
+fn relevant<K>(
+    cache: &Cache<K>,
+    job: &VidiJob,
+    namespaces: &[String],
+    selector: &LabelSelector,
+    key: &JobKey,
+    kind: WorkloadKind,
+) -> Vec<Arc<K>>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + 'static,
+{
+    let mut found: Vec<Arc<K>> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    let mut add = |objects: Vec<Arc<K>>| {
+        for o in objects {
+            if seen.insert((o.meta().namespace.clone(), o.meta().name.clone())) {
+                found.push(o);
+            }
+        }
+    };
+    for r in job.spec.co_tenants.refs.iter().filter(|r| r.kind == kind) {
+        let ns = r.namespace.clone().unwrap_or_else(|| key.namespace.clone());
+        add(cache.get(&ObjectRef::new(&r.name).within(&ns)).into_iter().collect());
+    }
+    for ns in namespaces {
+        add(candidates(cache, ns, Some(selector)));
+    }
+    add(cache.indexed(&held_key(key)));
+    found
+}
+
 /// Builds the snapshot for `job`.
 pub fn snapshot(job: &VidiJob, stores: &Stores, dry_run: bool, now: Timestamp) -> Snapshot {
     let key = job_key(job);
     let namespace = key.namespace.clone();
-    let deployments = stores.deployments.state();
-    let sets = stores.statefulsets.state();
-    let pods = stores.pods.state();
-    let all = workloads(&deployments, &sets);
     let selector = co_tenant_selector(job);
     let namespaces = co_tenant_namespaces(job);
+    // Only the workloads this job can care about, from the indexes: those its refs name, those
+    // its selector may match in its namespaces, and those it holds.
+    let label_selector = job.spec.co_tenants.selector.clone().unwrap_or_else(|| LabelSelector {
+        match_labels: Some([(YIELD_LABEL.to_string(), "true".to_string())].into()),
+        match_expressions: None,
+    });
+    let deployments = relevant(
+        &stores.deployments,
+        job,
+        &namespaces,
+        &label_selector,
+        &key,
+        WorkloadKind::Deployment,
+    );
+    let sets = relevant(
+        &stores.statefulsets,
+        job,
+        &namespaces,
+        &label_selector,
+        &key,
+        WorkloadKind::StatefulSet,
+    );
+    let pods = &stores.pods;
+    let all = workloads(&deployments, &sets);
     let mut problems = Vec::new();
 
     let mut co_tenants = Vec::new();
@@ -163,7 +327,7 @@ pub fn snapshot(job: &VidiJob, stores: &Stores, dry_run: bool, now: Timestamp) -
         }) {
             Some(w) => {
                 seen.insert((w.kind, ns.clone(), r.name.clone()));
-                co_tenants.push(co_tenant(w, Selection::Ref(i), &pods));
+                co_tenants.push(co_tenant(w, Selection::Ref(i), pods));
             }
             None => problems.push(FieldError::new(
                 format!("spec.coTenants.refs[{i}]"),
@@ -187,7 +351,7 @@ pub fn snapshot(job: &VidiJob, stores: &Stores, dry_run: bool, now: Timestamp) -
             } else {
                 Selection::HeldOnly
             };
-            co_tenants.push(co_tenant(w, selection, &pods));
+            co_tenants.push(co_tenant(w, selection, pods));
         }
     }
     if job.spec.co_tenants.selector.is_some() && selector.is_none() {
@@ -199,9 +363,8 @@ pub fn snapshot(job: &VidiJob, stores: &Stores, dry_run: bool, now: Timestamp) -
     problems.extend(missing_claims(job, &stores.claims));
 
     let attempts = pods
+        .indexed(&label_key(&namespace, JOB_LABEL, &key.name))
         .iter()
-        .filter(|p| p.namespace().as_deref() == Some(&namespace))
-        .filter(|p| p.labels().get(JOB_LABEL) == Some(&key.name))
         .filter(|p| {
             p.owner_references()
                 .iter()
@@ -214,7 +377,7 @@ pub fn snapshot(job: &VidiJob, stores: &Stores, dry_run: bool, now: Timestamp) -
     let pool = queue::job_pool(&job.spec, &status);
     let rivals = stores
         .jobs
-        .state()
+        .indexed(&unfinished_key(&pool))
         .iter()
         .filter(|other| other.metadata.uid != job.metadata.uid && job_key(other) != key)
         .filter(|other| other.status.as_ref().is_none_or(|s| !s.phase.is_terminal()))
@@ -254,11 +417,10 @@ pub fn snapshot(job: &VidiJob, stores: &Stores, dry_run: bool, now: Timestamp) -
 pub fn held_co_tenants(stores: &Stores) -> Vec<CoTenant> {
     let deployments = stores.deployments.state();
     let sets = stores.statefulsets.state();
-    let pods = stores.pods.state();
     workloads(&deployments, &sets)
         .iter()
         .filter(|w| !holders(w.meta).is_empty())
-        .map(|w| co_tenant(w, Selection::HeldOnly, &pods))
+        .map(|w| co_tenant(w, Selection::HeldOnly, &stores.pods))
         .collect()
 }
 
@@ -270,7 +432,7 @@ fn created(job: &VidiJob) -> Timestamp {
         .unwrap_or(Timestamp::UNIX_EPOCH)
 }
 
-fn co_tenant(w: &Workload<'_>, selection: Selection, pods: &[std::sync::Arc<Pod>]) -> CoTenant {
+fn co_tenant(w: &Workload<'_>, selection: Selection, pods: &Cache<Pod>) -> CoTenant {
     let ns = w.meta.namespace.clone().unwrap_or_default();
     CoTenant {
         id: CoTenantId {

@@ -19,6 +19,17 @@ pub struct Notice {
     /// CamelCase reason, e.g. `Suspended`.
     pub reason: String,
     pub message: String,
+    /// What the notice is about besides the job, so notices about different co-tenants or
+    /// attempts stay separate Events.
+    pub subject: Option<Subject>,
+}
+
+/// The object a notice is about, besides the job.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Subject {
+    CoTenant(CoTenantId),
+    /// The attempt with this number.
+    Attempt(u32),
 }
 
 /// One write to the world. Each is idempotent: applying it twice changes nothing more.

@@ -10,7 +10,7 @@ use crate::api::{
     YIELD_LABEL, validate,
 };
 
-use super::action::{Action, Decision, Notice, Severity};
+use super::action::{Action, Decision, Notice, Severity, Subject};
 use super::outcome::{AttemptEnd, Retry, classify};
 use super::precision;
 use super::queue::{Turn, turn};
@@ -355,10 +355,11 @@ impl<'a> Plan<'a> {
                 if !(reason == FailureReason::GpuMemoryUnavailable && spec.gpu.min_free_memory.is_some()) =>
             {
                 if let Some(lower) = precision::after_out_of_memory(spec.model.precision, precision) {
-                    self.notify(
+                    self.notify_about(
                         Severity::Warning,
                         "PrecisionLowered",
                         format!("attempt {number}: {message}; retrying at {lower}"),
+                        Some(Subject::Attempt(number)),
                     );
                     return self.start_attempt(number + 1, lower);
                 }
@@ -366,13 +367,14 @@ impl<'a> Plan<'a> {
             Retry::Backoff => {
                 self.st.failures = (self.st.failures + 1).max(self.failures_seen());
                 if self.st.failures <= spec.backoff_limit.max(0) as u32 {
-                    self.notify(
+                    self.notify_about(
                         Severity::Warning,
                         "Retrying",
                         format!(
                             "attempt {number} failed ({message}); retry {} of {}",
                             self.st.failures, spec.backoff_limit
                         ),
+                        Some(Subject::Attempt(number)),
                     );
                     return self.start_attempt(number + 1, precision);
                 }
@@ -835,11 +837,17 @@ impl<'a> Plan<'a> {
                     self.me,
                     c.original_replicas.unwrap_or(0)
                 );
+                let id = c.id.clone();
                 self.actions.push(Action::Resuspend {
-                    target: c.id.clone(),
+                    target: id.clone(),
                     revision: c.revision.clone(),
                 });
-                self.notify(Severity::Warning, "CoTenantFought", message);
+                self.notify_about(
+                    Severity::Warning,
+                    "CoTenantFought",
+                    message,
+                    Some(Subject::CoTenant(id)),
+                );
                 self.view[i].replicas = 0;
             }
         }
@@ -870,7 +878,8 @@ impl<'a> Plan<'a> {
         } else {
             format!("suspended {} (was {original} replicas)", c.id)
         };
-        self.notify(Severity::Normal, "Suspended", message);
+        let id = c.id.clone();
+        self.notify_about(Severity::Normal, "Suspended", message, Some(Subject::CoTenant(id)));
         let c = &mut self.view[i];
         c.holders = holders;
         c.original_replicas = Some(original);
@@ -891,7 +900,13 @@ impl<'a> Plan<'a> {
                         "{id} lost its {} annotation; leaving it at {now} replicas",
                         crate::api::ORIGINAL_REPLICAS
                     );
-                    self.notify(Severity::Warning, "OriginalReplicasLost", message);
+                    let id = c.id.clone();
+                    self.notify_about(
+                        Severity::Warning,
+                        "OriginalReplicasLost",
+                        message,
+                        Some(Subject::CoTenant(id)),
+                    );
                     now
                 }
             };
@@ -901,10 +916,12 @@ impl<'a> Plan<'a> {
                 replicas,
                 revision: c.revision.clone(),
             });
-            self.notify(
+            let id = c.id.clone();
+            self.notify_about(
                 Severity::Normal,
                 "Restored",
-                format!("restored {} to {replicas} replicas", c.id),
+                format!("restored {id} to {replicas} replicas"),
+                Some(Subject::CoTenant(id.clone())),
             );
             let c = &mut self.view[i];
             c.replicas = replicas;
@@ -916,7 +933,8 @@ impl<'a> Plan<'a> {
                 holders: holders.iter().cloned().collect(),
                 revision: c.revision.clone(),
             });
-            self.notify(Severity::Normal, "Released", message);
+            let id = c.id.clone();
+            self.notify_about(Severity::Normal, "Released", message, Some(Subject::CoTenant(id)));
         }
         self.view[i].holders = holders;
     }
@@ -970,10 +988,15 @@ impl<'a> Plan<'a> {
     }
 
     fn notify(&mut self, severity: Severity, reason: &str, message: String) {
+        self.notify_about(severity, reason, message, None);
+    }
+
+    fn notify_about(&mut self, severity: Severity, reason: &str, message: String, subject: Option<Subject>) {
         self.actions.push(Action::Notify(Notice {
             severity,
             reason: reason.to_string(),
             message,
+            subject,
         }));
     }
 }

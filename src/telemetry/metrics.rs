@@ -10,7 +10,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use crate::api::{Phase, VidiJob};
+use crate::api::Phase;
 use crate::plan::Action;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -72,16 +72,17 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// Counts a co-tenant write; a restore also observes how long the job held the GPU.
-    pub fn count_co_tenant_write(&self, action: &Action, job: &VidiJob, now: Timestamp) {
+    /// Counts a co-tenant write; a restore also observes how long that co-tenant was held
+    /// (`held_since`: when its current hold began, if known).
+    pub fn count_co_tenant_write(&self, action: &Action, held_since: Option<Timestamp>, now: Timestamp) {
         match action {
             Action::Hold { .. } => {
                 self.suspends.inc();
             }
             Action::Restore { .. } => {
                 self.restores.inc();
-                if let Some(start) = job.status.as_ref().and_then(|s| s.start_time.as_ref()) {
-                    let secs = (now.as_millisecond() - start.0.as_millisecond()).max(0) as f64 / 1000.0;
+                if let Some(start) = held_since {
+                    let secs = (now.as_millisecond() - start.as_millisecond()).max(0) as f64 / 1000.0;
                     self.suspended_seconds.observe(secs);
                 }
             }

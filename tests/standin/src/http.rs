@@ -3,7 +3,7 @@
 use crate::error::ApiError;
 use crate::selector::{FieldSelector, LabelSelector};
 use crate::store::{DeleteOpts, PatchType, State, StoredEvent, with_version};
-use crate::{Access, AccessRecord, Gvr, ResourceInfo, Shared};
+use crate::{Access, AccessRecord, Cut, Gvr, ResourceInfo, Shared};
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Request, State as AxState};
@@ -165,14 +165,77 @@ fn delete_opts(q: &Query, body: &[u8]) -> Result<DeleteOpts, ApiError> {
     })
 }
 
+/// `/clients/<id>/rest`: the client's name and the path it asked for.
+fn client_of(path: &str) -> (Option<String>, String) {
+    match path.strip_prefix("/clients/").and_then(|rest| rest.split_once('/')) {
+        Some((id, rest)) if !id.is_empty() => (Some(id.to_string()), format!("/{rest}")),
+        _ => (None, path.to_string()),
+    }
+}
+
+/// Resolves once client `id` is not cut off in the way `held` says (or the server stops).
+async fn until_not(shared: &Arc<Shared>, id: &Option<String>, held: impl Fn(Option<Cut>) -> bool) {
+    let Some(id) = id else { return };
+    let mut rx = shared.notify.subscribe();
+    loop {
+        rx.borrow_and_update();
+        if !held(shared.lock().cuts.get(id).copied()) {
+            return;
+        }
+        tokio::select! {
+            r = rx.changed() => if r.is_err() { return },
+            _ = shared.cancel.cancelled() => return,
+        }
+    }
+}
+
 async fn handle(AxState(shared): AxState<Arc<Shared>>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
+    let (client, path) = client_of(parts.uri.path());
+    let body = match axum::body::to_bytes(body, 64 << 20).await {
+        Ok(b) => b,
+        Err(e) => return error(&ApiError::bad_request(format!("cannot read body: {e}"))),
+    };
+    // A hung client's request is served once the cut heals, even if the client has gone: it
+    // runs in its own task, which dropping this handler does not cancel.
+    let hung = client
+        .as_ref()
+        .is_some_and(|id| shared.lock().cuts.get(id) == Some(&Cut::Hang));
+    if let (true, Some(id)) = (hung, client.clone()) {
+        *shared.lock().held.entry(id.clone()).or_default() += 1;
+        let task = tokio::spawn(async move {
+            until_not(&shared, &client, |c| c == Some(Cut::Hang)).await;
+            let answer = serve(shared.clone(), client, path, parts, body).await;
+            if let Some(n) = shared.lock().held.get_mut(&id) {
+                *n = n.saturating_sub(1);
+            }
+            shared.poke();
+            answer
+        });
+        return match task.await {
+            Ok(r) => r,
+            Err(e) => error(&ApiError::new(500, "InternalError", e.to_string())),
+        };
+    }
+    let latency = shared.lock().latency;
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+    serve(shared, client, path, parts, body).await
+}
+
+async fn serve(
+    shared: Arc<Shared>,
+    client: Option<String>,
+    path: String,
+    parts: axum::http::request::Parts,
+    body: Bytes,
+) -> Response {
     let q = Query(
         form_urlencoded::parse(parts.uri.query().unwrap_or_default().as_bytes())
             .into_owned()
             .collect(),
     );
-    let path = parts.uri.path().to_string();
     match path.as_str() {
         "/version" => {
             return respond(
@@ -228,21 +291,29 @@ async fn handle(AxState(shared): AxState<Arc<Shared>>, req: Request) -> Response
             namespace: target.ns.clone(),
             name: target.name.clone(),
             code,
+            client: client.clone(),
+            at: std::time::Instant::now(),
         });
-    };
-    let body = match axum::body::to_bytes(body, 64 << 20).await {
-        Ok(b) => b,
-        Err(e) => return error(&ApiError::bad_request(format!("cannot read body: {e}"))),
     };
     let meta_only = metadata_only(&parts.headers);
     let prepared = {
         let mut st = shared.lock();
         let checked = (|| -> Result<ResourceInfo, ApiError> {
-            if let Some(code) = st.take_fault(&access) {
-                return Err(ApiError::from_code(
-                    code,
-                    format!("injected failure for {verb} {}", access.resource),
-                ));
+            let lease_write = access.resource == "leases" && matches!(verb, "create" | "update" | "patch");
+            if lease_write
+                && client
+                    .as_ref()
+                    .is_some_and(|id| st.cuts.get(id) == Some(&Cut::LeaseWritesFail))
+            {
+                return Err(ApiError::from_code(503, "injected: this client's Lease writes fail"));
+            }
+            let named = format!(
+                "{}/{}",
+                target.ns.as_deref().unwrap_or_default(),
+                target.name.as_deref().unwrap_or_default()
+            );
+            if let Some((code, message)) = st.injected(&access, &named) {
+                return Err(ApiError::from_code(code, message));
             }
             let res = st.resource(&target.gvr).ok_or_else(ApiError::no_route)?;
             if !res.namespaced && target.ns.is_some() {
@@ -275,7 +346,7 @@ async fn handle(AxState(shared): AxState<Arc<Shared>>, req: Request) -> Response
     let status = target.sub.is_some();
     let media = media_type(&parts.headers);
     if verb == "watch" {
-        return match start_watch(&shared, &res, target.ns.as_deref(), &q, meta_only) {
+        return match start_watch(&shared, &res, target.ns.as_deref(), &q, meta_only, client.clone()) {
             Ok(r) => {
                 record(&mut shared.lock(), 200);
                 r
@@ -301,7 +372,8 @@ async fn handle(AxState(shared): AxState<Arc<Shared>>, req: Request) -> Response
                 }
                 "update" => {
                     let obj = parse_body(&media, &body)?;
-                    st.update(&res, &ns, &name, obj, status).map(|o| (200, o))
+                    st.update(&res, &ns, &name, obj, status, q.get("fieldManager"))
+                        .map(|o| (200, o))
                 }
                 "patch" => {
                     let ptype = match media.as_str() {
@@ -434,8 +506,11 @@ struct Watch {
     labels: LabelSelector,
     fields: FieldSelector,
     meta_only: bool,
+    /// The client that opened the watch: while it hangs, nothing is delivered.
+    client: Option<String>,
     last: u64,
     epoch: u64,
+    drop_epoch: u64,
     pending: VecDeque<Bytes>,
     done: bool,
     deadline: tokio::time::Instant,
@@ -490,6 +565,10 @@ impl Watch {
     fn collect(&mut self) {
         let shared = Arc::clone(&self.shared);
         let st = shared.lock();
+        if st.watch_drop_epoch != self.drop_epoch {
+            self.done = true;
+            return;
+        }
         if st.watch_epoch != self.epoch || self.last < st.compacted_through {
             self.pending.push_back(gone(self.last, st.rv));
             self.done = true;
@@ -517,6 +596,7 @@ impl Watch {
 
     async fn next(mut self) -> Option<(Result<Bytes, Infallible>, Self)> {
         loop {
+            until_not(&self.shared, &self.client, |c| c == Some(Cut::Hang)).await;
             if let Some(b) = self.pending.pop_front() {
                 return Some((Ok(b), self));
             }
@@ -567,6 +647,7 @@ fn start_watch(
     ns: Option<&str>,
     q: &Query,
     meta_only: bool,
+    client: Option<String>,
 ) -> Result<Response, ApiError> {
     let (labels, fields) = selectors(q, res)?;
     let send_initial = q.flag("sendInitialEvents");
@@ -592,8 +673,10 @@ fn start_watch(
         labels,
         fields,
         meta_only,
+        client,
         last: st.rv,
         epoch: st.watch_epoch,
+        drop_epoch: st.watch_drop_epoch,
         pending: VecDeque::new(),
         done: false,
         deadline: tokio::time::Instant::now() + Duration::from_secs(timeout),

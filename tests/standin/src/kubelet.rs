@@ -613,7 +613,14 @@ impl State {
         let mut new = current.clone();
         new["status"] = status;
         if new != current {
-            let _ = self.write(res, k.clone(), current, new, true);
+            let _ = self.write(
+                res,
+                k.clone(),
+                current,
+                new,
+                true,
+                Some(("kube-controller-manager", "Update")),
+            );
         }
     }
 }

@@ -159,6 +159,37 @@ pub struct AccessRecord {
     pub name: Option<String>,
     /// HTTP status code of the answer (200 for watches that started).
     pub code: u16,
+    /// The client, for requests sent through [`Standin::client_for`] or
+    /// [`Standin::write_kubeconfig_for`].
+    pub client: Option<String>,
+    /// When the stand-in answered (for a write: committed or refused).
+    pub at: std::time::Instant,
+}
+
+impl AccessRecord {
+    /// A create, update, patch, delete or deletecollection.
+    pub fn is_write(&self) -> bool {
+        matches!(
+            self.access.verb.as_str(),
+            "create" | "update" | "patch" | "delete" | "deletecollection"
+        )
+    }
+
+    /// A write the stand-in accepted.
+    pub fn is_accepted_write(&self) -> bool {
+        self.is_write() && (200..300).contains(&self.code)
+    }
+}
+
+/// How one client loses the API (see [`Standin::cut_off`]); other clients are unaffected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cut {
+    /// Its Lease writes (create, update, patch) fail with 503; every other request works.
+    LeaseWritesFail,
+    /// Its requests hang, and its open watches stop delivering, until [`Standin::heal`]; then
+    /// the held requests are served late, even those the client gave up on (as TCP delivers
+    /// what was already sent when a partition heals).
+    Hang,
 }
 
 /// One committed write, as watchers see it, with the time it was committed (see
@@ -292,6 +323,10 @@ impl View<'_> {
     /// Current global resourceVersion.
     pub fn resource_version(&self) -> u64 {
         self.0.rv
+    }
+    /// Requests of client `id` held by a [`Cut::Hang`] and not served yet.
+    pub fn held_requests(&self, id: &str) -> usize {
+        self.0.held.get(id).copied().unwrap_or(0)
     }
 }
 
@@ -538,8 +573,18 @@ impl Standin {
             {
                 obj["metadata"]["resourceVersion"] = cur["metadata"]["resourceVersion"].clone();
             }
-            st.update(&res, ns, &name, obj, false)
+            st.update(&res, ns, &name, obj, false, None)
         })
+    }
+
+    /// JSON merge patch of the main resource by field manager `manager` (recorded in
+    /// managedFields, as a real server does).
+    pub fn patch_as(&self, manager: &str, gvr: &Gvr, ns: &str, name: &str, patch: Value) -> Result<Value, ApiError> {
+        let res = lookup(&self.shared, gvr)?;
+        let body = patch.to_string();
+        self.shared
+            .with(|st| st.patch(&res, ns, name, PatchType::Merge, body.as_bytes(), false, Some(manager)))
+            .map(|(o, _)| o)
     }
 
     /// JSON merge patch of the main resource.
@@ -635,6 +680,42 @@ impl Standin {
         self.shared.lock().access.clear();
     }
 
+    /// Cuts the client `id` off the API in the way `how` says, until [`Standin::heal`].
+    pub fn cut_off(&self, id: &str, how: Cut) {
+        self.shared.lock().cuts.insert(id.into(), how);
+        self.shared.poke();
+    }
+
+    /// Ends the cut of client `id`: held requests are served now.
+    pub fn heal(&self, id: &str) {
+        self.shared.lock().cuts.remove(id);
+        self.shared.poke();
+    }
+
+    /// The URL client `id` reaches this server at: requests through it are recorded with the
+    /// client's name and can be cut off ([`Standin::cut_off`]).
+    pub fn url_for(&self, id: &str) -> String {
+        format!("{}/clients/{id}", self.url())
+    }
+
+    /// A kube client that reaches this server as client `id`.
+    pub fn client_for(&self, id: &str) -> kube::Client {
+        let uri = match self.url_for(id).parse() {
+            Ok(u) => u,
+            Err(e) => panic!("kube-standin: bad url: {e}"),
+        };
+        match kube::Client::try_from(kube::Config::new(uri)) {
+            Ok(c) => c,
+            Err(e) => panic!("kube-standin: cannot build client: {e}"),
+        }
+    }
+
+    /// A kubeconfig through which a separately started process reaches this server as client
+    /// `id`.
+    pub fn write_kubeconfig_for(&self, path: impl AsRef<std::path::Path>, id: &str) -> std::io::Result<()> {
+        std::fs::write(path, self.kubeconfig_yaml().replace(&self.url(), &self.url_for(id)))
+    }
+
     /// The next request with this RBAC verb on this plural resource fails with `code`
     /// (a Status with the matching reason). Calls queue up.
     pub fn fail_next(&self, verb: &str, resource: &str, code: u16) {
@@ -660,6 +741,29 @@ impl Standin {
                 st.compacted_through = e.rv;
             }
         }
+    }
+
+    /// While on, the first patch or update of each object (per verb and subresource) fails with
+    /// 409 Conflict, as if someone had written it just before; the retry goes through.
+    pub fn conflict_first_writes(&self, on: bool) {
+        self.shared.lock().conflict_first_writes = on.then(Default::default);
+    }
+
+    /// Every write (create, update, patch, delete) fails with `code` for `d` from now.
+    pub fn fail_writes_for(&self, code: u16, d: Duration) {
+        self.shared.lock().writes_fail_until = Some((std::time::Instant::now() + d, code));
+    }
+
+    /// Ends every open watch without an error (a dropped connection): watchers resume from their
+    /// last resourceVersion.
+    pub fn drop_watches(&self) {
+        self.shared.lock().watch_drop_epoch += 1;
+        self.shared.poke();
+    }
+
+    /// Every request waits `d` before it is served (a slow API server).
+    pub fn set_latency(&self, d: Duration) {
+        self.shared.lock().latency = d;
     }
 
     /// Like an etcd compaction: drops the whole event history and ends every open watch

@@ -6,7 +6,7 @@ use crate::kubelet::KubeletState;
 use crate::selector::{FieldSelector, LabelSelector};
 use crate::{Access, AccessRecord, Gvr, ResourceInfo};
 use serde_json::{Map, Value, json};
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
 /// Store key: (group, plural, namespace or "", name). Versions of one group share storage.
@@ -101,6 +101,19 @@ pub(crate) struct State {
     pub timers: Vec<Timer>,
     pub access: Vec<AccessRecord>,
     pub faults: Vec<Fault>,
+    /// Clients cut off the API, by name.
+    pub cuts: HashMap<String, crate::Cut>,
+    /// Requests of hung clients not served yet, by client.
+    pub held: HashMap<String, usize>,
+    /// While set: the first patch or update of each (verb, resource, subresource, namespace,
+    /// name) fails with 409 Conflict; the keys already refused once.
+    pub conflict_first_writes: Option<HashSet<String>>,
+    /// Every write fails with this code until then.
+    pub writes_fail_until: Option<(std::time::Instant, u16)>,
+    /// Bumped by `drop_watches()`: open watches end without an error.
+    pub watch_drop_epoch: u64,
+    /// How long every request waits before it is served.
+    pub latency: Duration,
     pub bookmark_interval: Duration,
     pub workloads_enabled: bool,
     /// The resourceVersion the workload controller's last pass looked at (0: none yet).
@@ -217,6 +230,12 @@ impl State {
             timers: Vec::new(),
             access: Vec::new(),
             faults: Vec::new(),
+            cuts: HashMap::new(),
+            held: HashMap::new(),
+            conflict_first_writes: None,
+            writes_fail_until: None,
+            watch_drop_epoch: 0,
+            latency: Duration::ZERO,
             bookmark_interval: Duration::from_secs(1),
             workloads_enabled: true,
             workloads_synced_rv: 0,
@@ -648,6 +667,7 @@ impl State {
         name: &str,
         body: Value,
         status: bool,
+        manager: Option<&str>,
     ) -> Result<Value, ApiError> {
         if !body.is_object() {
             return Err(ApiError::bad_request("the body of the request must be a JSON object"));
@@ -687,7 +707,7 @@ impl State {
             }
             Some(_) => {}
         }
-        self.write(res, k, old, body, status)
+        self.write(res, k, old, body, status, manager.map(|m| (m, "Update")))
     }
 
     #[allow(clippy::too_many_arguments)] // mirrors the request: target, type, body, subresource, manager
@@ -779,10 +799,13 @@ impl State {
         {
             return Err(ApiError::modified(&res.group, &res.plural, name));
         }
-        self.write(res, k, old, new, status).map(|o| (o, false))
+        let operation = if ptype == PatchType::Apply { "Apply" } else { "Update" };
+        self.write(res, k, old, new, status, field_manager.map(|m| (m, operation)))
+            .map(|o| (o, false))
     }
 
-    /// The common tail of PUT and PATCH.
+    /// The common tail of PUT and PATCH. `manager`: (field manager, operation) to record in
+    /// managedFields with the fields this write changed.
     pub(crate) fn write(
         &mut self,
         res: &ResourceInfo,
@@ -790,6 +813,7 @@ impl State {
         old: Value,
         mut new: Value,
         status: bool,
+        manager: Option<(&str, &str)>,
     ) -> Result<Value, ApiError> {
         let name = k.3.clone();
         if !new.is_object() {
@@ -849,6 +873,10 @@ impl State {
         }
         meta.remove("managedFields");
         meta.remove("selfLink");
+        let managed = managed_fields(&old, &new, status, manager);
+        if let Some(m) = managed {
+            meta_mut(&mut new).insert("managedFields".into(), m);
+        }
         if meta_str(&old, "deletionTimestamp").is_some() {
             let before = finalizers(&old);
             let added: Vec<String> = finalizers(&new).into_iter().filter(|f| !before.contains(f)).collect();
@@ -983,6 +1011,43 @@ impl State {
         self.access.push(rec);
     }
 
+    /// The failure an injected fault gives this request (`target`: namespace/name), if any.
+    pub(crate) fn injected(&mut self, access: &Access, target: &str) -> Option<(u16, String)> {
+        let write = matches!(
+            access.verb.as_str(),
+            "create" | "update" | "patch" | "delete" | "deletecollection"
+        );
+        if write && let Some((until, code)) = self.writes_fail_until {
+            if std::time::Instant::now() < until {
+                return Some((code, format!("injected: writes fail with {code} for a while")));
+            }
+            self.writes_fail_until = None;
+        }
+        if matches!(access.verb.as_str(), "update" | "patch")
+            && let Some(seen) = self.conflict_first_writes.as_mut()
+        {
+            let key = format!(
+                "{} {}/{}/{} {target}",
+                access.verb, access.group, access.resource, access.subresource
+            );
+            if seen.insert(key) {
+                return Some((
+                    409,
+                    format!(
+                        "Operation cannot be fulfilled on {} {target}: injected: the object has been modified; please apply your changes to the latest version and try again",
+                        access.resource
+                    ),
+                ));
+            }
+        }
+        self.take_fault(access).map(|code| {
+            (
+                code,
+                format!("injected failure for {} {}", access.verb, access.resource),
+            )
+        })
+    }
+
     pub(crate) fn take_fault(&mut self, access: &Access) -> Option<u16> {
         let i = self
             .faults
@@ -990,6 +1055,79 @@ impl State {
             .position(|f| f.verb == access.verb && f.resource == access.resource)?;
         Some(self.faults.remove(i).code)
     }
+}
+
+/// The fields that differ between `old` and `new` under the roots a manager can own, as FieldsV1
+/// (`{"f:spec": {"f:replicas": {}}}`).
+fn changed_fields(old: &Value, new: &Value) -> Value {
+    fn diff(old: Option<&Value>, new: Option<&Value>) -> Option<Value> {
+        match (old, new) {
+            (Some(Value::Object(a)), Some(Value::Object(b))) => {
+                let mut out = serde_json::Map::new();
+                for key in a.keys().chain(b.keys()) {
+                    if out.contains_key(&format!("f:{key}")) {
+                        continue;
+                    }
+                    if let Some(d) = diff(a.get(key), b.get(key)) {
+                        out.insert(format!("f:{key}"), d);
+                    }
+                }
+                (!out.is_empty()).then_some(Value::Object(out))
+            }
+            (a, b) if a == b => None,
+            _ => Some(json!({})),
+        }
+    }
+    let mut out = serde_json::Map::new();
+    for root in ["spec", "status"] {
+        if let Some(d) = diff(old.get(root), new.get(root)) {
+            out.insert(format!("f:{root}"), d);
+        }
+    }
+    for field in ["labels", "annotations"] {
+        if let Some(d) = diff(
+            old.pointer(&format!("/metadata/{field}")),
+            new.pointer(&format!("/metadata/{field}")),
+        ) {
+            let meta = out.entry("f:metadata").or_insert_with(|| json!({}));
+            meta[format!("f:{field}")] = d;
+        }
+    }
+    Value::Object(out)
+}
+
+/// `old`'s managedFields plus this write's entry: the fields it changed, under its manager,
+/// operation and subresource (merged into that manager's entry if it has one). Simplified: the
+/// fields are not taken away from other managers.
+fn managed_fields(old: &Value, new: &Value, status: bool, manager: Option<(&str, &str)>) -> Option<Value> {
+    let mut entries: Vec<Value> = old
+        .pointer("/metadata/managedFields")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    if let Some((name, operation)) = manager {
+        let fields = changed_fields(old, new);
+        if fields.as_object().is_some_and(|f| !f.is_empty()) {
+            let subresource = if status { json!("status") } else { Value::Null };
+            let same =
+                |e: &Value| e["manager"] == name && e["operation"] == operation && e["subresource"] == subresource;
+            let entry = match entries.iter().position(same) {
+                Some(i) => entries.remove(i),
+                None => json!({"manager": name, "operation": operation, "fieldsType": "FieldsV1", "fieldsV1": {}}),
+            };
+            let mut entry = entry;
+            let mut merged = entry["fieldsV1"].clone();
+            json_patch::merge(&mut merged, &fields);
+            entry["fieldsV1"] = merged;
+            entry["time"] = json!(now());
+            entry["apiVersion"] = new["apiVersion"].clone();
+            if status {
+                entry["subresource"] = subresource;
+            }
+            entries.push(entry);
+        }
+    }
+    (!entries.is_empty()).then_some(Value::Array(entries))
 }
 
 /// The update validation of built-in kinds that operators most often trip over.

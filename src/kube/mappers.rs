@@ -1,0 +1,71 @@
+//! Which jobs care about a change: the mappers the controller's watches use.
+use k8s_openapi::api::core::v1::Pod;
+use kube::ResourceExt;
+use kube::core::SelectorExt;
+use kube::runtime::reflector::ObjectRef;
+
+use crate::api::{JOB_LABEL, VidiJob};
+use crate::plan;
+
+use super::observe::{self, Stores};
+
+/// Keeps the jobs a controller of namespace `own` (or of all namespaces) reconciles.
+pub(super) fn within(own: &Option<String>, refs: Vec<ObjectRef<VidiJob>>) -> Vec<ObjectRef<VidiJob>> {
+    match own {
+        None => refs,
+        Some(ns) => refs
+            .into_iter()
+            .filter(|r| r.namespace.as_deref() == Some(ns.as_str()))
+            .collect(),
+    }
+}
+
+/// Jobs that hold this workload (its `held-by` mark) or may select it (unfinished jobs that
+/// look for co-tenants in its namespace, from the jobs' index).
+pub(super) fn interested_jobs(
+    stores: &Stores,
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+) -> Vec<ObjectRef<VidiJob>> {
+    let ns = meta.namespace.clone().unwrap_or_default();
+    let empty = Default::default();
+    let labels = meta.labels.as_ref().unwrap_or(&empty);
+    let mut jobs: Vec<ObjectRef<VidiJob>> = observe::holders(meta)
+        .into_iter()
+        .map(|k| ObjectRef::new(&k.name).within(&k.namespace))
+        .collect();
+    for job in stores.jobs.indexed(&observe::selecting_key(&ns)) {
+        let r = ObjectRef::from_obj(&*job);
+        if !jobs.contains(&r) && observe::co_tenant_selector(&job).is_some_and(|s| s.matches(labels)) {
+            jobs.push(r);
+        }
+    }
+    jobs
+}
+
+/// A Vidi pod changed: wake its job. A co-tenant pod came or went: wake the jobs suspending in
+/// its namespace (from the jobs' index).
+pub(super) fn jobs_waiting_on_pod(stores: &Stores, pod: &Pod) -> Vec<ObjectRef<VidiJob>> {
+    let ns = pod.namespace().unwrap_or_default();
+    if pod.labels().contains_key(JOB_LABEL) {
+        return pod
+            .owner_references()
+            .iter()
+            .filter(|o| o.kind == "VidiJob" && o.api_version.starts_with("vidi.dev/"))
+            .map(|o| ObjectRef::new(&o.name).within(&ns))
+            .collect();
+    }
+    stores.jobs.index().get(&observe::suspending_key(&ns))
+}
+
+/// A job changed: the waiting jobs of its pool may go now (or must keep waiting).
+pub(super) fn waiting_peers(stores: &Stores, job: &VidiJob) -> Vec<ObjectRef<VidiJob>> {
+    let pool = plan::queue::job_pool(&job.spec, &job.status.clone().unwrap_or_default());
+    let me = ObjectRef::from_obj(job);
+    stores
+        .jobs
+        .index()
+        .get(&observe::waiting_key(&pool))
+        .into_iter()
+        .filter(|r| *r != me)
+        .collect()
+}

@@ -1,0 +1,168 @@
+//! One reconcile: observe (caches) → plan → act → write status, inside kube's finalizer helper.
+use std::sync::Arc;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Pod;
+use kube::runtime::controller::Action as Requeue;
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::{Api, ResourceExt};
+use tracing::{Instrument, info_span};
+
+use crate::api::VidiJob;
+use crate::plan::{self, Decision};
+use crate::telemetry::ErrorLabels;
+
+use super::Error;
+use super::act::Actor;
+use super::controller::{Context, FINALIZER};
+use super::observe;
+use super::status::write_status;
+
+/// How soon a reconcile whose status write met a newer version plans again (the watch usually
+/// delivers that version first, which triggers it sooner).
+const STATUS_CONFLICT_RETRY: Duration = Duration::from_millis(500);
+
+pub(super) async fn reconcile(job: Arc<VidiJob>, ctx: Arc<Context>) -> Result<Requeue, Error> {
+    let ns = job.namespace().unwrap_or_default();
+    let span = info_span!("reconcile", namespace = %ns, name = %job.name_any());
+    async move {
+        let unsynced = ctx.stores.unsynced();
+        if !unsynced.is_empty() {
+            tracing::debug!(?unsynced, "caches not listed yet; waiting before planning");
+            return Ok(Requeue::requeue(Duration::from_millis(500)));
+        }
+        ctx.metrics.reconciles.inc();
+        if ctx.settings.dry_run {
+            // A dry run writes nothing at all: no finalizer, no status, no Event. It says what it
+            // would do in the log.
+            return Ok(dry_run(&job, &ctx));
+        }
+        let jobs: Api<VidiJob> = Api::namespaced(ctx.client.clone(), &ns);
+        use kube::runtime::finalizer::Error as F;
+        match finalizer(&jobs, FINALIZER, job, |event| async {
+            match event {
+                Finalizer::Apply(job) => step(&job, &ctx).await,
+                Finalizer::Cleanup(job) => step(&job, &ctx).await,
+            }
+        })
+        .await
+        {
+            Ok(requeue) => Ok(requeue),
+            Err(F::ApplyFailed(e) | F::CleanupFailed(e)) => Err(e),
+            // The job went away meanwhile (its finalizer was the last one): nothing left to do.
+            Err(F::AddFinalizer(kube::Error::Api(e)) | F::RemoveFinalizer(kube::Error::Api(e))) if e.code == 404 => {
+                tracing::debug!("the job is gone");
+                Ok(Requeue::await_change())
+            }
+            Err(other) => Err(Error::Finalizer(Box::new(other))),
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+/// The pod of the latest attempt may be missing from the cache only because it was created a
+/// moment ago. Planning as if it did not exist would release the co-tenants while Vidi starts, so
+/// in that one case the pod is read from the API.
+async fn recent_pod(job: &VidiJob, ctx: &Context, snapshot: &mut plan::Snapshot) -> Result<(), Error> {
+    let Some(name) = job.status.as_ref().and_then(|s| s.pod_name.clone()) else {
+        return Ok(());
+    };
+    if snapshot.attempts.iter().any(|a| a.name == name) {
+        return Ok(());
+    }
+    let ns = job.namespace().unwrap_or_default();
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    let pod = pods.get_opt(&name).await.map_err(|source| Error::Read {
+        what: format!("pod {ns}/{name}"),
+        source,
+    })?;
+    if let Some(pod) = pod.filter(|p| {
+        p.owner_references()
+            .iter()
+            .any(|o| Some(&o.uid) == job.metadata.uid.as_ref())
+    }) && let Some(attempt) = observe::attempt(&pod)
+    {
+        snapshot.attempts.push(attempt);
+    }
+    Ok(())
+}
+
+/// A dry run's pass: observe → plan → log what would be done.
+fn dry_run(job: &VidiJob, ctx: &Context) -> Requeue {
+    let snapshot = observe::snapshot(job, &ctx.stores, true, Timestamp::now());
+    let decision = plan::next(&snapshot);
+    for action in &decision.actions {
+        match action {
+            plan::Action::Notify(notice) => tracing::info!(reason = %notice.reason, "{}", notice.message),
+            other => tracing::warn!(action = ?other, "dry run: not applying"),
+        }
+    }
+    requeue(&decision)
+}
+
+/// One pass: observe → plan → act → status.
+async fn step(job: &VidiJob, ctx: &Context) -> Result<Requeue, Error> {
+    let now = Timestamp::now();
+    let mut snapshot = observe::snapshot(job, &ctx.stores, false, now);
+    recent_pod(job, ctx, &mut snapshot).await?;
+    let decision = plan::next(&snapshot);
+    let actor = Actor {
+        client: &ctx.client,
+        stores: &ctx.stores,
+        recorder: &ctx.recorder,
+        defaults: &ctx.settings.pods,
+        metrics: &ctx.metrics,
+    };
+    // A Vidi pod is created only once the status that records its attempt (number, precision,
+    // pod name) has landed: a plan from a job version that is no longer current must not start
+    // an attempt the status does not know of.
+    let (starts, rest): (Vec<_>, Vec<_>) = decision
+        .actions
+        .iter()
+        .cloned()
+        .partition(|a| matches!(a, plan::Action::StartAttempt { .. }));
+    actor.apply(job, &rest, now).await?;
+    let old = job.status.clone().unwrap_or_default();
+    if decision.status != old && !write_status(ctx, job, &old, &decision.status).await? {
+        // The job changed since this plan's view of it (often: the cache has not caught up with
+        // the previous status write yet). Plan again from the newer version.
+        return Err(Error::Replan);
+    }
+    actor.apply(job, &starts, now).await?;
+    if snapshot.job.deleting {
+        if decision.released {
+            return Ok(Requeue::await_change());
+        }
+        return Err(Error::StillReleasing);
+    }
+    Ok(requeue(&decision))
+}
+
+fn requeue(decision: &Decision) -> Requeue {
+    match decision.requeue_after {
+        Some(after) => Requeue::requeue(after.max(Duration::from_secs(1))),
+        None => Requeue::await_change(),
+    }
+}
+
+pub(super) fn error_policy(_job: Arc<VidiJob>, error: &Error, ctx: Arc<Context>) -> Requeue {
+    match error {
+        Error::StillReleasing => Requeue::requeue(Duration::from_secs(2)),
+        Error::Replan => {
+            tracing::debug!("{error}");
+            Requeue::requeue(STATUS_CONFLICT_RETRY)
+        }
+        other => {
+            ctx.metrics
+                .errors
+                .get_or_create(&ErrorLabels {
+                    error: other.metric_label().into(),
+                })
+                .inc();
+            tracing::warn!(error = %other, "reconcile failed; retrying");
+            Requeue::requeue(Duration::from_secs(5))
+        }
+    }
+}
