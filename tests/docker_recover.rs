@@ -184,3 +184,56 @@ async fn two_runs_on_one_host_serialize() {
     assert_eq!(run1.wait().await, Some(0), "{}", run1.stderr());
     assert_eq!(run2.wait().await, Some(0), "{}", run2.stderr());
 }
+
+/// A crash between creating the Vidi container and starting it leaves one that can never be
+/// stopped (it never ran): `recover` removes it and restores the co-tenants instead of
+/// waiting on it for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unstarted_vidi_container_is_removed_by_recover() {
+    let Some(fx) = Fixture::new("unstarted").await else {
+        return;
+    };
+    let old = fx.job("old");
+    let tts = fx.cotenant("tts", false).await;
+    let leftover = format!("{old}-vidi-1");
+    let body = ContainerCreateBody {
+        image: Some(IMAGE.into()),
+        entrypoint: Some(vec!["/bin/sh".into(), "/cotenant.sh".into()]),
+        labels: Some([("vidi.dev/job".to_string(), old.clone())].into()),
+        ..Default::default()
+    };
+    fx.docker
+        .create_container(
+            Some(CreateContainerOptionsBuilder::default().name(&leftover).build()),
+            body,
+        )
+        .await
+        .expect("create leftover");
+    let d = fx.dir.path().display();
+    let journal = serde_json::json!({
+        "version": 2, "job": old, "pid": 999_999, "created": "2026-01-01T00:00:00Z",
+        "spec": {"video": {"hostPath": format!("{d}/video.mp4")}, "query": "q",
+                 "model": {"weights": {"hostPath": format!("{d}/weights")}}},
+        "status": {"phase": "Running", "attempts": 1, "precision": "fp16"},
+        "outputDir": format!("{d}/out"),
+        "holds": [{"kind": "Container", "name": tts, "holders": [format!("docker/{old}")], "originalReplicas": 1, "stopped": true}],
+        "attempts": [{"number": 1, "name": leftover, "precision": "fp16"}]
+    });
+    std::fs::create_dir_all(fx.path("state")).expect("state dir");
+    std::fs::write(fx.path("state/journal.json"), journal.to_string()).expect("journal");
+
+    let mut recover = Proc::spawn(&["docker", "recover", "--state-dir", &fx.state_dir()]);
+    let code = recover.wait().await;
+    assert_eq!(code, Some(0), "{}", recover.stderr());
+    assert!(
+        recover.stdout().contains(&format!("restored Container {tts}")),
+        "{}",
+        recover.stdout()
+    );
+    assert_eq!(fx.running(&tts).await, Some(true));
+    assert!(
+        fx.vidi_containers(&old).await.is_empty(),
+        "the unstarted container is gone"
+    );
+    assert!(!fx.journal_exists());
+}

@@ -5,9 +5,10 @@
 use std::time::{Duration, Instant};
 
 use bollard::Docker;
+use bollard::models::ContainerStateStatusEnum;
 use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder, StartContainerOptions,
-    StopContainerOptionsBuilder,
+    CreateContainerOptionsBuilder, InspectContainerOptions, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
+    StartContainerOptions, StopContainerOptionsBuilder,
 };
 use futures::StreamExt as _;
 use tokio::task::JoinHandle;
@@ -26,14 +27,41 @@ const VIDI_STOP_TIMEOUT_SECS: i32 = 10;
 const GATE_PROGRESS_EVERY: Duration = Duration::from_secs(5);
 
 impl Run<'_> {
+    /// Stops an attempt's container. One that was created but never started (the operator died
+    /// between the two) cannot be stopped and would look pending for ever: it is removed.
     pub(super) async fn stop_attempt(&self, name: &str) -> Result<(), DockerError> {
         self.s.say(&format!("stopping the Vidi container {name}"));
         let opts = StopContainerOptionsBuilder::default().t(VIDI_STOP_TIMEOUT_SECS).build();
         match self.s.docker.stop_container(name, Some(opts)).await {
-            Ok(()) => Ok(()),
-            Err(e) if matches!(status_code(&e), Some(304 | 404)) => Ok(()),
-            Err(e) => Err(DockerError::api(format!("stopping the Vidi container {name}"), e)),
+            // 304: not running (perhaps never started); 404: gone.
+            Ok(()) => {}
+            Err(e) if status_code(&e) == Some(404) => return Ok(()),
+            Err(e) if status_code(&e) == Some(304) => {}
+            Err(e) => return Err(DockerError::api(format!("stopping the Vidi container {name}"), e)),
         }
+        let never_started = self
+            .s
+            .docker
+            .inspect_container(name, None::<InspectContainerOptions>)
+            .await
+            .ok()
+            .and_then(|c| c.state)
+            .and_then(|s| s.status)
+            == Some(ContainerStateStatusEnum::CREATED);
+        if never_started {
+            let opts = RemoveContainerOptionsBuilder::default().force(true).build();
+            match self.s.docker.remove_container(name, Some(opts)).await {
+                Ok(()) => {}
+                Err(e) if status_code(&e) == Some(404) => {}
+                Err(e) => {
+                    return Err(DockerError::api(
+                        format!("removing the unstarted Vidi container {name}"),
+                        e,
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     fn record_end(&mut self, number: u32, end: AttemptEnd) -> Result<(), DockerError> {
