@@ -29,7 +29,6 @@ from __future__ import annotations
 import datetime as _dt
 import html
 import importlib
-import importlib.metadata
 import importlib.util
 import json
 import os
@@ -260,9 +259,11 @@ def select_attention(requested: str) -> str:
     if requested in ("auto", "flash-attn"):
         try:
             module = importlib.import_module("flash_attn")
-            if getattr(module, "IS_VIDI_FALLBACK", False):
-                return "pytorch"
-            return "flash-attn"
+            if not getattr(module, "IS_VIDI_FALLBACK", False):
+                return "flash-attn"
+            if requested == "flash-attn":
+                raise RuntimeError("VIDI_ATTENTION=flash-attn but only the PyTorch stand-in is importable")
+            return "pytorch"
         except Exception as e:  # noqa: BLE001 - an ImportError or a broken CUDA extension
             for name in [m for m in sys.modules if m == "flash_attn" or m.startswith("flash_attn.")]:
                 del sys.modules[name]

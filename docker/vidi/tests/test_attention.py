@@ -43,6 +43,15 @@ def test_flash_attn_asked_for_but_missing_is_exit_1(job):
     assert job.calls == [], "the model is never loaded"
 
 
+def test_flash_attn_asked_for_but_only_the_stand_in_is_there(wrapper, clean_import_state):
+    pytest.importorskip("torch", reason="importing the stand-in needs torch (not in the packaging venv)")
+    wrapper.select_attention("pytorch")
+    importlib.import_module("flash_attn")
+    with pytest.raises(RuntimeError, match="only the PyTorch stand-in"):
+        wrapper.select_attention("flash-attn")
+    assert wrapper.select_attention("auto") == "pytorch"
+
+
 def test_attention_is_reported_in_result_json(job):
     assert job.run(VIDI_ATTENTION="pytorch") == 0
     assert json.loads((job.output / "result.json").read_text())["attention"] == "pytorch"
