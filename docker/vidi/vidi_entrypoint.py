@@ -289,9 +289,19 @@ def run_model(video: Path, query: str, model_path: str, precision: str, memory_f
     upstream = os.environ.get("VIDI_UPSTREAM_DIR", "/opt/vidi")
     if upstream not in sys.path:
         sys.path.insert(0, upstream)
-    if memory_fraction is not None:
+    try:
         torch = importlib.import_module("torch")
-        if torch.cuda.is_available():
+    except ImportError:
+        torch = None  # only in tests against a stand-in upstream
+    if torch is not None:
+        # Upstream needs CUDA (ask() calls .cuda(); xattn.py asserts FlashAttention 2, which
+        # transformers only enables with CUDA); without it, say so instead of "AssertionError:".
+        if not torch.cuda.is_available():
+            raise RuntimeError(
+                "no CUDA GPU is visible (torch.cuda.is_available() is False); upstream Vidi runs on "
+                "CUDA only: give the container a GPU (docker run --gpus, or an nvidia.com/gpu limit)"
+            )
+        if memory_fraction is not None:
             torch.cuda.set_per_process_memory_fraction(memory_fraction)
 
     builder = importlib.import_module("vidi.model.builder")

@@ -458,3 +458,12 @@ def test_entrypoint_process_exit_codes(job, case, code):
         assert text.startswith("CUDA out of memory at int8")
     else:
         assert text.startswith("bad input: VIDI_QUERY")
+
+
+def test_no_cuda_says_so_instead_of_upstreams_bare_assertion(wrapper, fake_torch, tmp_path, monkeypatch):
+    # Seen in the image without --gpus: upstream's xattn.py fails with a bare "AssertionError:".
+    fake_torch.cuda.is_available = lambda: False
+    monkeypatch.setenv("VIDI_UPSTREAM_DIR", str(tmp_path / "no-upstream"))
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    with pytest.raises(RuntimeError, match="no CUDA GPU is visible"):
+        wrapper.run_model(Path("/v.mp4"), "q", "/models/vidi", "fp16")
