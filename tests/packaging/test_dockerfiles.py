@@ -53,9 +53,12 @@ def test_vidi_image_follows_the_contract():
     assert 'ENTRYPOINT ["python", "/opt/vidi-wrapper/vidi_entrypoint.py"]' in last
     assert "flash_attn-2.8.3+cu12torch2.6cxx11abiFALSE-cp310" in text
     assert re.search(r"FROM \$\{CUDA_IMAGE\}", text) and "nvidia/cuda:12." in text
-    # No weights baked in: nothing but the wrapper and the constraints is copied from the context.
-    copies = re.findall(r"(?m)^COPY (?!--from)(\S+)", text)
-    assert sorted(copies) == ["constraints.txt", "vidi_entrypoint.py"]
+    # No weights baked in: nothing but the wrapper, its image check, its flash-attn stand-in and
+    # the constraints is copied from the context.
+    copied = []
+    for line in re.findall(r"(?m)^COPY (?!--from)(.+)$", text):
+        copied += line.split()[:-1]
+    assert sorted(copied) == ["constraints.txt", "flash_attn_fallback", "image_check.py", "vidi_entrypoint.py"]
     constraints = (ROOT / "docker" / "vidi" / "constraints.txt").read_text()
     for pin in ["transformers==4.50.0", "accelerate==1.5.2", "torch==2.6.0", "bitsandbytes=="]:
         assert pin in constraints
@@ -67,3 +70,25 @@ def test_vidi_dockerfile_builds_with_the_classic_builder():
     assert "<<" not in text, "heredocs need BuildKit"
     assert not re.search(r"(?m)^RUN --mount", text), "RUN --mount needs BuildKit"
     assert not re.search(r"(?m)^# syntax=", text), "a syntax directive pulls a frontend image"
+
+
+def test_vidi_dockerfile_has_the_offline_switches_with_online_defaults():
+    # docker/vidi/build-offline.sh builds the same file from a local Debian base, a local
+    # wheelhouse and a local upstream tarball; the defaults stay the online build.
+    text = (ROOT / "docker" / "vidi" / "Dockerfile").read_text()
+    for arg, default in [
+        ("SYSTEM_PACKAGES", "apt"),
+        ("PIP_OPTIONS", '""'),
+        ("VIDI_REPO", "https://github.com/bytedance/vidi"),
+        ("TORCH_INDEX", "https://download.pytorch.org/whl/cu124"),
+        ("CUDA_IMAGE", "nvidia/cuda:12.4.1-cudnn-runtime-ubuntu22.04"),
+    ]:
+        assert re.search(rf"(?m)^ARG {arg}={re.escape(default)}$", text), arg
+    assert 'if [ -n "${FLASH_ATTN_WHEEL}" ]' in text, "flash-attn is optional"
+    assert "image_check.py" in text
+    script = (ROOT / "docker" / "vidi" / "build-offline.sh").read_text()
+    for arg in ["CUDA_IMAGE=", "SYSTEM_PACKAGES=preinstalled", "VIDI_REPO=", "FLASH_ATTN_WHEEL=", "PIP_OPTIONS=", "--network host"]:
+        assert arg in script, arg
+    assert "mmdebstrap" in script and "docker import" in script
+    # The offline build is a script, never CI: .ci/run does not call it.
+    assert "build-offline" not in (ROOT / ".ci" / "run").read_text()

@@ -66,7 +66,7 @@ class Env:
         self.raises: BaseException | None = None
         self.seen_video_bytes: bytes | None = None
 
-        def model_double(video, query, model_path, precision):
+        def model_double(video, query, model_path, precision, **kwargs):
             self.calls.append((str(video), query, model_path, precision))
             self.seen_video_bytes = Path(video).read_bytes()
             if self.raises is not None:
@@ -74,6 +74,8 @@ class Env:
             return self.output_line
 
         monkeypatch.setattr(wrapper, "run_model", model_double)
+        # select_attention puts the flash-attn stand-in on sys.path: keep that inside the test.
+        monkeypatch.setattr(sys, "path", list(sys.path))
 
     def run(self, **overrides) -> int:
         env = dict(self.vars)

@@ -6,6 +6,7 @@ import json
 import os
 import sys
 import threading
+import types
 from pathlib import Path
 
 import pytest
@@ -47,7 +48,10 @@ def test_success_writes_result_json_and_compact_termination(job):
     assert job.run() == 0
     assert job.calls == [(str(job.video), "a dog catches a frisbee", str(job.weights), "int8")]
     compact = json.loads(job.termination_text())
-    assert compact == {"segments": [[65, 72], [180, 184]], "precision": "int8", "videoSeconds": 125.5}
+    assert compact == {
+        "segments": [[65, 72], [180, 184]], "precision": "int8", "videoSeconds": 125.5,
+        "preview": str(job.output / "preview.html"),
+    }
     full = json.loads((job.output / "result.json").read_text())
     assert full["query"] == "a dog catches a frisbee"
     assert full["segments"] == [[65, 72], [180, 184]]
@@ -56,6 +60,8 @@ def test_success_writes_result_json_and_compact_termination(job):
     assert full["peakVramBytes"] is None  # torch never loaded
     assert full["raw"] == "00:01:05-00:01:12, 00:03:00-00:03:04"
     assert full["video"] == str(job.video)
+    assert full["attention"] == "pytorch"  # no flash-attn in the test's Python: the stand-in
+    assert full["preview"] == "preview.html" and (job.output / "preview.html").is_file()
     assert not list(job.output.glob(".*.tmp"))
 
 
@@ -65,7 +71,8 @@ def test_compact_termination_is_what_the_operator_parses(job):
     text = job.termination_text()
     assert "\n" not in text and " " not in text
     body = json.loads(text)
-    assert set(body) <= {"segments", "precision", "videoSeconds", "peakVramBytes", "segmentsTotal"}
+    # plan::outcome::TerminationResult ignores fields it does not know ("preview").
+    assert set(body) <= {"segments", "precision", "videoSeconds", "peakVramBytes", "segmentsTotal", "preview"}
     for s, e in body["segments"]:
         assert 0 <= s <= e
 
@@ -262,9 +269,10 @@ def test_long_failure_reasons_are_cut_to_one_line(job):
 # --- precision -> upstream loader flags ---------------------------------------------------
 
 
-@pytest.mark.parametrize("precision, flags", [("fp16", (False, False)), ("int8", (True, False)), ("int4", (False, True))])
-def test_run_model_maps_precision_to_loader_flags(wrapper, tmp_path, monkeypatch, precision, flags):
-    """run_model against a stand-in upstream tree (same module layout as Vidi1.5_9B)."""
+@pytest.mark.parametrize("precision", ["fp16", "int8", "int4"])
+def test_run_model_passes_the_quantization_for_the_precision(wrapper, tmp_path, monkeypatch, precision):
+    """run_model against a stand-in upstream tree (same module layout as Vidi1.5_9B) and a
+    stand-in transformers.BitsAndBytesConfig that records what it is given."""
     up = tmp_path / "upstream"
     (up / "vidi" / "model").mkdir(parents=True)
     (up / "vidi" / "eval").mkdir(parents=True)
@@ -276,7 +284,7 @@ def test_run_model_maps_precision_to_loader_flags(wrapper, tmp_path, monkeypatch
         "class _Model:\n"
         "    config = _Cfg()\n"
         "def load_pretrained_model(path, load_8bit=False, load_4bit=False, **kw):\n"
-        "    CALLS.append((path, load_8bit, load_4bit))\n"
+        "    CALLS.append((path, load_8bit, load_4bit, kw))\n"
         "    return _Model(), 'tok', 'img', 'aud'\n"
     )
     (up / "vidi" / "eval" / "inference.py").write_text(
@@ -284,21 +292,40 @@ def test_run_model_maps_precision_to_loader_flags(wrapper, tmp_path, monkeypatch
         "    assert model.config.mm_splits == 32\n"
         "    return '00:00:01-00:00:02'\n"
     )
+    transformers = types.ModuleType("transformers")
+
+    class BitsAndBytesConfig:
+        def __init__(self, **kw):
+            self.kw = kw
+
+    transformers.BitsAndBytesConfig = BitsAndBytesConfig
+    monkeypatch.setitem(sys.modules, "transformers", transformers)
     monkeypatch.setenv("VIDI_UPSTREAM_DIR", str(up))
     for name in [m for m in sys.modules if m == "vidi" or m.startswith("vidi.")]:
         monkeypatch.delitem(sys.modules, name)
     monkeypatch.setattr(sys, "path", list(sys.path))
     out = wrapper.run_model(Path("/v.mp4"), "q", "/models/vidi", precision)
     assert out == "00:00:01-00:00:02"
-    builder = sys.modules["vidi.model.builder"]
-    assert builder.CALLS == [("/models/vidi", *flags)]
+    (path, load_8bit, load_4bit, kw), = sys.modules["vidi.model.builder"].CALLS
+    # Upstream's own flags stay off: with transformers 4.50 its load_4bit path raises.
+    assert (path, load_8bit, load_4bit) == ("/models/vidi", False, False)
+    if precision == "fp16":
+        assert kw == {}
+    else:
+        q = kw["quantization_config"].kw
+        assert q["llm_int8_skip_modules"] == ["lm_head", "mm_vis.vision_model.head", "mm_rand_img_projector"]
+        if precision == "int8":
+            assert q["load_in_8bit"] is True and "load_in_4bit" not in q
+        else:  # what upstream's load_4bit builds: nf4, double quant, fp16 compute
+            assert q["load_in_4bit"] is True and "load_in_8bit" not in q
+            assert (q["bnb_4bit_quant_type"], q["bnb_4bit_use_double_quant"], q["bnb_4bit_compute_dtype"]) == ("nf4", True, "float16")
     for name in [m for m in sys.modules if m == "vidi" or m.startswith("vidi.")]:
         monkeypatch.delitem(sys.modules, name)
 
 
-def test_loader_flags_cover_every_effective_precision(wrapper):
+def test_quantization_covers_every_effective_precision(wrapper):
     for p in wrapper.PRECISIONS:
-        assert wrapper.effective_precision(p) in wrapper.LOADER_FLAGS
+        assert wrapper.effective_precision(p) in wrapper.QUANTIZATION
 
 
 # --- URL videos ---------------------------------------------------------------------------
@@ -381,6 +408,8 @@ def _stand_in_upstream(root: Path, line: str, raise_oom: bool = False) -> Path:
     (up / "vidi" / "eval").mkdir(parents=True)
     (up / "vidi" / "__init__.py").write_text("")
     (up / "vidi" / "model" / "__init__.py").write_text("")
+    # int8/int4 build a transformers.BitsAndBytesConfig: a stand-in beside the stand-in upstream.
+    (up / "transformers.py").write_text("class BitsAndBytesConfig:\n    def __init__(self, **kw):\n        self.kw = kw\n")
     loader_body = (
         "    try:\n"
         "        raise RuntimeError('CUDA out of memory. Tried to allocate 2.00 GiB')\n"
@@ -419,10 +448,22 @@ def test_entrypoint_process_exit_codes(job, case, code):
     assert proc.returncode == code, proc.stderr
     text = job.termination_text()
     if code == 0:
-        assert json.loads(text) == {"segments": [[3, 9]], "precision": "int8", "videoSeconds": 125.5}
+        assert json.loads(text) == {
+            "segments": [[3, 9]], "precision": "int8", "videoSeconds": 125.5,
+            "preview": str(job.output / "preview.html"),
+        }
         assert proc.stdout.strip().splitlines()[-1] == text
         assert json.loads((job.output / "result.json").read_text())["raw"] == "00:00:03-00:00:09"
     elif code == 3:
         assert text.startswith("CUDA out of memory at int8")
     else:
         assert text.startswith("bad input: VIDI_QUERY")
+
+
+def test_no_cuda_says_so_instead_of_upstreams_bare_assertion(wrapper, fake_torch, tmp_path, monkeypatch):
+    # Seen in the image without --gpus: upstream's xattn.py fails with a bare "AssertionError:".
+    fake_torch.cuda.is_available = lambda: False
+    monkeypatch.setenv("VIDI_UPSTREAM_DIR", str(tmp_path / "no-upstream"))
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    with pytest.raises(RuntimeError, match="no CUDA GPU is visible"):
+        wrapper.run_model(Path("/v.mp4"), "q", "/models/vidi", "fp16")
