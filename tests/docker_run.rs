@@ -62,6 +62,10 @@ async fn cotenant_containers_and_commands_are_stopped_and_started_again() {
         out.contains("Succeeded") && out.contains("00:01:05") && out.contains("00:01:12.5"),
         "{out}"
     );
+    // Where the preview page is, as a host path.
+    let preview = fx.path(&format!("state/jobs/{job}/output/preview.html"));
+    assert!(out.contains(&format!("preview: {}", preview.display())), "{out}");
+    assert!(preview.exists());
     // Nothing is left behind: no journal, no Vidi container.
     assert!(!fx.journal_exists());
     assert!(fx.vidi_containers(&job).await.is_empty());

@@ -970,6 +970,36 @@ fn spec_made_invalid_mid_run_stops_restores_and_fails() {
     w.check_all_restored();
 }
 
+#[test]
+fn the_preview_is_reported_only_where_the_output_folder_outlives_the_pod() {
+    let answer = term(
+        0,
+        Some("Completed"),
+        Some(r#"{"segments":[[1,2]],"precision":"fp16","preview":"/output/preview.html"}"#),
+    );
+    let done = AttemptState::Finished {
+        gate: None,
+        main: Some(answer),
+        reason: None,
+    };
+    let held = || deploy("cosy").held(&["a"], 1).replicas(0).pods(0);
+    // An emptyDir output folder is gone with the pod.
+    let d = job("a").running().co(held()).attempt(1, done.clone()).plan();
+    assert_eq!(d.status.result.as_ref().map(|r| r.preview.clone()), Some(None));
+    // On a claim it stays: the preview is named by its file in that folder.
+    let d = job("a")
+        .with_spec(|s| {
+            s.output = Some(
+                serde_json::from_value(serde_json::json!({"volume": {"claimName": "out", "path": "jobs/a"}})).unwrap(),
+            )
+        })
+        .running()
+        .co(held())
+        .attempt(1, done)
+        .plan();
+    assert_eq!(d.status.result.and_then(|r| r.preview).as_deref(), Some("preview.html"));
+}
+
 // ----- policy: Minimal -----
 
 fn minimal() -> Snap {

@@ -147,6 +147,11 @@ pub struct VidiResult {
     /// Peak GPU memory Vidi used.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peak_vram_bytes: Option<u64>,
+    /// The preview page (the query, the segments on a timeline, a thumbnail each), a file in
+    /// the job's output folder: `spec.output.volume` on Kubernetes, the output directory on a
+    /// Docker host. Absent when the job keeps no output folder.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preview: Option<String>,
 }
 
 /// What the operator observed and decided.

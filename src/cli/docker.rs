@@ -333,6 +333,9 @@ fn write_table(out: &mut Vec<u8>, job: &VidiJob, status: &VidiJobStatus) -> std:
         return Ok(());
     };
     writeln!(out, "{}", result.summary)?;
+    if let Some(preview) = &result.preview {
+        writeln!(out, "preview: {preview}")?;
+    }
     if result.segments.is_empty() {
         return Ok(());
     }

@@ -420,7 +420,12 @@ pub fn compact_result(output_dir: &Path) -> Option<String> {
     };
     let keep: serde_json::Map<String, serde_json::Value> = full
         .into_iter()
-        .filter(|(k, _)| matches!(k.as_str(), "segments" | "precision" | "videoSeconds" | "peakVramBytes"))
+        .filter(|(k, _)| {
+            matches!(
+                k.as_str(),
+                "segments" | "precision" | "videoSeconds" | "peakVramBytes" | "preview"
+            )
+        })
         .collect();
     serde_json::to_string(&keep).ok()
 }

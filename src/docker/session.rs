@@ -289,8 +289,14 @@ impl Session {
             }
         };
         let result = match outcome {
-            Ok(Ok(status)) => {
+            Ok(Ok(mut status)) => {
                 run.cleanup().await?;
+                // On a host the preview is a file the user opens: give its full path.
+                if let Some(r) = status.result.as_mut()
+                    && let Some(name) = r.preview.take()
+                {
+                    r.preview = Some(run.journal.output_dir.join(name).display().to_string());
+                }
                 Ok(RunResult {
                     status,
                     cancelled: None,

@@ -302,7 +302,14 @@ impl<'a> Plan<'a> {
             }
             AttemptState::Finished { gate, main, reason } => {
                 match classify(gate.as_ref(), main.as_ref(), reason.as_deref(), precision) {
-                    AttemptEnd::Succeeded(result) => {
+                    AttemptEnd::Succeeded(mut result) => {
+                        // On Kubernetes without spec.output.volume the output folder was the
+                        // pod's own, gone with it.
+                        if self.s.runtime == Runtime::Kubernetes
+                            && self.s.job.spec.output.as_ref().is_none_or(|o| o.volume.is_none())
+                        {
+                            result.preview = None;
+                        }
                         self.notify(
                             Severity::Normal,
                             "Answered",

@@ -45,6 +45,9 @@ struct TerminationResult {
     video_seconds: Option<f64>,
     #[serde(default)]
     peak_vram_bytes: Option<u64>,
+    /// Where the wrapper wrote preview.html (a path inside the container).
+    #[serde(default)]
+    preview: Option<String>,
 }
 
 /// Reads Vidi's compact result JSON.
@@ -67,6 +70,12 @@ pub fn parse_result(message: &str) -> Result<VidiResult, String> {
         precision: parsed.precision,
         video_seconds: parsed.video_seconds,
         peak_vram_bytes: parsed.peak_vram_bytes,
+        // Only its name: the folder is the job's output folder, wherever the runtime mounted it.
+        preview: parsed
+            .preview
+            .as_deref()
+            .and_then(|p| std::path::Path::new(p).file_name())
+            .map(|n| n.to_string_lossy().into_owned()),
     })
 }
 

@@ -32,8 +32,9 @@ fi
 case "$code" in
   0)
     [ -r "$VIDI_VIDEO" ] || { echo "video not readable: $VIDI_VIDEO" >&2; exit 2; }
-    printf '{"segments":[[65,72.5],[180,184]],"precision":"%s","videoSeconds":600,"peakVramBytes":1073741824,"model":"fake"}\n' \
-      "$VIDI_PRECISION" > "$VIDI_OUTPUT_DIR/result.json" || exit 1
+    echo "<html><title>fake preview</title></html>" > "$VIDI_OUTPUT_DIR/preview.html" || exit 1
+    printf '{"segments":[[65,72.5],[180,184]],"precision":"%s","videoSeconds":600,"peakVramBytes":1073741824,"model":"fake","preview":"%s/preview.html"}\n' \
+      "$VIDI_PRECISION" "$VIDI_OUTPUT_DIR" > "$VIDI_OUTPUT_DIR/result.json" || exit 1
     echo "fake vidi: wrote $VIDI_OUTPUT_DIR/result.json"
     ;;
   2)
