@@ -1,0 +1,225 @@
+//! Suspending and Running: waiting for the co-tenants to be down, the attempts, and what a
+//! failed attempt leads to (retry, lower precision, or the end).
+use super::*;
+
+impl<'a> Plan<'a> {
+    pub(super) fn suspending(&mut self) {
+        if self.deadline_passed() {
+            return;
+        }
+        let errors = self.admission_errors();
+        if !errors.is_empty() {
+            return self.fail_invalid(errors);
+        }
+        if let Some(other) = self.pool_taken() {
+            return self.back_off(other);
+        }
+        self.keep_suspended();
+        let waiting: Vec<String> = self
+            .targets()
+            .into_iter()
+            .filter(|&i| self.view[i].live_pods > 0)
+            .map(|i| {
+                let c = &self.view[i];
+                let noun = if c.id.kind == crate::api::WorkloadKind::Command {
+                    "process"
+                } else {
+                    "pod"
+                };
+                format!(
+                    "{} {noun}{} of {}",
+                    c.live_pods,
+                    if c.live_pods == 1 { "" } else { "s" },
+                    c.id
+                )
+            })
+            .collect();
+        if !waiting.is_empty() {
+            self.st.message = Some(format!("waiting for {} to stop", waiting.join(", ")));
+            self.requeue_for_deadline();
+            return;
+        }
+        // Record Running first and create the pod on the next reconcile (`running` creates a
+        // missing attempt). A Vidi pod then exists only while the persisted phase tells rivals
+        // that the pool is taken: a crash between creating the pod and writing this status can
+        // no longer let an older job that was skipped (suspended) start beside it (invariant 3).
+        self.st.phase = Phase::Running;
+        self.st.precision = Some(precision::first(
+            self.s.job.spec.model.precision,
+            self.s.gpu_total_bytes,
+        ));
+        self.st.message = Some("co-tenants suspended; starting Vidi".into());
+        self.requeue = Some(START_DELAY);
+    }
+
+    pub(super) fn running(&mut self) {
+        if self.deadline_passed() {
+            return;
+        }
+        // Holding and re-suspending happen only while Vidi goes on (here for a live attempt, in
+        // `start_attempt` for a new one): doing it before an attempt that has ended would scale a
+        // co-tenant to 0 and restore it in the same decision (a flap, and a second write with a
+        // stale resourceVersion).
+        let number = self.current_number().max(1);
+        // A view whose status lags its pods still counts every attempt that exists.
+        if self.s.attempts.iter().any(|a| a.number == number) {
+            self.st.attempts = self.st.attempts.max(number);
+        }
+        let Some(attempt) = self.s.attempts.iter().find(|a| a.number == number) else {
+            // Never created, or removed by someone: (re)create it under the same name.
+            if let Some(other) = self.pool_taken() {
+                return self.back_off(other);
+            }
+            let precision = self
+                .st
+                .precision
+                .unwrap_or_else(|| precision::first(self.s.job.spec.model.precision, self.s.gpu_total_bytes));
+            return self.start_attempt(number, precision);
+        };
+        self.st.pod_name = Some(attempt.name.clone());
+        if attempt.node.is_some() {
+            self.st.node = attempt.node.clone();
+        }
+        if let Some(report) = attempt
+            .gate_report
+            .as_deref()
+            .and_then(|r| serde_json::from_str(r).ok())
+        {
+            self.st.gpu = Some(report);
+        }
+        let precision = self.attempt_precision(attempt);
+        if !matches!(attempt.state, AttemptState::Finished { .. }) {
+            self.keep_suspended();
+        }
+        match &attempt.state {
+            AttemptState::Pending { waiting } => {
+                self.st.message = Some(match waiting {
+                    Some(why) => format!("Vidi attempt {number} is pending: {why}"),
+                    None => format!("Vidi attempt {number} is starting ({precision})"),
+                });
+                self.requeue_for_deadline();
+            }
+            AttemptState::Running => {
+                let on = attempt.node.as_deref().map(|n| format!(" on {n}")).unwrap_or_default();
+                self.st.message = Some(format!("Vidi attempt {number} is running{on} at {precision}"));
+                self.requeue_for_deadline();
+            }
+            AttemptState::Terminating => {
+                self.st.message = Some(format!("Vidi attempt {number} is being stopped"));
+            }
+            AttemptState::Finished { gate, main, reason } => {
+                match classify(gate.as_ref(), main.as_ref(), reason.as_deref(), precision) {
+                    AttemptEnd::Succeeded(mut result) => {
+                        // On Kubernetes without spec.output.volume the output folder was the
+                        // pod's own, gone with it.
+                        if self.s.runtime == Runtime::Kubernetes
+                            && self.s.job.spec.output.as_ref().is_none_or(|o| o.volume.is_none())
+                        {
+                            result.preview = None;
+                        }
+                        self.notify(
+                            Severity::Normal,
+                            "Answered",
+                            format!("Vidi answered: {}", result.summary),
+                        );
+                        self.st.message = Some(result.summary.clone());
+                        self.st.result = Some(result);
+                        self.st.reason = None;
+                        self.begin_restore(Outcome::Succeeded);
+                    }
+                    AttemptEnd::Failed { reason, message, retry } => {
+                        self.after_failure(number, precision, reason, message, retry)
+                    }
+                }
+            }
+        }
+    }
+
+    /// Vidi has already answered (the current attempt succeeded). A spec.suspend that comes
+    /// now has nothing left to stop: the job finishes instead of dropping the answer, which a
+    /// resume would only read after suspending the co-tenants all over again.
+    pub(super) fn answered(&self) -> bool {
+        let number = self.current_number().max(1);
+        self.st.phase == Phase::Running
+            && self.s.attempts.iter().any(|a| {
+                a.number == number
+                    && matches!(&a.state, AttemptState::Finished { gate, main, reason }
+                    if matches!(
+                        classify(gate.as_ref(), main.as_ref(), reason.as_deref(), Precision::Fp16),
+                        AttemptEnd::Succeeded(_)
+                    ))
+            })
+    }
+
+    pub(super) fn after_failure(
+        &mut self,
+        number: u32,
+        precision: Precision,
+        reason: FailureReason,
+        message: String,
+        retry: Retry,
+    ) {
+        let spec = &self.s.job.spec;
+        if retry == Retry::LowerPrecision && self.st.policy == Some(CoTenantPolicy::Minimal) {
+            return self.yield_all_instead(number, &message);
+        }
+        match retry {
+            // A fixed minFreeMemory would make a lower precision wait for the same memory again.
+            Retry::LowerPrecision
+                if !(reason == FailureReason::GpuMemoryUnavailable && spec.gpu.min_free_memory.is_some()) =>
+            {
+                if let Some(lower) = precision::after_out_of_memory(spec.model.precision, precision) {
+                    self.notify_about(
+                        Severity::Warning,
+                        "PrecisionLowered",
+                        format!("attempt {number}: {message}; retrying at {lower}"),
+                        Some(Subject::Attempt(number)),
+                    );
+                    return self.start_attempt(number + 1, lower);
+                }
+            }
+            Retry::Backoff => {
+                self.st.failures = (self.st.failures + 1).max(self.failures_seen());
+                if self.st.failures <= spec.backoff_limit.max(0) as u32 {
+                    self.notify_about(
+                        Severity::Warning,
+                        "Retrying",
+                        format!(
+                            "attempt {number} failed ({message}); retry {} of {}",
+                            self.st.failures, spec.backoff_limit
+                        ),
+                        Some(Subject::Attempt(number)),
+                    );
+                    return self.start_attempt(number + 1, precision);
+                }
+            }
+            Retry::LowerPrecision | Retry::Never => {}
+        }
+        self.fail(reason, message);
+    }
+
+    pub(super) fn start_attempt(&mut self, number: u32, precision: Precision) {
+        self.keep_suspended();
+        let name = names::attempt(&self.me.name, number);
+        let min_free_bytes = precision::min_free_bytes(&self.s.job.spec, precision);
+        let new = self.st.attempts < number;
+        self.st.attempts = self.st.attempts.max(number);
+        self.st.precision = Some(precision);
+        self.st.pod_name = Some(name.clone());
+        self.st.message = Some(format!("starting Vidi attempt {number} at {precision}"));
+        self.actions.push(Action::StartAttempt {
+            attempt: number,
+            name: name.clone(),
+            precision,
+            min_free_bytes,
+        });
+        if new {
+            self.notify(
+                Severity::Normal,
+                "Starting",
+                format!("starting Vidi attempt {number} ({name}) at {precision}"),
+            );
+        }
+        self.requeue_for_deadline();
+    }
+}
