@@ -1,13 +1,15 @@
 mod cli;
 
-use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+use clap::{CommandFactory as _, Parser, Subcommand};
 
 /// Lets a heavy GPU job (Vidi 1.5 9B) borrow a shared GPU safely.
 #[derive(Parser)]
 #[command(name = "vidi-operator", version, about)]
 struct Cli {
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
 }
 
 #[derive(Subcommand)]
@@ -24,10 +26,43 @@ enum Command {
     Crd,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {
+    let Some(command) = cli.command else {
+        // Like kubectl, helm and docker: no arguments shows what there is, and is no error.
+        let _ = Cli::command().print_help();
+        return ExitCode::SUCCESS;
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => return report(&anyhow::Error::new(e).context("starting the async runtime")),
+    };
+    match runtime.block_on(run(command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => report(&e),
+    }
+}
+
+/// Prints an error once, in one format: `error: <what>`, then `  caused by: <why>` for each cause
+/// that adds something to what was already said. Never a backtrace: these are the user's errors
+/// (`RUST_BACKTRACE` is for panics).
+fn report(e: &anyhow::Error) -> ExitCode {
+    use std::io::Write as _;
+    let mut said = e.to_string();
+    let mut text = format!("error: {said}\n");
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !said.contains(&c) {
+            text.push_str(&format!("  caused by: {c}\n"));
+            said.push_str(&c);
+        }
+    }
+    let _ = std::io::stderr().lock().write_all(text.as_bytes());
+    ExitCode::FAILURE
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
         Command::Gpu(args) => cli::gpu::run(args).await,
         Command::Run(args) => cli::run::run(args).await,
         Command::Docker(args) => cli::docker::run(args).await,

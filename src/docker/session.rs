@@ -304,8 +304,8 @@ impl Session {
                 })
             }
             Ok(Err(e)) => {
-                self.say(&format!("error: {e}"));
-                self.say("restoring the co-tenants before giving up");
+                // The error itself is printed once, by the caller, when everything is restored.
+                self.say("something failed; restoring the co-tenants before giving up");
                 if let Err(e2) = run.unwind().await {
                     self.say(&format!(
                         "error: restoring failed too ({e2}); run `vidi-operator docker recover` once the cause is fixed"

@@ -1,0 +1,46 @@
+//! The command line as a user meets it: no arguments shows help (exit 0, like kubectl, helm and
+//! docker), and a user error is printed once as `error: …`, never with a backtrace, even with
+//! `RUST_BACKTRACE=1` set.
+use std::process::Command;
+
+const BIN: &str = env!("CARGO_BIN_EXE_vidi-operator");
+
+#[test]
+fn no_arguments_shows_help_and_is_no_error() {
+    let out = Command::new(BIN).output().expect("run vidi-operator");
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("Usage: vidi-operator [COMMAND]"), "{text}");
+    for command in ["run", "docker", "gpu", "crd", "rbac"] {
+        assert!(
+            text.contains(&format!("\n  {command} ")),
+            "{command} is listed:\n{text}"
+        );
+    }
+}
+
+#[test]
+fn a_user_error_is_printed_once_without_a_backtrace() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("job.yaml");
+    std::fs::write(
+        &file,
+        "apiVersion: vidi.dev/v1alpha1\nkind: VidiJob\nmetadata: {name: j}\nspec:\n  video: {hostPath: /v.mp4}\n  query: 42\n  model: {weights: {hostPath: /w}}\n",
+    )
+    .expect("job file");
+    let out = Command::new(BIN)
+        .args(["docker", "run", "--gpus", "none", "-f"])
+        .arg(&file)
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .expect("run vidi-operator");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.starts_with("error: "), "{err}");
+    assert_eq!(err.matches("error:").count(), 1, "printed once:\n{err}");
+    assert!(
+        err.contains("spec.query: expected a string (quote it), got the number 42"),
+        "{err}"
+    );
+    assert!(!err.contains("backtrace") && !err.contains("Caused by"), "{err}");
+}
