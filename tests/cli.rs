@@ -44,3 +44,14 @@ fn a_user_error_is_printed_once_without_a_backtrace() {
     );
     assert!(!err.contains("backtrace") && !err.contains("Caused by"), "{err}");
 }
+
+#[test]
+fn a_wrong_command_line_exits_2() {
+    let out = Command::new(BIN)
+        .args(["docker", "run", "--no-such-flag"])
+        .output()
+        .expect("run vidi-operator");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("unexpected argument '--no-such-flag'"), "{err}");
+}

@@ -151,8 +151,9 @@ def test_cluster_role_rules_are_exactly_the_generated_rules(default_render, rbac
 def test_notes_tell_how_to_submit_and_watch_a_first_job(default_render):
     notes = default_render["NOTES"]
     assert "kind: VidiJob" in notes
-    assert "kubectl get vj -w" in notes
-    assert "kubectl wait --for=condition=Complete vj/first-job" in notes
+    assert "kubectl -n default get vj -w" in notes
+    assert "kubectl -n default wait --for=condition=Complete vj/first-job" in notes
+    assert "kubectl -n default apply -f -" in notes
     # The job in NOTES is itself a valid VidiJob.
     start = notes.index("apiVersion: vidi.dev/v1alpha1")
     end = notes.index("YAML", start)
@@ -161,6 +162,14 @@ def test_notes_tell_how_to_submit_and_watch_a_first_job(default_render):
 
 
 # --- non-default values -----------------------------------------------------------------
+
+
+def test_notes_use_a_watched_namespace(custom_render):
+    # With watchNamespaces set, a job applied elsewhere would never be seen.
+    notes = custom_render["NOTES"]
+    assert "kubectl -n team-a apply -f -" in notes, notes
+    assert "kubectl -n team-a label deployment/cosyvoice" in notes, notes
+    assert "kubectl -n team-a get vj -w" in notes, notes
 
 
 def test_custom_render_has_the_expected_objects(custom_render):
