@@ -21,9 +21,16 @@ enum Command {
     /// Run a VidiJob on this Docker host, recover after a crash, or build the Vidi image.
     Docker(cli::docker::DockerArgs),
     /// Print the RBAC rules the controller needs (charts/vidi-operator/files/rbac-rules.yaml).
-    Rbac,
-    /// Print the VidiJob CustomResourceDefinition as YAML (crds/vidijob.yaml is this output).
-    Crd,
+    Rbac(PrintArgs),
+    /// Print the VidiJob CustomResourceDefinition (crds/vidijob.yaml is the YAML output).
+    Crd(PrintArgs),
+}
+
+#[derive(clap::Args)]
+struct PrintArgs {
+    /// YAML (what the repository commits) or JSON.
+    #[arg(short = 'o', long, value_enum, default_value = "yaml")]
+    output: cli::OutputFormat,
 }
 
 fn main() -> ExitCode {
@@ -66,13 +73,22 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Gpu(args) => cli::gpu::run(args).await,
         Command::Run(args) => cli::run::run(args).await,
         Command::Docker(args) => cli::docker::run(args).await,
-        Command::Rbac => {
-            print!("{}", vidi_operator::kube::rbac::rules_yaml()?);
-            Ok(())
-        }
-        Command::Crd => {
-            print!("{}", vidi_operator::api::crd_yaml()?);
-            Ok(())
-        }
+        Command::Rbac(a) => match a.output {
+            cli::OutputFormat::Json => cli::print_value(&vidi_operator::kube::rbac::rules(), a.output),
+            _ => {
+                let text = vidi_operator::kube::rbac::rules_yaml()?;
+                cli::print_out(|o| o.write_all(text.as_bytes()))
+            }
+        },
+        Command::Crd(a) => match a.output {
+            cli::OutputFormat::Json => {
+                use kube::CustomResourceExt as _;
+                cli::print_value(&vidi_operator::api::VidiJob::crd(), a.output)
+            }
+            _ => {
+                let text = vidi_operator::api::crd_yaml()?;
+                cli::print_out(|o| o.write_all(text.as_bytes()))
+            }
+        },
     }
 }

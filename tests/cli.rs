@@ -55,3 +55,42 @@ fn a_wrong_command_line_exits_2() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("unexpected argument '--no-such-flag'"), "{err}");
 }
+
+fn stdout_of(args: &[&str]) -> String {
+    let out = Command::new(BIN).args(args).output().expect("run vidi-operator");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn every_printing_command_takes_o_json_and_yaml() {
+    // crd and rbac: YAML by default (what the repository commits), JSON on request.
+    for command in ["crd", "rbac"] {
+        let yaml: serde_json::Value =
+            serde_saphyr::from_str(&stdout_of(&[command])).unwrap_or_else(|e| panic!("{command}: {e}"));
+        let json: serde_json::Value = serde_json::from_str(&stdout_of(&[command, "-o", "json"]))
+            .unwrap_or_else(|e| panic!("{command} -o json: {e}"));
+        assert_eq!(yaml, json, "{command}: the same content either way");
+    }
+    let crd: serde_json::Value = serde_json::from_str(&stdout_of(&["crd", "-o", "json"])).expect("json");
+    assert_eq!(crd["kind"], "CustomResourceDefinition");
+    // docker recover (needs only the engine): a line, JSON or YAML.
+    let state = tempfile::tempdir().expect("state dir");
+    let dir = state.path().to_str().expect("utf-8 path");
+    let table = stdout_of(&["docker", "recover", "--state-dir", dir]);
+    assert!(table.starts_with("nothing to recover"), "{table}");
+    for format in ["json", "yaml"] {
+        let text = stdout_of(&["docker", "recover", "--state-dir", dir, "-o", format]);
+        let value: serde_json::Value = if format == "json" {
+            serde_json::from_str(&text).expect("json")
+        } else {
+            serde_saphyr::from_str(&text).expect("yaml")
+        };
+        assert_eq!(value, serde_json::json!({"recovered": null}), "{format}: {text}");
+    }
+}

@@ -20,6 +20,8 @@ use vidi_operator::docker::build::{BuildRequest, build_image};
 use vidi_operator::docker::session::{Options, Progress, Recovered, Session};
 use vidi_operator::docker::{self, DockerError, GpuMode, jobfile, state_dir};
 
+use super::{OutputFormat, print_out, print_value};
+
 /// `--no-wait` and the GPU is taken (EX_TEMPFAIL: try again later).
 const EXIT_BUSY: i32 = 75;
 const EXIT_SIGHUP: i32 = 129;
@@ -68,12 +70,6 @@ enum Gpus {
     None,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum OutputFormat {
-    Table,
-    Json,
-}
-
 #[derive(clap::Args)]
 struct RunArgs {
     /// The VidiJob YAML file (`-` for standard input).
@@ -101,7 +97,7 @@ struct RunArgs {
     /// Print what would be stopped and run; change nothing.
     #[arg(long)]
     dry_run: bool,
-    /// The result as a table or as JSON (the VidiJob with its final status).
+    /// The result as a table, or the VidiJob with its final status as JSON or YAML.
     #[arg(short = 'o', long, value_enum, default_value = "table")]
     output: OutputFormat,
 }
@@ -125,7 +121,7 @@ struct RecoverArgs {
     /// Used only for a journal that does not record the run's own timeouts.
     #[command(flatten)]
     timeouts: TimeoutArgs,
-    /// Print what was recovered as JSON.
+    /// What was recovered, as lines, JSON or YAML.
     #[arg(short = 'o', long, value_enum, default_value = "table")]
     output: OutputFormat,
 }
@@ -180,15 +176,6 @@ fn progress() -> Progress {
 /// nothing else.
 fn say(line: &str) {
     let _ = writeln!(std::io::stderr().lock(), "{line}");
-}
-
-/// Writes to stdout; a reader that went away (`| head -1`) is not an error.
-fn print_out(write: impl FnOnce(&mut dyn std::io::Write) -> std::io::Result<()>) -> anyhow::Result<()> {
-    let mut out = std::io::stdout().lock();
-    match write(&mut out).and_then(|()| out.flush()) {
-        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(anyhow::Error::new(e).context("writing to stdout")),
-        _ => Ok(()),
-    }
 }
 
 fn exit(code: i32) -> ! {
@@ -258,15 +245,15 @@ async fn run_job(a: RunArgs) -> anyhow::Result<()> {
         say(&format!(
             "vidi-operator: cancelled by {name}; Vidi stopped and every co-tenant restored"
         ));
-        if a.output == OutputFormat::Json {
-            print_job_json(&job, &result.status)?;
+        if a.output != OutputFormat::Table {
+            print_job(&job, &result.status, a.output)?;
         }
         exit(code);
     }
     let status = result.status;
     match a.output {
-        OutputFormat::Json => print_job_json(&job, &status)?,
         OutputFormat::Table => print_table(&job, &status)?,
+        format => print_job(&job, &status, format)?,
     }
     match status.phase {
         Phase::Succeeded => Ok(()),
@@ -305,11 +292,11 @@ fn recovered_line(r: &Recovered) -> String {
     )
 }
 
-fn print_job_json(job: &VidiJob, status: &VidiJobStatus) -> anyhow::Result<()> {
+/// The VidiJob with its final status, as `kubectl get -o json|yaml` would show it.
+fn print_job(job: &VidiJob, status: &VidiJobStatus, format: OutputFormat) -> anyhow::Result<()> {
     let mut out = job.clone();
     out.status = Some(status.clone());
-    let text = serde_json::to_string_pretty(&out).context("encoding the job as JSON")?;
-    print_out(|o| writeln!(o, "{text}"))
+    print_value(&out, format)
 }
 
 fn print_table(job: &VidiJob, status: &VidiJobStatus) -> anyhow::Result<()> {
@@ -405,16 +392,14 @@ async fn recover(a: RecoverArgs) -> anyhow::Result<()> {
     // Signals are left at their defaults: an interrupted recovery is as safe as a crash (the
     // journal keeps what is left), and `recover` can simply be run again.
     let recovered = session.recover().await.map_err(fail)?;
-    if a.output == OutputFormat::Json {
-        let json = match &recovered {
+    if a.output != OutputFormat::Table {
+        let value = match &recovered {
             None => serde_json::json!({ "recovered": null }),
             Some(r) => serde_json::json!({
                 "recovered": { "job": r.job, "pid": r.pid, "restored": r.restored, "stopped": r.stopped }
             }),
         };
-        let text = serde_json::to_string_pretty(&json)?;
-        print_out(|o| writeln!(o, "{text}"))?;
-        return Ok(());
+        return print_value(&value, a.output);
     }
     match recovered {
         None => print_out(|o| writeln!(o, "nothing to recover: no unfinished job in {}", a.lock.dir().display()))?,

@@ -2,6 +2,7 @@
 //!
 //! Exit codes are the library's (`gpu::EXIT_*`): the Kubernetes runtime runs `gpu gate` as
 //! an init container and classifies its exit with the same constants.
+use super::{OutputFormat, print_out, print_value};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -32,8 +33,11 @@ enum GpuCommand {
 
 #[derive(clap::Args)]
 struct StatusArgs {
-    /// Print JSON instead of a table.
-    #[arg(long)]
+    /// A table, or the readings as JSON or YAML.
+    #[arg(short = 'o', long, value_enum, default_value = "table")]
+    output: OutputFormat,
+    /// The same as `-o json` (kept for scripts written before `-o`).
+    #[arg(long, hide = true)]
     json: bool,
 }
 
@@ -101,18 +105,16 @@ fn status(args: StatusArgs) -> anyhow::Result<()> {
         exit_with(gpu::EXIT_NO_GPU, "the NVIDIA driver is loaded but lists no GPUs");
     }
     let driver_version = probe.driver_version();
-    let mut out = std::io::stdout().lock();
-    if args.json {
-        let json = StatusJson { driver_version, gpus };
-        serde_json::to_writer_pretty(&mut out, &json).context("writing JSON to stdout")?;
-        writeln!(out)?;
-        return Ok(());
+    let format = if args.json { OutputFormat::Json } else { args.output };
+    if format != OutputFormat::Table {
+        return print_value(&StatusJson { driver_version, gpus }, format);
     }
-    if let Some(v) = &driver_version {
-        writeln!(out, "NVIDIA driver {v}")?;
-    }
-    out.write_all(status_table(&gpus).as_bytes())?;
-    Ok(())
+    print_out(|out| {
+        if let Some(v) = &driver_version {
+            writeln!(out, "NVIDIA driver {v}")?;
+        }
+        out.write_all(status_table(&gpus).as_bytes())
+    })
 }
 
 /// The `gpu status` table, columns padded to their widest cell.
