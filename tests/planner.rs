@@ -1341,3 +1341,37 @@ fn conditions_follow_the_phase_and_keep_their_transition_time() {
         "BadInput"
     );
 }
+
+#[test]
+fn notices_about_a_co_tenant_or_an_attempt_name_it_as_their_subject() {
+    use vidi_operator::plan::{Notice, Subject};
+    let subjects = |d: &plan::Decision, reason: &str| -> Vec<Option<Subject>> {
+        d.actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Notify(Notice { reason: r, subject, .. }) if r == reason => Some(subject.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    let mut w = two_co_tenants(spec());
+    let d = w.reconcile("a");
+    let cosy = w.co("ns/cosy").id.clone();
+    let comfy = w.co("ns/comfy").id.clone();
+    assert_eq!(
+        subjects(&d, "Suspended"),
+        [Some(Subject::CoTenant(cosy)), Some(Subject::CoTenant(comfy))]
+    );
+    assert_eq!(
+        subjects(&d, "Started"),
+        [None],
+        "a notice about the job alone has no subject"
+    );
+    w.drain();
+    w.reconcile("a");
+    w.reconcile("a");
+    w.run_pod("a");
+    w.finish("a", finished(1));
+    let d = w.reconcile("a");
+    assert_eq!(subjects(&d, "Retrying"), [Some(Subject::Attempt(1))]);
+}

@@ -78,6 +78,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     bounded.connect_timeout = Some(args.request_timeout);
     bounded.read_timeout = Some(args.request_timeout);
     bounded.write_timeout = Some(args.request_timeout);
+    // kube's client would retry 429/503/504 inside one call for minutes; the Lease loop and the
+    // controller's requeues retry instead, so one call stays within the timeout.
+    bounded.default_retry = false;
     let api = Client::try_from(bounded).context("building the kube client")?;
     let clients = Clients { watch, api };
     let identity = args

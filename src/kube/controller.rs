@@ -110,7 +110,7 @@ pub async fn run(
         &scope,
         controllers,
         trim_to_replica_managers,
-        observe::workload_keys,
+        observe::deployment_keys,
         &mut tasks.0,
     );
     let (statefulsets, mut statefulset_subs) = feed(
@@ -118,7 +118,7 @@ pub async fn run(
         &scope,
         controllers,
         trim_to_replica_managers,
-        observe::workload_keys,
+        observe::statefulset_keys,
         &mut tasks.0,
     );
     let (pods, mut pod_subs) = feed(

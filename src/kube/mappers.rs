@@ -42,8 +42,9 @@ pub(super) fn interested_jobs(
     jobs
 }
 
-/// A Vidi pod changed: wake its job. A co-tenant pod came or went: wake the jobs suspending in
-/// its namespace (from the jobs' index).
+/// A Vidi pod changed: wake its job. A co-tenant pod came or went: wake the jobs holding its
+/// workload (found through the workloads' pod-selector index). A job waits on pods only while
+/// it holds their workloads (Suspending, Restoring), so no other job needs to hear of them.
 pub(super) fn jobs_waiting_on_pod(stores: &Stores, pod: &Pod) -> Vec<ObjectRef<VidiJob>> {
     let ns = pod.namespace().unwrap_or_default();
     if pod.labels().contains_key(JOB_LABEL) {
@@ -54,7 +55,7 @@ pub(super) fn jobs_waiting_on_pod(stores: &Stores, pod: &Pod) -> Vec<ObjectRef<V
             .map(|o| ObjectRef::new(&o.name).within(&ns))
             .collect();
     }
-    stores.jobs.index().get(&observe::suspending_key(&ns))
+    observe::holders_of_pod(stores, pod)
 }
 
 /// A job changed: the waiting jobs of its pool may go now (or must keep waiting).

@@ -72,11 +72,6 @@ pub fn selecting_key(ns: &str) -> String {
     format!("selecting:{ns}")
 }
 
-/// Index key: jobs in Suspending whose co-tenants may live in this namespace.
-pub fn suspending_key(ns: &str) -> String {
-    format!("suspending:{ns}")
-}
-
 /// Index key: jobs waiting (Pending, Queued) in this GPU pool.
 pub fn waiting_key(pool: &str) -> String {
     format!("waiting:{pool}")
@@ -101,11 +96,55 @@ pub fn pod_keys(pod: &Pod) -> Vec<String> {
     meta_keys(&pod.metadata)
 }
 
-/// Workloads are indexed by namespace, label and holder.
-pub fn workload_keys<K: kube::Resource>(w: &K) -> Vec<String> {
-    let mut keys = meta_keys(w.meta());
-    keys.extend(holders(w.meta()).iter().map(held_key));
+/// Index key: workloads whose pod selector requires this label.
+pub fn pod_selector_key(ns: &str, k: &str, v: &str) -> String {
+    format!("podsel:{ns}/{k}={v}")
+}
+
+/// Workloads are indexed by namespace, label, holder and the labels their pod selector requires.
+fn workload_keys(meta: &ObjectMeta, pod_selector: &LabelSelector) -> Vec<String> {
+    let ns = meta.namespace.clone().unwrap_or_default();
+    let mut keys = meta_keys(meta);
+    keys.extend(holders(meta).iter().map(held_key));
+    for (k, v) in pod_selector.match_labels.iter().flatten() {
+        keys.push(pod_selector_key(&ns, k, v));
+    }
     keys
+}
+
+pub fn deployment_keys(d: &Deployment) -> Vec<String> {
+    workload_keys(&d.metadata, &d.spec.selector)
+}
+
+pub fn statefulset_keys(s: &StatefulSet) -> Vec<String> {
+    workload_keys(&s.metadata, &s.spec.selector)
+}
+
+/// The jobs holding the workloads whose pods `pod` may be (by their pod selectors).
+pub fn holders_of_pod(stores: &Stores, pod: &Pod) -> Vec<ObjectRef<VidiJob>> {
+    let ns = pod.namespace().unwrap_or_default();
+    let mut jobs: Vec<ObjectRef<VidiJob>> = Vec::new();
+    let mut add = |meta: &ObjectMeta, selector: &LabelSelector| {
+        let selects = Selector::try_from(selector.clone()).is_ok_and(|s| !s.selects_all() && s.matches(pod.labels()));
+        if selects {
+            for k in holders(meta) {
+                let r = ObjectRef::new(&k.name).within(&k.namespace);
+                if !jobs.contains(&r) {
+                    jobs.push(r);
+                }
+            }
+        }
+    };
+    for (k, v) in pod.labels() {
+        let key = pod_selector_key(&ns, k, v);
+        for d in stores.deployments.indexed(&key) {
+            add(&d.metadata, &d.spec.selector);
+        }
+        for s in stores.statefulsets.indexed(&key) {
+            add(&s.metadata, &s.spec.selector);
+        }
+    }
+    jobs
 }
 
 /// Claims are looked up by name only.
@@ -114,7 +153,7 @@ pub fn no_keys<K>(_: &K) -> Vec<String> {
 }
 
 /// Jobs are indexed by what the mappers and the snapshot ask: the namespaces an unfinished job
-/// selects in, the namespaces a suspending job waits on, the pool a job waits in or competes in.
+/// selects in, the pool a job waits in or competes in.
 pub fn job_keys(job: &VidiJob) -> Vec<String> {
     let status = job.status.clone().unwrap_or_default();
     let phase = job.status.as_ref().map(|s| s.phase).unwrap_or(Phase::Pending);
@@ -126,13 +165,6 @@ pub fn job_keys(job: &VidiJob) -> Vec<String> {
     let namespaces = co_tenant_namespaces(job);
     keys.extend(namespaces.iter().map(|ns| selecting_key(ns)));
     keys.push(unfinished_key(&pool));
-    if phase == Phase::Suspending {
-        let own = job.namespace().unwrap_or_default();
-        keys.extend(namespaces.iter().map(|ns| suspending_key(ns)));
-        if !namespaces.contains(&own) {
-            keys.push(suspending_key(&own));
-        }
-    }
     if matches!(phase, Phase::Pending | Phase::Queued) {
         keys.push(waiting_key(&pool));
     }

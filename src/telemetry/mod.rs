@@ -42,8 +42,9 @@ pub fn init_logging_on_request() {
     }
 }
 
-/// What `/readyz` reports: ready once the caches are synced (and, with leader election, while
-/// waiting to lead, still ready: a standby replica is healthy).
+/// What `/readyz` reports: ready once the caches are synced. With leader election a standby
+/// that sees another replica lead is ready too; a replica that has just stopped leading is not,
+/// until it sees who leads now (`vidi-operator run` sets it).
 #[derive(Clone, Default)]
 pub struct Health {
     pub ready: Arc<AtomicBool>,

@@ -203,6 +203,7 @@ async fn handle(AxState(shared): AxState<Arc<Shared>>, req: Request) -> Response
         .is_some_and(|id| shared.lock().cuts.get(id) == Some(&Cut::Hang));
     if let (true, Some(id)) = (hung, client.clone()) {
         *shared.lock().held.entry(id.clone()).or_default() += 1;
+        shared.poke();
         let task = tokio::spawn(async move {
             until_not(&shared, &client, |c| c == Some(Cut::Hang)).await;
             let answer = serve(shared.clone(), client, path, parts, body).await;

@@ -1061,6 +1061,12 @@ impl State {
 /// (`{"f:spec": {"f:replicas": {}}}`).
 fn changed_fields(old: &Value, new: &Value) -> Value {
     fn diff(old: Option<&Value>, new: Option<&Value>) -> Option<Value> {
+        let empty = Value::Object(serde_json::Map::new());
+        let (old, new) = match (old, new) {
+            (None, Some(b @ Value::Object(_))) => (Some(&empty), Some(b)),
+            (Some(a @ Value::Object(_)), None) => (Some(a), Some(&empty)),
+            other => other,
+        };
         match (old, new) {
             (Some(Value::Object(a)), Some(Value::Object(b))) => {
                 let mut out = serde_json::Map::new();
