@@ -5,65 +5,13 @@ use std::time::Duration;
 
 mod kube_support;
 use kube_standin::{Gvr, InitOutcome, PodOutcome, Standin, View};
-use kube_support::{NS, deployment, standin_with_claims};
+use kube_support::{NS, Operator, deployment, standin_with_claims};
 use serde_json::{Value, json};
-use tokio::task::JoinHandle;
-use vidi_operator::kube::{PodDefaults, Scope, Settings};
-use vidi_operator::telemetry::{Health, Metrics};
+use vidi_operator::kube::Scope;
 
 const WAIT: Duration = Duration::from_secs(20);
 const RESULT: &str =
     r#"{"segments":[[65,72],[180,184]],"precision":"fp16","videoSeconds":600,"peakVramBytes":19000000000}"#;
-
-struct Operator {
-    task: JoinHandle<()>,
-    metrics: Metrics,
-    health: Health,
-}
-
-impl Operator {
-    fn start(api: &Standin) -> Self {
-        Self::watching(api, Scope::All)
-    }
-
-    fn watching(api: &Standin, scope: Scope) -> Self {
-        if std::env::var_os("VIDI_TEST_LOG").is_some() {
-            vidi_operator::telemetry::init_logging(vidi_operator::telemetry::LogFormat::Text);
-        }
-        let settings = Settings {
-            scope,
-            dry_run: false,
-            pods: PodDefaults {
-                vidi_image: "vidi:test".into(),
-                gate_image: "vidi-operator:test".into(),
-                gate_timeout: Duration::from_secs(60),
-            },
-            instance: "test".into(),
-        };
-        let client = api.client();
-        let metrics = Metrics::default();
-        let health = Health::default();
-        let (theirs, their_health) = (metrics.clone(), health.clone());
-        let task = tokio::spawn(async move {
-            let _ = vidi_operator::kube::run(
-                client,
-                settings,
-                theirs,
-                their_health,
-                Arc::default(),
-                std::future::pending(),
-            )
-            .await;
-        });
-        Operator { task, metrics, health }
-    }
-
-    /// A crash: the task is gone, only what it wrote survives.
-    async fn crash(self) {
-        self.task.abort();
-        let _ = self.task.await;
-    }
-}
 
 fn job(name: &str, extra: Value) -> Value {
     let mut spec = json!({

@@ -5,49 +5,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 mod kube_support;
-use kube_standin::{Gvr, PodOutcome, Standin, View};
-use kube_support::{NS, deployment, standin_with_claims};
+use kube_standin::{Gvr, PodOutcome, View};
+use kube_support::{NS, Operator, deployment, standin_with_claims};
 use serde_json::{Value, json};
-use vidi_operator::kube::{PodDefaults, Scope, Settings};
-use vidi_operator::telemetry::{Health, Metrics};
 
 const WAIT: Duration = Duration::from_secs(20);
-
-/// The in-process controller in dry-run mode; stopped when dropped.
-struct Operator(tokio::task::JoinHandle<()>);
-
-impl Operator {
-    fn start(api: &Standin) -> Self {
-        let settings = Settings {
-            scope: Scope::All,
-            dry_run: true,
-            pods: PodDefaults {
-                vidi_image: "vidi:test".into(),
-                gate_image: "vidi-operator:test".into(),
-                gate_timeout: Duration::from_secs(60),
-            },
-            instance: "test".into(),
-        };
-        let client = api.client();
-        Operator(tokio::spawn(async move {
-            let _ = vidi_operator::kube::run(
-                client,
-                settings,
-                Metrics::default(),
-                Health::default(),
-                Arc::default(),
-                std::future::pending(),
-            )
-            .await;
-        }))
-    }
-}
-
-impl Drop for Operator {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
 
 /// Every Deployment as (namespace/name, replicas, annotations), and every pod name: what a dry
 /// run must leave exactly as it was.
@@ -153,7 +115,7 @@ async fn dry_run_reports_what_would_be_suspended_and_changes_nothing() {
     }
     let before = api.wait_until(|v| Some(world(v)), WAIT).await.expect("a view");
     let log = Log::capture();
-    let _op = Operator::start(&api);
+    let _op = Operator::dry_run(&api);
     api.create(
         &Gvr::vidijobs(),
         NS,

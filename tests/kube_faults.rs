@@ -4,15 +4,12 @@
 //! created, suspending, running (where someone scales a held co-tenant back up), finishing); the
 //! job must still succeed, both co-tenants must come back exactly as they were, and every write
 //! to them must keep invariants 1 and 2 (and Vidi start only once every co-tenant is at 0).
-use std::sync::Arc;
 use std::time::Duration;
 
 mod kube_support;
 use kube_standin::{Change, Gvr, PodOutcome, Standin};
-use kube_support::{NS, deployment, standin_with_claims};
+use kube_support::{NS, Operator, deployment, standin_with_claims};
 use serde_json::{Value, json};
-use vidi_operator::kube::{PodDefaults, Scope, Settings};
-use vidi_operator::telemetry::{Health, Metrics};
 
 /// Generous: the controller retries failed writes after 5 s and a job goes through several.
 const WAIT: Duration = Duration::from_secs(60);
@@ -37,45 +34,6 @@ enum Point {
 }
 
 const POINTS: [Point; 4] = [Point::Created, Point::Suspending, Point::Running, Point::Finishing];
-
-/// The in-process controller; stopped when dropped.
-struct Operator(tokio::task::JoinHandle<()>);
-
-impl Operator {
-    fn start(api: &Standin) -> Self {
-        if std::env::var_os("VIDI_TEST_LOG").is_some() {
-            vidi_operator::telemetry::init_logging(vidi_operator::telemetry::LogFormat::Text);
-        }
-        let settings = Settings {
-            scope: Scope::All,
-            dry_run: false,
-            pods: PodDefaults {
-                vidi_image: "vidi:test".into(),
-                gate_image: "vidi-operator:test".into(),
-                gate_timeout: Duration::from_secs(60),
-            },
-            instance: "test".into(),
-        };
-        let client = api.client();
-        Operator(tokio::spawn(async move {
-            let _ = vidi_operator::kube::run(
-                client,
-                settings,
-                Metrics::default(),
-                Health::default(),
-                Arc::default(),
-                std::future::pending(),
-            )
-            .await;
-        }))
-    }
-}
-
-impl Drop for Operator {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
 
 /// Every committed write, gathered before a compaction drops the stand-in's history.
 #[derive(Default)]

@@ -30,7 +30,7 @@ pub fn rules() -> Vec<Rule> {
             &["deployments", "statefulsets"],
             &["get", "list", "watch", "patch"],
         ),
-        rule("", &["pods"], &["list", "watch", "create", "delete"]),
+        rule("", &["pods"], &["get", "list", "watch", "create", "delete"]),
         rule("", &["persistentvolumeclaims"], &["list", "watch"]),
         rule("events.k8s.io", &["events"], &["create", "patch"]),
         rule("coordination.k8s.io", &["leases"], &["get", "create", "patch"]),
