@@ -205,6 +205,11 @@ spec:
     }
 
     fn run(&self, stderr_closed: bool) -> Proc {
+        self.run_with(stderr_closed, &[])
+    }
+
+    /// `docker run` of this world's job, with `env` added to the operator's environment.
+    fn run_with(&self, stderr_closed: bool, env: &[(&str, &str)]) -> Proc {
         let state = self.state();
         let args = [
             "docker",
@@ -220,7 +225,7 @@ spec:
             "--start-timeout",
             "20s",
         ];
-        Proc::spawn_with(&args, stderr_closed, &[])
+        Proc::spawn_with(&args, stderr_closed, env)
     }
 
     /// The pid of the live ComfyUI-like instance, if exactly one holds the "port" and the pid
@@ -489,20 +494,7 @@ async fn the_engine_going_away_mid_run_is_ridden_out() {
     let host = format!("unix://{}", fx.path("engine.sock").display());
     // While stopping the slow container, while Vidi runs, while restoring.
     for (i, at) in [0.8, 3.2, 4.6].into_iter().enumerate() {
-        let state = w.state();
-        let args = [
-            "docker",
-            "run",
-            "-f",
-            &w.file,
-            "--state-dir",
-            &state,
-            "--gpus",
-            "none",
-            "--stop-timeout",
-            "2s",
-        ];
-        let mut run = Proc::spawn_with(&args, false, &[("DOCKER_HOST", &host)]);
+        let mut run = w.run_with(false, &[("DOCKER_HOST", &host)]);
         tokio::time::sleep(Duration::from_secs_f64(at)).await;
         proxy.cut();
         tokio::time::sleep(Duration::from_secs(3)).await;

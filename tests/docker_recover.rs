@@ -79,18 +79,13 @@ async fn ctrl_c_or_sigterm_mid_run_stops_vidi_and_restores() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_half_done_journal_is_finished_by_the_next_run() {
-    let Some(fx) = Fixture::new("half").await else { return };
-    // What a crash between "stopped the co-tenant" and "Vidi finished" leaves: a stopped
-    // co-tenant, a running Vidi container, and the journal naming both.
-    let old = fx.job("old");
-    let tts = fx.cotenant("tts", false).await;
+/// The Vidi container a crash left behind for job `old` (attempt 1), started or only created.
+async fn leftover_vidi(fx: &Fixture, old: &str, started: bool) -> String {
     let leftover = format!("{old}-vidi-1");
     let body = ContainerCreateBody {
         image: Some(IMAGE.into()),
         entrypoint: Some(vec!["/bin/sh".into(), "/cotenant.sh".into()]),
-        labels: Some([("vidi.dev/job".to_string(), old.clone())].into()),
+        labels: Some([("vidi.dev/job".to_string(), old.to_string())].into()),
         ..Default::default()
     };
     fx.docker
@@ -100,10 +95,23 @@ async fn a_half_done_journal_is_finished_by_the_next_run() {
         )
         .await
         .expect("create leftover");
-    fx.docker
-        .start_container(&leftover, None::<StartContainerOptions>)
-        .await
-        .expect("start leftover");
+    if started {
+        fx.docker
+            .start_container(&leftover, None::<StartContainerOptions>)
+            .await
+            .expect("start leftover");
+    }
+    leftover
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_half_done_journal_is_finished_by_the_next_run() {
+    let Some(fx) = Fixture::new("half").await else { return };
+    // What a crash between "stopped the co-tenant" and "Vidi finished" leaves: a stopped
+    // co-tenant, a running Vidi container, and the journal naming both.
+    let old = fx.job("old");
+    let tts = fx.cotenant("tts", false).await;
+    let leftover = leftover_vidi(&fx, &old, true).await;
     let d = fx.dir.path().display();
     let journal = serde_json::json!({
         "version": 1, "job": old, "pid": 999_999, "created": "2026-01-01T00:00:00Z",
@@ -195,20 +203,7 @@ async fn an_unstarted_vidi_container_is_removed_by_recover() {
     };
     let old = fx.job("old");
     let tts = fx.cotenant("tts", false).await;
-    let leftover = format!("{old}-vidi-1");
-    let body = ContainerCreateBody {
-        image: Some(IMAGE.into()),
-        entrypoint: Some(vec!["/bin/sh".into(), "/cotenant.sh".into()]),
-        labels: Some([("vidi.dev/job".to_string(), old.clone())].into()),
-        ..Default::default()
-    };
-    fx.docker
-        .create_container(
-            Some(CreateContainerOptionsBuilder::default().name(&leftover).build()),
-            body,
-        )
-        .await
-        .expect("create leftover");
+    let leftover = leftover_vidi(&fx, &old, false).await;
     let d = fx.dir.path().display();
     let journal = serde_json::json!({
         "version": 2, "job": old, "pid": 999_999, "created": "2026-01-01T00:00:00Z",

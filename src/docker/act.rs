@@ -81,14 +81,7 @@ impl CoTenantActor<'_> {
         original_replicas: i32,
     ) -> Result<(), DockerError> {
         let command = match target.kind {
-            WorkloadKind::Command => journal
-                .spec
-                .co_tenants
-                .commands
-                .iter()
-                .find(|c| c.name == target.name)
-                .cloned()
-                .or_else(|| journal.hold(target.kind, &target.name).and_then(|h| h.command.clone())),
+            WorkloadKind::Command => Some(self.command(journal, target)?),
             _ => None,
         };
         let existing = journal.hold(target.kind, &target.name);
