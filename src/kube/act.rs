@@ -20,7 +20,7 @@ use super::pod::{self, PodDefaults};
 pub struct Actor<'a> {
     pub client: &'a Client,
     pub stores: &'a super::observe::Stores,
-    pub recorder: &'a Recorder,
+    pub recorder: Recorder,
     pub defaults: &'a PodDefaults,
     pub metrics: &'a crate::telemetry::Metrics,
 }

@@ -131,15 +131,14 @@ where
         }
     }
 
-    /// After a re-list of one store: `before` are the objects it held, `now` what it holds.
-    fn relisted(&self, before: &[Arc<K>], now: &[(ObjectRef<K>, Arc<K>)], key_of: impl Fn(&K) -> ObjectRef<K>) {
+    /// After a re-list of one store: `before` are the objects it held, `now` what it lists.
+    fn relisted(&self, before: &[ObjectRef<K>], now: Vec<(ObjectRef<K>, Vec<String>)>) {
         if let Ok(mut maps) = self.maps.write() {
-            for o in before {
-                Self::take(&mut maps, &key_of(o));
+            for r in before {
+                Self::take(&mut maps, r);
             }
-            for (r, o) in now {
-                let keys = (self.keys)(o);
-                Self::put(&mut maps, r.clone(), keys);
+            for (r, keys) in now {
+                Self::put(&mut maps, r, keys);
             }
         }
     }
@@ -215,18 +214,36 @@ where
     }
 }
 
-/// Every change of one kind (deletions included), as a stream a controller can watch. Bounded:
-/// a subscriber that stops reading holds the watch back instead of growing a queue.
-pub type Changes<K> = futures::channel::mpsc::Receiver<K>;
+/// Deletions of one kind, as a stream a controller can watch. kube-runtime's shared streams carry
+/// only applied objects (kube-rs/kube#1590: a shared reflector does not dispatch deletes), and a
+/// job must hear when a co-tenant's last pod or a rival job is gone, so the feed sends those
+/// itself: as `Arc`s (no copy per subscriber), through a bounded channel.
+pub type Deletions<K> = futures::channel::mpsc::Receiver<Arc<K>>;
 
-/// Changes a subscriber may have unread before the feed waits for it.
-const SUBSCRIBER_BUFFER: usize = 256;
+/// Changes a subscriber may have unread before the watch waits for it: a subscriber that stops
+/// reading holds the watch back (the API server's TCP window fills) instead of growing a queue.
+pub const SUBSCRIBER_BUFFER: usize = 256;
 
-/// Change streams by watched namespace, then by subscriber (taken as they are wired up).
-pub type Subscriptions<K> = Vec<Vec<Option<Changes<K>>>>;
+/// What one subscriber (a kube Controller) reads of a kind in one watched namespace.
+pub struct Subscription<K>
+where
+    K: reflector::Lookup + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    /// Every object as it is applied, and every object once more after a re-list: kube-runtime's
+    /// shared stream (`Writer::subscribe`), read from the one store every subscriber shares.
+    pub applied: reflector::ReflectHandle<K>,
+    /// Every deletion, and every object a re-list found gone.
+    pub deleted: Deletions<K>,
+}
 
-/// A kind's caches plus `subscribers` change streams per watched namespace; the reflectors run
-/// as tasks pushed onto `tasks`. A change reaches every subscriber after the cache has it.
+/// Subscriptions by watched namespace, then by subscriber (taken as they are wired up).
+pub type Subscriptions<K> = Vec<Vec<Option<Subscription<K>>>>;
+
+/// A kind's caches plus `subscribers` subscriptions per watched namespace; the reflectors run as
+/// tasks pushed onto `tasks`. One watch and one store per kind and namespace serve everyone
+/// (kube-runtime's shared reflector); the side index is updated before the store, so a reader
+/// woken by a change finds it indexed.
 pub fn feed<K>(
     make_api: impl Fn(Option<&str>) -> Api<K>,
     scope: &Scope,
@@ -244,58 +261,70 @@ where
     let mut subs = Vec::new();
     let index = Arc::new(Index::new(keys));
     for ns in scope.parts() {
-        let (store, writer) = reflector::store();
+        let (store, writer) = reflector::store_shared(SUBSCRIBER_BUFFER);
         let (lists, listed_rx) = watch::channel(false);
-        let (senders, receivers): (Vec<_>, Vec<_>) = (0..subscribers)
-            .map(|_| futures::channel::mpsc::channel::<K>(SUBSCRIBER_BUFFER))
-            .unzip();
-        let events = watcher(make_api(ns.as_deref()), watcher::Config::default()).modify(trim);
-        let reader = store.clone();
+        let mut senders = Vec::new();
+        let mut mine = Vec::new();
+        for _ in 0..subscribers {
+            let Some(applied) = writer.subscribe() else { continue };
+            let (tx, deleted) = futures::channel::mpsc::channel::<Arc<K>>(SUBSCRIBER_BUFFER);
+            senders.push(tx);
+            mine.push(Some(Subscription { applied, deleted }));
+        }
+        // The index follows the watch before the store does.
         let indexes = index.clone();
+        let reader = store.clone();
+        let mut relisting: Vec<(ObjectRef<K>, Vec<String>)> = Vec::new();
+        let events = watcher(make_api(ns.as_deref()), watcher::Config::default())
+            .modify(trim)
+            .map(move |event| {
+                match &event {
+                    Ok(watcher::Event::Apply(o)) => indexes.apply(ObjectRef::from_obj(o), o),
+                    Ok(watcher::Event::Delete(o)) => indexes.delete(&ObjectRef::from_obj(o)),
+                    Ok(watcher::Event::Init) => relisting.clear(),
+                    Ok(watcher::Event::InitApply(o)) => relisting.push((ObjectRef::from_obj(o), (indexes.keys)(o))),
+                    // The store still holds what it had before the list; the reflector swaps in the
+                    // list right after.
+                    Ok(watcher::Event::InitDone) => {
+                        let before: Vec<ObjectRef<K>> =
+                            reader.state().iter().map(|o| ObjectRef::from_obj(&**o)).collect();
+                        indexes.relisted(&before, std::mem::take(&mut relisting));
+                    }
+                    Err(_) => {}
+                }
+                event
+            });
+        let reader = store.clone();
         // The store as it was when a re-list began: what is missing from the list was deleted
         // while no watch ran, and no Delete event will say so.
         let mut before: Option<Vec<Arc<K>>> = None;
         let stream = reflector::reflector(writer, events)
             .default_backoff()
             .map(move |event| match event {
-                Ok(watcher::Event::Apply(o)) => {
-                    indexes.apply(ObjectRef::from_obj(&o), &o);
-                    Ok(vec![o])
-                }
-                Ok(watcher::Event::Delete(o)) => {
-                    indexes.delete(&ObjectRef::from_obj(&o));
-                    Ok(vec![o])
-                }
-                Ok(watcher::Event::InitApply(o)) => Ok(vec![o]),
+                Ok(watcher::Event::Delete(o)) => Ok(vec![Arc::new(o)]),
                 Ok(watcher::Event::Init) => {
                     before = Some(reader.state());
                     Ok(Vec::new())
                 }
                 Ok(watcher::Event::InitDone) => {
-                    // The reflector has applied the list to the store before it yields InitDone.
-                    let before = before.take().unwrap_or_default();
-                    let now: Vec<_> = reader
-                        .state()
-                        .into_iter()
-                        .map(|o| (ObjectRef::from_obj(&*o), o))
-                        .collect();
-                    indexes.relisted(&before, &now, |o| ObjectRef::from_obj(o));
                     lists.send_if_modified(|l| !std::mem::replace(l, true));
                     let vanished = before
+                        .take()
+                        .unwrap_or_default()
                         .into_iter()
                         .filter(|o| reader.get(&ObjectRef::from_obj(&**o)).is_none())
-                        .map(|o| (*o).clone())
                         .collect();
                     Ok(vanished)
                 }
+                Ok(_) => Ok(Vec::new()),
                 Err(e) => Err(e),
             })
             .for_each(move |change| {
                 let senders = senders.clone();
                 async move {
                     match change {
-                        Ok(objects) => {
-                            for obj in objects {
+                        Ok(gone) => {
+                            for obj in gone {
                                 for mut tx in senders.iter().cloned() {
                                     // A stopped controller no longer listens; the others still do.
                                     let _ = futures::SinkExt::send(&mut tx, obj.clone()).await;
@@ -312,7 +341,7 @@ where
         tasks.push(tokio::spawn(stream));
         stores.push(store);
         listed.push(listed_rx);
-        subs.push(receivers.into_iter().map(Some).collect());
+        subs.push(mine);
     }
     (Cache { stores, listed, index }, subs)
 }

@@ -8,7 +8,7 @@ use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use kube::runtime::Controller;
-use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::events::Reporter;
 use kube::{Api, Client};
 
 use crate::api::VidiJob;
@@ -16,6 +16,7 @@ use crate::telemetry::{Health, Metrics};
 
 use super::Error;
 use super::cache::{Cache, Scope, feed, trim_managed_fields, trim_to_replica_managers};
+use super::events::Recorders;
 use super::mappers::{interested_jobs, jobs_waiting_on_pod, waiting_peers, within};
 use super::observe::{self, MANAGER, Stores};
 use super::pod::PodDefaults;
@@ -44,7 +45,7 @@ pub struct Settings {
 pub struct Context {
     pub client: Client,
     pub stores: Stores,
-    pub recorder: Recorder,
+    pub recorders: Recorders,
     pub settings: Settings,
     pub metrics: Metrics,
 }
@@ -147,7 +148,7 @@ pub async fn run(
     if let Ok(mut slot) = jobs_cache.lock() {
         *slot = Some(stores.jobs.clone());
     }
-    let recorder = Recorder::new(
+    let recorders = Recorders::new(
         client.clone(),
         Reporter {
             controller: MANAGER.into(),
@@ -157,7 +158,7 @@ pub async fn run(
     let ctx = Arc::new(Context {
         client: client.clone(),
         stores: stores.clone(),
-        recorder,
+        recorders,
         settings,
         metrics,
     });
@@ -194,33 +195,48 @@ pub async fn run(
     let shutdown = shutdown.shared();
     for (c, namespace) in namespaces.iter().enumerate() {
         let own = namespace.clone();
-        let Some(events) = job_subs[c][0].take() else { continue };
+        let Some(own_jobs) = job_subs[c][0].take() else {
+            continue;
+        };
         let Some(store) = stores.jobs.store(c) else { continue };
-        let mut controller = Controller::for_stream(events.map(Ok), store);
+        // A job's own deletion needs no reconcile: its finalizer made the deletion an update.
+        let mut controller = Controller::for_shared_stream(own_jobs.applied, store);
         for s in 0..namespaces.len() {
             if let Some(peers) = job_subs[s][1 + c].take() {
-                let (stores, own) = (stores.clone(), own.clone());
-                controller = controller.watches_stream(peers.map(Ok), move |job: VidiJob| {
-                    within(&own, waiting_peers(&stores, &job))
-                });
+                let mapper = {
+                    let (stores, own) = (stores.clone(), own.clone());
+                    move |job: Arc<VidiJob>| within(&own, waiting_peers(&stores, &job))
+                };
+                controller = controller
+                    .watches_shared_stream(peers.applied, mapper.clone())
+                    .watches_shared_stream(peers.deleted, mapper);
             }
             if let Some(events) = deployment_subs[s][c].take() {
-                let (stores, own) = (stores.clone(), own.clone());
-                controller = controller.watches_stream(events.map(Ok), move |d: Deployment| {
-                    within(&own, interested_jobs(&stores, &d.metadata))
-                });
+                let mapper = {
+                    let (stores, own) = (stores.clone(), own.clone());
+                    move |d: Arc<Deployment>| within(&own, interested_jobs(&stores, &d.metadata))
+                };
+                controller = controller
+                    .watches_shared_stream(events.applied, mapper.clone())
+                    .watches_shared_stream(events.deleted, mapper);
             }
             if let Some(events) = statefulset_subs[s][c].take() {
-                let (stores, own) = (stores.clone(), own.clone());
-                controller = controller.watches_stream(events.map(Ok), move |d: StatefulSet| {
-                    within(&own, interested_jobs(&stores, &d.metadata))
-                });
+                let mapper = {
+                    let (stores, own) = (stores.clone(), own.clone());
+                    move |d: Arc<StatefulSet>| within(&own, interested_jobs(&stores, &d.metadata))
+                };
+                controller = controller
+                    .watches_shared_stream(events.applied, mapper.clone())
+                    .watches_shared_stream(events.deleted, mapper);
             }
             if let Some(events) = pod_subs[s][c].take() {
-                let (stores, own) = (stores.clone(), own.clone());
-                controller = controller.watches_stream(events.map(Ok), move |p: Pod| {
-                    within(&own, jobs_waiting_on_pod(&stores, &p))
-                });
+                let mapper = {
+                    let (stores, own) = (stores.clone(), own.clone());
+                    move |p: Arc<Pod>| within(&own, jobs_waiting_on_pod(&stores, &p))
+                };
+                controller = controller
+                    .watches_shared_stream(events.applied, mapper.clone())
+                    .watches_shared_stream(events.deleted, mapper);
             }
         }
         let run = controller

@@ -2,6 +2,7 @@
 mod act;
 pub mod cache;
 pub mod controller;
+mod events;
 pub mod lease;
 mod mappers;
 pub mod observe;

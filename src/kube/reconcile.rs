@@ -6,6 +6,7 @@ use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::controller::Action as Requeue;
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::runtime::reflector::ObjectRef;
 use kube::{Api, ResourceExt};
 use tracing::{Instrument, info_span};
 
@@ -111,7 +112,7 @@ async fn step(job: &VidiJob, ctx: &Context) -> Result<Requeue, Error> {
     let actor = Actor {
         client: &ctx.client,
         stores: &ctx.stores,
-        recorder: &ctx.recorder,
+        recorder: ctx.recorders.of(&ObjectRef::from_obj(job)),
         defaults: &ctx.settings.pods,
         metrics: &ctx.metrics,
     };
@@ -133,9 +134,13 @@ async fn step(job: &VidiJob, ctx: &Context) -> Result<Requeue, Error> {
     actor.apply(job, &starts, now).await?;
     if snapshot.job.deleting {
         if decision.released {
+            ctx.recorders.forget(&ObjectRef::from_obj(job));
             return Ok(Requeue::await_change());
         }
         return Err(Error::StillReleasing);
+    }
+    if decision.status.phase.is_terminal() {
+        ctx.recorders.forget(&ObjectRef::from_obj(job));
     }
     Ok(requeue(&decision))
 }

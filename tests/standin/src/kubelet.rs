@@ -451,19 +451,6 @@ impl State {
         if dirty.as_ref().is_some_and(BTreeSet::is_empty) {
             return;
         }
-        // Pods by the uid of their controlling owner, built once per pass: a workload's pods
-        // change only in its own `reconcile_one`, which adds the ones it creates.
-        let mut by_owner: HashMap<String, Vec<Key>> = HashMap::new();
-        for (pk, p) in kind_range(&self.objects, &pods_res.group, &pods_res.plural) {
-            let refs = p.pointer("/metadata/ownerReferences").and_then(Value::as_array);
-            for r in refs.into_iter().flatten() {
-                if r.get("controller").and_then(Value::as_bool) == Some(true)
-                    && let Some(uid) = r.get("uid").and_then(Value::as_str)
-                {
-                    by_owner.entry(uid.to_string()).or_default().push(pk.clone());
-                }
-            }
-        }
         for gvr in [Gvr::deployments(), Gvr::statefulsets()] {
             let Some(res) = self.resource(&gvr) else { continue };
             let keys: Vec<Key> = match &dirty {
@@ -477,18 +464,12 @@ impl State {
                     .collect(),
             };
             for k in keys {
-                self.reconcile_one(&res, &pods_res, &k, &by_owner);
+                self.reconcile_one(&res, &pods_res, &k);
             }
         }
     }
 
-    fn reconcile_one(
-        &mut self,
-        res: &crate::ResourceInfo,
-        pods_res: &crate::ResourceInfo,
-        k: &Key,
-        by_owner: &HashMap<String, Vec<Key>>,
-    ) {
+    fn reconcile_one(&mut self, res: &crate::ResourceInfo, pods_res: &crate::ResourceInfo, k: &Key) {
         let Some(owner) = self.objects.get(k).cloned() else {
             return;
         };
@@ -502,7 +483,7 @@ impl State {
             .and_then(Value::as_i64)
             .unwrap_or(1)
             .max(0) as usize;
-        let mut candidates: Vec<Key> = by_owner.get(&uid).cloned().unwrap_or_default();
+        let mut candidates: Vec<Key> = self.dependents_of(&uid);
         let owned = |st: &State, candidates: &[Key]| -> Vec<(Key, Value)> {
             candidates
                 .iter()

@@ -6,7 +6,7 @@ use crate::kubelet::KubeletState;
 use crate::selector::{FieldSelector, LabelSelector};
 use crate::{Access, AccessRecord, Gvr, ResourceInfo};
 use serde_json::{Map, Value, json};
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
 /// Store key: (group, plural, namespace or "", name). Versions of one group share storage.
@@ -121,6 +121,11 @@ pub(crate) struct State {
     pub kubelet: KubeletState,
     /// openAPIV3Schema per (group, version, plural) of custom resources.
     pub schemas: BTreeMap<(String, String, String), Value>,
+    /// Every object's key by uid, and the dependents of every owner uid (from ownerReferences):
+    /// kept on every commit and removal, so garbage collection and the workload controller look
+    /// objects up instead of scanning them all on each write (quadratic at 10,000 objects).
+    pub by_uid: HashMap<String, Key>,
+    pub dependents: HashMap<String, BTreeSet<Key>>,
 }
 
 pub(crate) fn now() -> String {
@@ -241,6 +246,8 @@ impl State {
             workloads_synced_rv: 0,
             kubelet: KubeletState::default(),
             schemas: BTreeMap::new(),
+            by_uid: HashMap::new(),
+            dependents: HashMap::new(),
         };
         for (g, v, p, k, ns, st) in [
             ("", "v1", "pods", "Pod", true, true),
@@ -372,6 +379,10 @@ impl State {
         self.rv += 1;
         meta_mut(&mut obj).insert("resourceVersion".into(), json!(self.rv.to_string()));
         let prev = self.objects.insert(key.clone(), obj.clone());
+        if let Some(p) = &prev {
+            self.unindex(&key, p);
+        }
+        self.index(&key, &obj);
         self.push_event(&key, etype, obj.clone(), prev);
         obj
     }
@@ -379,6 +390,7 @@ impl State {
     /// Removes an object for real (DELETED event), then collects its dependents.
     pub(crate) fn remove_real(&mut self, key: &Key, gc: bool) -> Option<Value> {
         let mut obj = self.objects.remove(key)?;
+        self.unindex(key, &obj);
         self.rv += 1;
         meta_mut(&mut obj).insert("resourceVersion".into(), json!(self.rv.to_string()));
         self.push_event(key, "DELETED", obj.clone(), None);
@@ -400,21 +412,56 @@ impl State {
     }
 
     fn uid_exists(&self, uid: &str) -> bool {
-        self.objects.values().any(|o| meta_str(o, "uid") == Some(uid))
+        self.by_uid.contains_key(uid)
+    }
+
+    fn owner_uids(obj: &Value) -> impl Iterator<Item = &str> {
+        obj.pointer("/metadata/ownerReferences")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|r| r.get("uid").and_then(Value::as_str))
+    }
+
+    fn index(&mut self, key: &Key, obj: &Value) {
+        let uid = uid_of(obj);
+        if !uid.is_empty() {
+            self.by_uid.insert(uid, key.clone());
+        }
+        for owner in Self::owner_uids(obj) {
+            self.dependents
+                .entry(owner.to_string())
+                .or_default()
+                .insert(key.clone());
+        }
+    }
+
+    fn unindex(&mut self, key: &Key, obj: &Value) {
+        let uid = uid_of(obj);
+        if self.by_uid.get(&uid) == Some(key) {
+            self.by_uid.remove(&uid);
+        }
+        for owner in Self::owner_uids(obj) {
+            if let Some(set) = self.dependents.get_mut(owner) {
+                set.remove(key);
+                if set.is_empty() {
+                    self.dependents.remove(owner);
+                }
+            }
+        }
+    }
+
+    /// The objects whose ownerReferences name `uid`.
+    pub(crate) fn dependents_of(&self, uid: &str) -> Vec<Key> {
+        self.dependents
+            .get(uid)
+            .map(|s| s.iter().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// Background garbage collection of the objects owned by `uid`.
     fn collect_dependents(&mut self, uid: &str) {
-        let dependents: Vec<Key> = self
-            .objects
-            .iter()
-            .filter(|(_, o)| {
-                o.pointer("/metadata/ownerReferences")
-                    .and_then(Value::as_array)
-                    .is_some_and(|refs| refs.iter().any(|r| r.get("uid").and_then(Value::as_str) == Some(uid)))
-            })
-            .map(|(k, _)| k.clone())
-            .collect();
+        let dependents = self.dependents_of(uid);
         for k in dependents {
             let Some(obj) = self.objects.get(&k).cloned() else {
                 continue;

@@ -1,0 +1,126 @@
+//! The controller's watch feed (`kube::cache::feed`, kube-runtime's shared reflector plus the
+//! deletions it does not dispatch) against the API stand-in: every subscriber hears every
+//! change, deletions included, once the cache and its index have it; a subscriber that stops
+//! reading holds the watch back instead of growing a queue (bounded memory).
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use kube::Api;
+use kube::runtime::reflector::ObjectRef;
+use kube_standin::{Gvr, Standin};
+use serde_json::json;
+use vidi_operator::kube::Scope;
+use vidi_operator::kube::cache::{SUBSCRIBER_BUFFER, feed, trim_managed_fields};
+use vidi_operator::kube::observe::{label_key, pod_keys};
+
+const NS: &str = "media";
+const WAIT: Duration = Duration::from_secs(20);
+
+fn pod(name: &str) -> serde_json::Value {
+    json!({"apiVersion": "v1", "kind": "Pod",
+           "metadata": {"name": name, "labels": {"app": "cosyvoice"}},
+           "spec": {"containers": [{"name": "c", "image": "busybox"}]}})
+}
+
+async fn standin() -> Standin {
+    let api = Standin::start().await;
+    api.kubelet().set_enabled(false);
+    if let Err(e) = api.create_namespace(NS) {
+        panic!("namespace: {e:?}");
+    }
+    api
+}
+
+#[tokio::test]
+async fn every_subscriber_hears_applies_and_deletions_after_the_cache_and_index_have_them() {
+    let api = standin().await;
+    let client = api.client();
+    let mut tasks = Vec::new();
+    let (cache, mut subs) = feed(
+        |_| Api::<Pod>::namespaced(client.clone(), NS),
+        &Scope::Namespaces(vec![NS.into()]),
+        2,
+        trim_managed_fields,
+        pod_keys,
+        &mut tasks,
+    );
+    assert!(
+        tokio::time::timeout(WAIT, cache.listed()).await.unwrap_or(false),
+        "never listed"
+    );
+    let mut a = subs[0][0].take().unwrap_or_else(|| panic!("first subscription"));
+    let mut b = subs[0][1].take().unwrap_or_else(|| panic!("second subscription"));
+    if let Err(e) = api.create(&Gvr::pods(), NS, pod("p1")) {
+        panic!("create: {e:?}");
+    }
+    let key = label_key(NS, "app", "cosyvoice");
+    for sub in [&mut a, &mut b] {
+        let seen = tokio::time::timeout(WAIT, sub.applied.next()).await.ok().flatten();
+        assert_eq!(seen.map(|p| p.metadata.name.clone()), Some(Some("p1".to_string())));
+        // Heard only after the store and the side index have it.
+        assert!(cache.get(&ObjectRef::new("p1").within(NS)).is_some());
+        assert_eq!(cache.indexed(&key).len(), 1);
+    }
+    if let Err(e) = api.delete(&Gvr::pods(), NS, "p1") {
+        panic!("delete: {e:?}");
+    }
+    for sub in [&mut a, &mut b] {
+        let gone = tokio::time::timeout(WAIT, sub.deleted.next()).await.ok().flatten();
+        assert_eq!(gone.map(|p| p.metadata.name.clone()), Some(Some("p1".to_string())));
+        assert!(cache.get(&ObjectRef::new("p1").within(NS)).is_none());
+        assert!(cache.indexed(&key).is_empty(), "the index still has the deleted pod");
+    }
+    for t in tasks {
+        t.abort();
+    }
+}
+
+#[tokio::test]
+async fn a_stalled_subscriber_holds_the_watch_back_instead_of_queueing() {
+    let api = standin().await;
+    let client = api.client();
+    let mut tasks = Vec::new();
+    let (cache, mut subs) = feed(
+        |_| Api::<Pod>::namespaced(client.clone(), NS),
+        &Scope::Namespaces(vec![NS.into()]),
+        1,
+        trim_managed_fields,
+        pod_keys,
+        &mut tasks,
+    );
+    assert!(
+        tokio::time::timeout(WAIT, cache.listed()).await.unwrap_or(false),
+        "never listed"
+    );
+    let mut stalled = subs[0][0].take().unwrap_or_else(|| panic!("subscription"));
+    let total = 4 * SUBSCRIBER_BUFFER;
+    for i in 0..total {
+        if let Err(e) = api.create(&Gvr::pods(), NS, pod(&format!("p{i}"))) {
+            panic!("create: {e:?}");
+        }
+    }
+    // Nobody reads: the feed stops taking changes once the buffer is full (plus the one it
+    // holds while waiting), so what is kept for the subscriber is bounded.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let cached = cache.state().len();
+    assert!(
+        cached <= SUBSCRIBER_BUFFER + 1,
+        "{cached} of {total} changes taken while the subscriber read none (buffer {SUBSCRIBER_BUFFER})"
+    );
+    // Reading again releases the watch: every change arrives, in order, and the cache catches up.
+    let mut heard = 0;
+    while heard < total {
+        match tokio::time::timeout(WAIT, stalled.applied.next()).await {
+            Ok(Some(p)) => {
+                assert_eq!(p.metadata.name.as_deref(), Some(format!("p{heard}").as_str()));
+                heard += 1;
+            }
+            other => panic!("after {heard} of {total}: {other:?}"),
+        }
+    }
+    assert_eq!(cache.state().len(), total);
+    for t in tasks {
+        t.abort();
+    }
+}
