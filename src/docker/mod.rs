@@ -19,6 +19,7 @@ pub mod build;
 pub mod commands;
 pub mod container;
 pub mod engine;
+pub mod events;
 pub mod gpu_usage;
 pub mod jobfile;
 pub mod journal;
