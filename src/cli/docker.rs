@@ -48,8 +48,8 @@ enum DockerCommand {
 
 #[derive(clap::Args)]
 struct LockArgs {
-    /// Directory of the lock and the journal [default: /var/lib/vidi-operator for root, else
-    /// $XDG_STATE_HOME/vidi-operator or ~/.local/state/vidi-operator].
+    /// Directory of the lock and the journal, the same for every user of the GPU (created
+    /// group-writable for the docker group) [default: /var/lib/vidi-operator].
     #[arg(long, env = "VIDI_STATE_DIR", value_name = "DIR")]
     state_dir: Option<PathBuf>,
     /// Fail at once (exit 75) instead of waiting while another job holds the GPU.
@@ -60,6 +60,32 @@ struct LockArgs {
 impl LockArgs {
     fn dir(&self) -> PathBuf {
         self.state_dir.clone().unwrap_or_else(state_dir::default_state_dir)
+    }
+
+    /// The state directory, with a warning when the default is used and an unfinished journal
+    /// is still in the per-user default of earlier builds.
+    fn resolve(&self, out: &Reporter) -> PathBuf {
+        let dir = self.dir();
+        if self.state_dir.is_none()
+            && let Some(old) = state_dir::legacy_state_dir().filter(|old| *old != dir)
+            && old.join(docker::journal::FILE_NAME).exists()
+        {
+            out.line(&format!(
+                "vidi-operator: warning: an unfinished job's journal is in {}, the per-user state directory of \
+                 earlier builds; finish it with `vidi-operator docker recover --state-dir {}`",
+                old.display(),
+                old.display()
+            ));
+        }
+        dir
+    }
+
+    /// Checks (and creates, shared) the state directory before anything else is done, so a
+    /// user who cannot use it is told at once which path and what to do.
+    fn prepare(&self, out: &Reporter) -> anyhow::Result<PathBuf> {
+        let dir = self.resolve(out);
+        state_dir::prepare(&dir)?;
+        Ok(dir)
     }
 }
 
@@ -223,7 +249,12 @@ fn signals() -> anyhow::Result<impl std::future::Future<Output = (i32, &'static 
 async fn run_job(a: RunArgs, out: &Arc<Reporter>) -> anyhow::Result<()> {
     let cancel = signals()?;
     let job = jobfile::load(&a.file)?;
-    let state_dir = a.lock.dir();
+    // A dry run creates nothing, the state directory included.
+    let state_dir = if a.dry_run {
+        a.lock.resolve(out)
+    } else {
+        a.lock.prepare(out)?
+    };
     let docker = docker::connect().await?;
     let opts = Options {
         state_dir,
@@ -409,7 +440,7 @@ fn clock(seconds: f64) -> String {
 
 async fn recover(a: RecoverArgs) -> anyhow::Result<()> {
     let out = Reporter::new(a.progress, false);
-    let state_dir = a.lock.dir();
+    let state_dir = a.lock.prepare(&out)?;
     let docker = docker::connect().await?;
     let opts = Options {
         state_dir,

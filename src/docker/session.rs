@@ -142,8 +142,7 @@ impl Session {
     }
 
     fn ensure_state_dir(&self) -> Result<(), DockerError> {
-        std::fs::create_dir_all(&self.opts.state_dir)
-            .map_err(|e| DockerError::io("creating the state directory", &self.opts.state_dir, e))
+        Ok(state_dir::prepare(&self.opts.state_dir)?)
     }
 
     async fn lock(&self, job: &str) -> Result<HostLock, DockerError> {
@@ -377,7 +376,13 @@ impl Session {
     /// this one's, and so is the termination message.
     pub(super) fn prepare_output_dir(&self, dir: &Path) -> Result<(), DockerError> {
         let existed = dir.exists();
-        std::fs::create_dir_all(dir).map_err(|e| DockerError::io("creating the output directory", dir, e))?;
+        // The default one, in the state directory, is shared like the rest of it.
+        if dir.starts_with(&self.opts.state_dir) {
+            state_dir::create_shared(dir)
+        } else {
+            std::fs::create_dir_all(dir)
+        }
+        .map_err(|e| DockerError::io("creating the output directory", dir, e))?;
         if !existed {
             make_writable_for(dir, &self.opts.user)?;
         }
