@@ -248,7 +248,7 @@ fn signals() -> anyhow::Result<impl std::future::Future<Output = (i32, &'static 
 
 async fn run_job(a: RunArgs, out: &Arc<Reporter>) -> anyhow::Result<()> {
     let cancel = signals()?;
-    let job = jobfile::load(&a.file)?;
+    let (job, source) = jobfile::read(&a.file)?;
     // A dry run creates nothing, the state directory included.
     let state_dir = if a.dry_run {
         a.lock.resolve(out)
@@ -290,7 +290,18 @@ async fn run_job(a: RunArgs, out: &Arc<Reporter>) -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    let result = session.run(&job, cancel).await.map_err(fail(out))?;
+    let result = session.run(&job, cancel).await.map_err(|e| match e {
+        // Each problem with where its field is in the job file.
+        DockerError::Preflight { job, problems } => anyhow::anyhow!(
+            "job {job} cannot run, so nothing was stopped:\n  {}",
+            problems
+                .iter()
+                .map(|p| source.describe(p))
+                .collect::<Vec<_>>()
+                .join("\n  ")
+        ),
+        other => fail(out)(other),
+    })?;
     out.finish();
     if let Some(r) = &result.recovered {
         out.line(&format!("vidi-operator: {}", recovered_line(r)));

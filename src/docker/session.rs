@@ -261,8 +261,30 @@ impl Session {
         };
         // Holding the lock proves whoever wrote a journal is dead: finish its work first.
         let recovered = self.finish_unfinished().await?;
-        // Anything that would make the job fail for sure is found before anything is stopped.
-        let problems = super::preflight::check(self, job, name).await;
+        // Anything that would make the job fail for sure is found before anything is stopped:
+        // preflight's checks, and what the planner's first look would refuse (host paths that
+        // are not there, refs to no container), so the job is refused once, with every problem.
+        let mut problems = super::preflight::check(self, job, name).await;
+        let unsaved = Journal::new(
+            name,
+            job.spec.clone(),
+            self.output_dir_path(name, job),
+            Timestamp::now(),
+        );
+        let first_look = observe::snapshot(Look {
+            docker: &self.docker,
+            journal: &unsaved,
+            gpu_total_bytes: None,
+            gpu: None,
+            dry_run: true,
+            deleting: false,
+        })
+        .await?;
+        for p in first_look.problems {
+            if !problems.iter().any(|seen| seen.field == p.field) {
+                problems.push(p);
+            }
+        }
         if !problems.is_empty() {
             return Err(DockerError::Preflight {
                 job: name.to_string(),
