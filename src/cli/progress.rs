@@ -89,7 +89,7 @@ impl Reporter {
             Human::Plain => {}
         }
         if self.json && is_step {
-            json_line(&serde_json::json!({ "time": Timestamp::now() }), e);
+            self.on_stdout(|| json_line(&serde_json::json!({ "time": Timestamp::now() }), e));
         }
     }
 
@@ -111,7 +111,15 @@ impl Reporter {
         if let (Some(l), serde_json::Value::Object(f)) = (line.as_object_mut(), fields) {
             l.extend(f);
         }
-        write_stdout_line(&line.to_string());
+        self.on_stdout(|| write_stdout_line(&line.to_string()));
+    }
+
+    /// Writes to stdout with the live display out of the way (both may be one terminal).
+    fn on_stdout(&self, write: impl FnOnce()) {
+        match &self.human {
+            Human::Live(live) => live.multi.suspend(write),
+            Human::Plain => write(),
+        }
     }
 
     /// Ends the live display (what is still running is left as it was last drawn), so that
@@ -135,7 +143,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// A line on stderr; a stderr that is gone (closed pipe, hung-up terminal) loses the line and
 /// nothing else.
-pub fn say(line: &str) {
+fn say(line: &str) {
     let _ = writeln!(std::io::stderr().lock(), "{line}");
 }
 
