@@ -1,7 +1,7 @@
 //! How `docker run` (and `recover`, `build`) shows what it does. The runtime emits typed
 //! [`Event`]s; this module renders them three ways:
 //!
-//! - **terminal** (stderr is a terminal, or `--progress tty`): a live display with `indicatif`:
+//! - **terminal** (stderr is a terminal that is not `TERM=dumb`): a live display with `indicatif`:
 //!   a line per co-tenant stopping or starting with its elapsed time, a bar of free vs needed GPU
 //!   memory while the gate waits, Vidi running with its elapsed time and deadline. Finished steps
 //!   scroll up as one line each; Vidi's output and the planner's notices are printed above.
@@ -15,7 +15,7 @@
 //! GPU readings arrive every poll; plain and JSON show one only when what it says changed
 //! (one line per step change, not per tick), the terminal moves its bar on each.
 use std::collections::HashMap;
-use std::io::{IsTerminal as _, Write as _};
+use std::io::Write as _;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -29,22 +29,8 @@ use vidi_operator::gpu::format_bytes;
 pub enum ProgressMode {
     /// A live display when stderr is a terminal (and TERM is not `dumb`), else plain lines.
     Auto,
-    /// The live display.
-    Tty,
-    /// One line per step.
+    /// One line per step, also in a terminal (e.g. to copy a log).
     Plain,
-}
-
-impl ProgressMode {
-    fn live(self) -> bool {
-        match self {
-            ProgressMode::Tty => true,
-            ProgressMode::Plain => false,
-            ProgressMode::Auto => {
-                std::io::stderr().is_terminal() && std::env::var_os("TERM").is_none_or(|t| t != "dumb")
-            }
-        }
-    }
 }
 
 /// The one place progress and messages for people go during a command.
@@ -63,8 +49,10 @@ enum Human {
 impl Reporter {
     /// `json_lines`: also write every event as a JSON line on stdout (`docker run -o json`).
     pub fn new(mode: ProgressMode, json_lines: bool) -> Arc<Reporter> {
-        let human = if mode.live() {
-            Human::Live(Live::new(ProgressDrawTarget::stderr(), false))
+        // indicatif draws only on a terminal that is not `TERM=dumb`; anywhere else, lines.
+        let target = ProgressDrawTarget::stderr();
+        let human = if mode == ProgressMode::Auto && !target.is_hidden() {
+            Human::Live(Live::new(target, false))
         } else {
             Human::Plain
         };
