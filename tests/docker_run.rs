@@ -218,6 +218,15 @@ async fn a_job_that_cannot_run_is_refused_before_anything_stops() {
         err.contains("spec.model.image") && err.contains("spec.coTenants.commands[0].check"),
         "{err}"
     );
+    // Once, as an error, each with its place in the job file; nothing claims a restore.
+    assert_eq!(err.matches("spec.model.image:").count(), 1, "{err}");
+    assert!(err.starts_with("error: job "), "{err}");
+    assert!(
+        err.lines()
+            .any(|l| l.trim_start().starts_with(&format!("{file}:")) && l.contains(": spec.model.image: image")),
+        "{err}"
+    );
+    assert!(!err.contains("restored"), "{err}");
 
     // Nothing was touched by any of it.
     assert_eq!(fx.started_at(&tts).await, started, "the co-tenant was never stopped");

@@ -272,8 +272,20 @@ async fn run_job(a: RunArgs, out: &Arc<Reporter>) -> anyhow::Result<()> {
         start_timeout: a.timeouts.start_timeout,
     };
     let session = Session::new(docker, opts, out.progress());
+    // Each preflight problem with where its field is in the job file.
+    let refused = |e: DockerError| match e {
+        DockerError::Preflight { job, problems } => anyhow::anyhow!(
+            "job {job} cannot run, so nothing was stopped:\n  {}",
+            problems
+                .iter()
+                .map(|p| source.describe(p))
+                .collect::<Vec<_>>()
+                .join("\n  ")
+        ),
+        other => fail(out)(other),
+    };
     if a.dry_run {
-        let status = session.dry_run(&job).await.map_err(fail(out))?;
+        let status = session.dry_run(&job).await.map_err(refused)?;
         out.finish();
         let code = i32::from(status.phase == Phase::Failed);
         match a.output {
@@ -290,18 +302,7 @@ async fn run_job(a: RunArgs, out: &Arc<Reporter>) -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    let result = session.run(&job, cancel).await.map_err(|e| match e {
-        // Each problem with where its field is in the job file.
-        DockerError::Preflight { job, problems } => anyhow::anyhow!(
-            "job {job} cannot run, so nothing was stopped:\n  {}",
-            problems
-                .iter()
-                .map(|p| source.describe(p))
-                .collect::<Vec<_>>()
-                .join("\n  ")
-        ),
-        other => fail(out)(other),
-    })?;
+    let result = session.run(&job, cancel).await.map_err(refused)?;
     out.finish();
     if let Some(r) = &result.recovered {
         out.line(&format!("vidi-operator: {}", recovered_line(r)));

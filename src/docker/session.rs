@@ -216,11 +216,18 @@ impl Session {
             deleting: false,
         })
         .await?;
-        // The same preflight as a real run, so every problem is listed at once.
+        // The same preflight as a real run, so every problem is listed at once, and refused the
+        // same way: once, as an error.
         for p in super::preflight::check(self, job, name).await {
             if !snap.problems.iter().any(|seen| seen.field == p.field) {
                 snap.problems.push(p);
             }
+        }
+        if !snap.problems.is_empty() {
+            return Err(DockerError::Preflight {
+                job: name.to_string(),
+                problems: std::mem::take(&mut snap.problems),
+            });
         }
         let decision = plan::next(&snap);
         for a in &decision.actions {
