@@ -504,14 +504,13 @@ fn in_words(expected: &str) -> String {
 /// The last guard against library words in a message: Rust type names and API hints become
 /// words. Messages built here never need it; it is for text passed through from a library.
 fn in_user_terms(message: &str) -> String {
-    let mut out = message.to_string();
+    let mut out = message.replace("integer `", "the number `");
     for (from, to) in [
-        ("integer `", "the number `"),
         ("a sequence", "a list"),
         ("a map", "a mapping"),
         ("a borrowed string", "a string"),
     ] {
-        out = out.replace(from, to);
+        out = replace_word(&out, from, to);
     }
     for ty in [
         "i8", "i16", "i32", "i64", "i128", "isize", "u8", "u16", "u32", "u64", "u128", "usize",
@@ -900,6 +899,10 @@ spec:
             "spec.query: required field is missing"
         );
         assert_eq!(in_user_terms("invalid i32 (u8)"), "invalid integer (integer)");
+        assert_eq!(
+            in_user_terms("expected a mapping, got a map or a sequence"),
+            "expected a mapping, got a mapping or a list"
+        );
         assert_eq!(replace_word("fi32 i32x i32", "i32", "n"), "fi32 i32x n");
     }
 
