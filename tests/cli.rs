@@ -94,3 +94,37 @@ fn every_printing_command_takes_o_json_and_yaml() {
         assert_eq!(value, serde_json::json!({"recovered": null}), "{format}: {text}");
     }
 }
+
+#[test]
+fn with_o_json_an_error_is_the_last_json_line_too() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("job.yaml");
+    std::fs::write(
+        &file,
+        "apiVersion: vidi.dev/v1alpha1\nkind: VidiJob\nmetadata: {name: j}\nspec: []\n",
+    )
+    .expect("job file");
+    let out = Command::new(BIN)
+        .args(["docker", "run", "--gpus", "none", "-o", "json", "-f"])
+        .arg(&file)
+        .output()
+        .expect("run vidi-operator");
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let last = lines.last().unwrap_or_else(|| panic!("no JSON line:\n{stdout}"));
+    assert_eq!(last["event"], "error");
+    assert_eq!(last["exitCode"], 1);
+    assert!(
+        last["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("spec: expected a mapping")),
+        "{last}"
+    );
+    // People still read it on stderr, once.
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.matches("error:").count(), 1, "{err}");
+}

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use docker_support::Fixture;
 use vidi_operator::api::FailureReason;
+use vidi_operator::docker::events::Event;
 use vidi_operator::docker::session::{Options, Session};
 use vidi_operator::docker::{GpuMode, jobfile};
 use vidi_operator::gpu::fake::{FakeProbe, GIB, device};
@@ -26,7 +27,7 @@ fn session(fx: &Fixture, probe: FakeProbe, lines: Arc<Mutex<Vec<String>>>) -> Se
         stop_timeout: Duration::from_secs(10),
         start_timeout: Duration::from_secs(30),
     };
-    let progress = Arc::new(move |line: &str| lines.lock().unwrap_or_else(|p| p.into_inner()).push(line.to_string()));
+    let progress = Arc::new(move |e: &Event| lines.lock().unwrap_or_else(|p| p.into_inner()).push(e.to_string()));
     // The engine here has no NVIDIA runtime; the gate is what these tests are about.
     Session::new(fx.docker.clone(), opts, progress)
         .with_probe(Arc::new(probe))

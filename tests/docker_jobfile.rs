@@ -1,7 +1,8 @@
 //! Malformed job files, against the real engine: each is refused with exit 1 and a message
 //! naming the field, and nothing is touched — the co-tenant container keeps running (same start
 //! time), the command co-tenant is never stopped, the previous result in the output folder is
-//! intact, and no journal is left.
+//! intact, and no journal is left. Each message says where in the file (`bad.yaml:12:5:
+//! spec.query: …`) in the user's terms: no Rust type names or library hints.
 mod docker_support;
 
 use bollard::query_parameters::InspectContainerOptions;
@@ -256,6 +257,66 @@ fn cases(fx: &Fixture) -> Vec<(&'static str, String, String, &'static str)> {
         .collect()
 }
 
+/// Words only a Rust programmer would understand (library hints, Rust type names).
+const LIBRARY_WORDS: [&str; 11] = [
+    "from_str",
+    "DuplicateKeyPolicy",
+    "Options",
+    "i32",
+    "i64",
+    "u32",
+    "u64",
+    "f64",
+    "serde",
+    "saphyr",
+    "Option<",
+];
+
+/// The library words in `err`, if any.
+fn library_words(err: &str) -> Vec<&'static str> {
+    LIBRARY_WORDS.into_iter().filter(|w| err.contains(w)).collect()
+}
+
+/// Checks that the line naming `field` starts with `FILE:LINE:COLUMN: ` and that the place is
+/// the field's: the line holds the field's key or, for a field that is missing, the key of a
+/// field it belongs in (or the start of the list item it belongs in). Returns what is wrong.
+fn check_place(err: &str, file: &str, text: &str, field: &str) -> Option<String> {
+    let needle = format!(" {field}:");
+    let Some(line) = err.lines().find(|l| l.contains(&needle)) else {
+        return Some(format!("no line names {field}"));
+    };
+    let prefix = format!("{file}:");
+    let Some(place) = line
+        .trim_start()
+        .trim_start_matches("error: ")
+        .strip_prefix(&prefix)
+        .and_then(|rest| rest.split_once(&needle))
+        .map(|(p, _)| p)
+    else {
+        return Some(format!("the line does not start with {prefix}LINE:COLUMN: {line}"));
+    };
+    let numbers: Vec<usize> = place.split(':').filter_map(|n| n.parse().ok()).collect();
+    let [l, c] = numbers[..] else {
+        return Some(format!("no LINE:COLUMN in {line:?}"));
+    };
+    let Some(source) = text.lines().nth(l.wrapping_sub(1)) else {
+        return Some(format!("line {l} is not in the file: {line}"));
+    };
+    if c == 0 || c > source.chars().count() + 1 {
+        return Some(format!("column {c} is not in line {l} {source:?}: {line}"));
+    }
+    let keys: Vec<&str> = field
+        .split(['.', '['])
+        .filter(|k| !k.is_empty() && !k.ends_with(']'))
+        .collect();
+    // A list item is pointed at where it starts (`- name: …`).
+    let item_start = field.contains('[') && source.trim_start().starts_with("- ");
+    if !item_start && !keys.iter().any(|k| source.contains(k)) {
+        return Some(format!("line {l} {source:?} holds none of {keys:?}: {line}"));
+    }
+    None
+}
+
 async fn started(fx: &Fixture, name: &str) -> (Option<bool>, Option<String>) {
     let c = fx
         .docker
@@ -313,6 +374,13 @@ async fn malformed_job_files_are_refused_naming_the_field_and_touch_nothing() {
         if err.contains("panicked") {
             failures.push(format!("{what}: panicked:\n{err}"));
         }
+        if let Some(wrong) = check_place(&err, &file.display().to_string(), &text, field) {
+            failures.push(format!("{what}: {wrong}\n{err}"));
+        }
+        let words = library_words(&err);
+        if !words.is_empty() {
+            failures.push(format!("{what}: library words {words:?}:\n{err}"));
+        }
         let now = started(&fx, &tts).await;
         if now != before {
             failures.push(format!(
@@ -334,9 +402,82 @@ async fn malformed_job_files_are_refused_naming_the_field_and_touch_nothing() {
         }
     }
     eprintln!(
-        "malformed job files: {} of {} refused naming the field with nothing touched",
+        "malformed job files: {} of {} refused naming the field and its line:column, with nothing touched",
         cases.len() - failures.len(),
         cases.len()
     );
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+/// What is wrong with the YAML itself, each class once: where (line:column) and what, in the
+/// user's terms. These are refused before Docker is contacted.
+#[test]
+fn yaml_mistakes_say_where_and_what_in_the_users_terms() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let good = "apiVersion: vidi.dev/v1alpha1\nkind: VidiJob\nmetadata:\n  name: j\nspec:\n  video: {hostPath: /v.mp4}\n  query: q\n  model: {weights: {hostPath: /w}}\n";
+    // (class, file text, the start of the message after "error: ").
+    let cases: Vec<(&str, String, &str)> = vec![
+        (
+            "two documents",
+            format!("{good}---\n{good}"),
+            "job.yaml:10:1: a second YAML document starts here (a \"---\" line): a job file holds exactly one VidiJob",
+        ),
+        (
+            "a key given twice",
+            good.replace("  query: q\n", "  query: q\n  query: r\n"),
+            "job.yaml:8:3: \"query\" is given twice in the same mapping; keep one",
+        ),
+        (
+            "a key given twice inside a flow mapping",
+            good.replace("{hostPath: /v.mp4}", "{hostPath: /v.mp4, hostPath: /x.mp4}"),
+            "job.yaml:6:29: \"hostPath\" is given twice in the same mapping",
+        ),
+        (
+            "a wrong type",
+            good.replace("  query: q\n", "  query: q\n  backoffLimit: ten\n"),
+            "job.yaml is not a valid VidiJob:\n  job.yaml:8:17: spec.backoffLimit: expected an integer, got the string \"ten\"",
+        ),
+        (
+            "a number out of its type's range",
+            good.replace(
+                "  query: q\n",
+                "  query: q\n  gpu: {tolerations: [{key: a, tolerationSeconds: 10000000000000000000}]}\n",
+            ),
+            "job.yaml is not a valid VidiJob:\n  job.yaml:8:51: spec.gpu.tolerations[0].tolerationSeconds: expected an integer from -9223372036854775808 to 9223372036854775807, got the number 10000000000000000000",
+        ),
+        (
+            "an unknown field",
+            good.replace("  query: q\n", "  query: q\n  timeoutSeconds: 10\n"),
+            "job.yaml is not a valid VidiJob:\n  job.yaml:8:3: spec.timeoutSeconds: unknown field; expected one of:",
+        ),
+        ("not YAML", good.replace("  query: q\n", "  query: [q\n"), "job.yaml:8:"),
+        ("empty", String::new(), "job.yaml:1:1: the file is empty"),
+        (
+            "a list",
+            "- a\n".to_string(),
+            "job.yaml:1:1: expected a mapping with apiVersion, kind, metadata and spec, got a list",
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (class, text, expected) in &cases {
+        let file = dir.path().join("job.yaml");
+        std::fs::write(&file, text).expect("job file");
+        let out = std::process::Command::new(BIN)
+            .current_dir(dir.path())
+            .args(["docker", "run", "--gpus", "none", "-f", "job.yaml"])
+            .output()
+            .expect("run vidi-operator");
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        if out.status.code() != Some(1) || !err.starts_with(&format!("error: {expected}")) {
+            failures.push(format!(
+                "{class}: exit {:?}, expected 1 and \"error: {expected}…\", got:\n{err}",
+                out.status.code()
+            ));
+        }
+        let words = library_words(&err);
+        if !words.is_empty() {
+            failures.push(format!("{class}: library words {words:?}:\n{err}"));
+        }
+    }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }

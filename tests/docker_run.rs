@@ -218,6 +218,15 @@ async fn a_job_that_cannot_run_is_refused_before_anything_stops() {
         err.contains("spec.model.image") && err.contains("spec.coTenants.commands[0].check"),
         "{err}"
     );
+    // Once, as an error, each with its place in the job file; nothing claims a restore.
+    assert_eq!(err.matches("spec.model.image:").count(), 1, "{err}");
+    assert!(err.starts_with("error: job "), "{err}");
+    assert!(
+        err.lines()
+            .any(|l| l.trim_start().starts_with(&format!("{file}:")) && l.contains(": spec.model.image: image")),
+        "{err}"
+    );
+    assert!(!err.contains("restored"), "{err}");
 
     // Nothing was touched by any of it.
     assert_eq!(fx.started_at(&tts).await, started, "the co-tenant was never stopped");
@@ -353,4 +362,138 @@ async fn a_co_tenant_started_while_held_is_stopped_again_and_restored_once() {
     // Stopped when held, stopped again after the hand start, started once.
     assert_eq!(fx.command_log(), "stop\nstop\nstart\n");
     assert!(!fx.journal_exists());
+}
+
+/// `-o json`: stdout is JSON Lines, one event per step as it happens (each with `"event"` and
+/// `"time"`), in the order the run did them, then `{"event":"result",…}` with the exit code and
+/// the VidiJob. Stderr (not a terminal here) still has the plain lines, one per step.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_lines_tell_each_step_then_the_result() {
+    let Some(fx) = Fixture::new("jsonl").await else { return };
+    let tts = fx.cotenant("tts", true).await;
+    let job = fx.job("a");
+    let file = fx.job_file(&job, "find exit=0", &fx.command_yaml(), "  activeDeadlineSeconds: 600");
+    let mut run = fx.run(&file, &["-o", "json"]);
+    let code = run.wait().await;
+    let (out, err) = (run.stdout(), run.stderr());
+    assert_eq!(code, Some(0), "{err}");
+    let lines = docker_support::json_lines(&out);
+    for l in &lines {
+        assert!(
+            l["time"].as_str().is_some_and(|t| t.parse::<jiff::Timestamp>().is_ok()),
+            "{l}"
+        );
+    }
+    let container = format!("Container {tts}");
+    let vidi = format!("{job}-vidi-1");
+    // The order of the steps that matter, each found after the one before.
+    let steps: Vec<(&str, &str, &str)> = vec![
+        ("coTenantStopping", "coTenant", &container),
+        ("coTenantStopped", "coTenant", &container),
+        ("coTenantStopping", "coTenant", "Command comfy"),
+        ("coTenantStopped", "coTenant", "Command comfy"),
+        ("vidiStarted", "container", &vidi),
+        ("vidiOutput", "container", &vidi),
+        ("vidiExited", "container", &vidi),
+        ("coTenantStarting", "coTenant", &container),
+        ("coTenantStarted", "coTenant", &container),
+        ("coTenantStarted", "coTenant", "Command comfy"),
+        ("result", "", ""),
+    ];
+    let mut at = 0;
+    for (event, key, value) in &steps {
+        let found = lines[at..]
+            .iter()
+            .position(|l| l["event"] == *event && (key.is_empty() || l[*key] == *value))
+            .unwrap_or_else(|| panic!("no {event} {value} after line {at}:\n{out}"));
+        at += found + 1;
+    }
+    assert_eq!(at, lines.len(), "the result is the last line:\n{out}");
+    let stopped = lines
+        .iter()
+        .find(|l| l["event"] == "coTenantStopped" && l["coTenant"] == container.as_str())
+        .expect("stopped");
+    assert!(
+        stopped["elapsedSeconds"].as_f64().is_some_and(|s| s >= 0.0),
+        "{stopped}"
+    );
+    let started = lines.iter().find(|l| l["event"] == "vidiStarted").expect("vidiStarted");
+    assert_eq!(started["precision"], "fp16");
+    assert!(
+        started["deadline"].as_str().is_some(),
+        "activeDeadlineSeconds gives a deadline: {started}"
+    );
+    let exited = lines.iter().find(|l| l["event"] == "vidiExited").expect("vidiExited");
+    assert_eq!(exited["exitCode"], 0);
+    let result = lines.last().expect("a result");
+    assert_eq!(result["exitCode"], 0);
+    assert_eq!(result["job"]["kind"], "VidiJob");
+    assert_eq!(result["job"]["status"]["phase"], "Succeeded");
+    // The planner's notices are events too.
+    assert!(
+        lines.iter().any(|l| l["event"] == "notice"
+            && l["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with(&format!("suspended {container}")))),
+        "{out}"
+    );
+
+    // Stderr: plain lines, one per step, no terminal control codes.
+    assert!(
+        !err.contains('\u{1b}'),
+        "no escape codes when stderr is not a terminal:\n{err}"
+    );
+    assert!(
+        err.contains(&format!("vidi-operator: stopped {container} after ")),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("vidi-operator: {vidi} exited with code 0 after ")),
+        "{err}"
+    );
+    assert_eq!(
+        err.matches(&format!("vidi-operator: stopping {container} (up to"))
+            .count(),
+        1,
+        "one line per step, not per tick:\n{err}"
+    );
+}
+
+/// `--dry-run -o json`: what would be done as events, then the planned status as the result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dry_run_in_json_prints_the_plan_and_the_planned_status() {
+    let Some(fx) = Fixture::new("dryjson").await else {
+        return;
+    };
+    let tts = fx.cotenant("tts", true).await;
+    let job = fx.job("a");
+    let file = fx.job_file(&job, "find", "", "");
+    let mut run = fx.run(&file, &["--dry-run", "-o", "json"]);
+    let code = run.wait().await;
+    let out = run.stdout();
+    assert_eq!(code, Some(0), "{}", run.stderr());
+    let lines = docker_support::json_lines(&out);
+    assert!(
+        lines.iter().any(|l| l["event"] == "notice"
+            && l["message"]
+                .as_str()
+                .is_some_and(|m| m.contains(&format!("would suspend Container {tts}")))),
+        "{out}"
+    );
+    assert!(
+        lines.iter().any(|l| l["event"] == "planned"
+            && l["line"]
+                .as_str()
+                .is_some_and(|m| m.contains(&format!("would run container {job}-vidi-1")))),
+        "{out}"
+    );
+    let result = lines.last().expect("a result");
+    assert_eq!(
+        (result["event"].as_str(), result["dryRun"].as_bool()),
+        (Some("result"), Some(true)),
+        "{out}"
+    );
+    assert_eq!(result["job"]["metadata"]["name"], job.as_str());
+    assert_eq!(fx.running(&tts).await, Some(true));
+    assert!(!fx.path("state").exists(), "a dry run creates no state");
 }

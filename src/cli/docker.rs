@@ -17,9 +17,10 @@ use anyhow::Context as _;
 use tokio::signal::unix::{SignalKind, signal};
 use vidi_operator::api::{Phase, VidiJob, VidiJobStatus};
 use vidi_operator::docker::build::{BuildRequest, build_image};
-use vidi_operator::docker::session::{Options, Progress, Recovered, Session};
+use vidi_operator::docker::session::{Options, Recovered, Session};
 use vidi_operator::docker::{self, DockerError, GpuMode, jobfile, state_dir};
 
+use super::progress::{ProgressMode, Reporter};
 use super::{OutputFormat, print_out, print_value};
 
 /// `--no-wait` and the GPU is taken (EX_TEMPFAIL: try again later).
@@ -47,8 +48,8 @@ enum DockerCommand {
 
 #[derive(clap::Args)]
 struct LockArgs {
-    /// Directory of the lock and the journal [default: /var/lib/vidi-operator for root, else
-    /// $XDG_STATE_HOME/vidi-operator or ~/.local/state/vidi-operator].
+    /// Directory of the lock and the journal, the same for every user of the GPU (created
+    /// group-writable for the docker group) [default: /var/lib/vidi-operator].
     #[arg(long, env = "VIDI_STATE_DIR", value_name = "DIR")]
     state_dir: Option<PathBuf>,
     /// Fail at once (exit 75) instead of waiting while another job holds the GPU.
@@ -59,6 +60,32 @@ struct LockArgs {
 impl LockArgs {
     fn dir(&self) -> PathBuf {
         self.state_dir.clone().unwrap_or_else(state_dir::default_state_dir)
+    }
+
+    /// The state directory, with a warning when the default is used and an unfinished journal
+    /// is still in the per-user default of earlier builds.
+    fn resolve(&self, out: &Reporter) -> PathBuf {
+        let dir = self.dir();
+        if self.state_dir.is_none()
+            && let Some(old) = state_dir::legacy_state_dir().filter(|old| *old != dir)
+            && old.join(docker::journal::FILE_NAME).exists()
+        {
+            out.line(&format!(
+                "vidi-operator: warning: an unfinished job's journal is in {}, the per-user state directory of \
+                 earlier builds; finish it with `vidi-operator docker recover --state-dir {}`",
+                old.display(),
+                old.display()
+            ));
+        }
+        dir
+    }
+
+    /// Checks (and creates, shared) the state directory before anything else is done, so a
+    /// user who cannot use it is told at once which path and what to do.
+    fn prepare(&self, out: &Reporter) -> anyhow::Result<PathBuf> {
+        let dir = self.resolve(out);
+        state_dir::prepare(&dir)?;
+        Ok(dir)
     }
 }
 
@@ -97,9 +124,13 @@ struct RunArgs {
     /// Print what would be stopped and run; change nothing.
     #[arg(long)]
     dry_run: bool,
-    /// The result as a table, or the VidiJob with its final status as JSON or YAML.
+    /// The result as a table, or the VidiJob with its final status as YAML; `json` writes
+    /// JSON Lines: one event per line as it happens, then `{"event":"result",…}`.
     #[arg(short = 'o', long, value_enum, default_value = "table")]
     output: OutputFormat,
+    /// Progress on stderr: a live display in a terminal, else one line per step.
+    #[arg(long, value_enum, default_value = "auto")]
+    progress: ProgressMode,
 }
 
 #[derive(clap::Args)]
@@ -124,6 +155,9 @@ struct RecoverArgs {
     /// What was recovered, as lines, JSON or YAML.
     #[arg(short = 'o', long, value_enum, default_value = "table")]
     output: OutputFormat,
+    /// Progress on stderr: a live display in a terminal, else one line per step.
+    #[arg(long, value_enum, default_value = "auto")]
+    progress: ProgressMode,
 }
 
 #[derive(clap::Args)]
@@ -155,42 +189,45 @@ fn parse_build_arg(s: &str) -> Result<(String, String), String> {
 pub async fn run(args: DockerArgs) -> anyhow::Result<()> {
     vidi_operator::telemetry::init_logging_on_request();
     match args.command {
-        DockerCommand::Run(a) => run_job(a).await,
+        DockerCommand::Run(a) => {
+            let out = Reporter::new(a.progress, a.output == OutputFormat::Json);
+            let result = run_job(a, &out).await;
+            if let Err(e) = &result {
+                // The last JSON line says why there is no result; stderr says it for people.
+                out.json_final(
+                    "error",
+                    serde_json::json!({ "exitCode": 1, "message": format!("{e:#}") }),
+                );
+            }
+            result
+        }
         DockerCommand::Recover(a) => recover(a).await,
         DockerCommand::Build(a) => build(a).await,
     }
 }
 
-fn progress() -> Progress {
-    Arc::new(|line: &str| {
-        // Vidi's own output comes prefixed with its container's name.
-        if line.starts_with('[') {
-            say(line);
-        } else {
-            say(&format!("vidi-operator: {line}"));
-        }
-    })
-}
-
-/// A line on stderr; a stderr that is gone (closed pipe, hung-up terminal) loses the line and
-/// nothing else.
-fn say(line: &str) {
-    let _ = writeln!(std::io::stderr().lock(), "{line}");
-}
-
-fn exit(code: i32) -> ! {
+/// Ends the live display, flushes, exits.
+fn exit(out: &Reporter, code: i32) -> ! {
+    out.finish();
     let _ = std::io::stdout().flush();
     let _ = std::io::stderr().flush();
     std::process::exit(code)
 }
 
 /// Maps "another job holds the GPU" to its own exit code; everything else is an error (1).
-fn fail(e: DockerError) -> anyhow::Error {
-    if matches!(e, DockerError::Locked(docker::lock::LockError::Busy { .. })) {
-        say(&format!("error: {e}"));
-        exit(EXIT_BUSY);
+fn fail(out: &Reporter) -> impl Fn(DockerError) -> anyhow::Error + '_ {
+    move |e| {
+        if matches!(e, DockerError::Locked(docker::lock::LockError::Busy { .. })) {
+            out.finish();
+            out.line(&format!("error: {e}"));
+            out.json_final(
+                "error",
+                serde_json::json!({ "exitCode": EXIT_BUSY, "message": e.to_string() }),
+            );
+            exit(out, EXIT_BUSY);
+        }
+        anyhow::Error::new(e)
     }
-    anyhow::Error::new(e)
 }
 
 /// Resolves to (exit code, name) on the first SIGINT, SIGTERM or SIGHUP (the terminal or SSH
@@ -209,12 +246,18 @@ fn signals() -> anyhow::Result<impl std::future::Future<Output = (i32, &'static 
     })
 }
 
-async fn run_job(a: RunArgs) -> anyhow::Result<()> {
+async fn run_job(a: RunArgs, out: &Arc<Reporter>) -> anyhow::Result<()> {
     let cancel = signals()?;
-    let job = jobfile::load(&a.file)?;
+    let (job, source) = jobfile::read(&a.file)?;
+    // A dry run creates nothing, the state directory included.
+    let state_dir = if a.dry_run {
+        a.lock.resolve(out)
+    } else {
+        a.lock.prepare(out)?
+    };
     let docker = docker::connect().await?;
     let opts = Options {
-        state_dir: a.lock.dir(),
+        state_dir,
         vidi_image: a.vidi_image.clone(),
         gpus: match a.gpus {
             Gpus::All => GpuMode::All,
@@ -228,51 +271,84 @@ async fn run_job(a: RunArgs) -> anyhow::Result<()> {
         stop_timeout: a.timeouts.stop_timeout,
         start_timeout: a.timeouts.start_timeout,
     };
-    let session = Session::new(docker, opts, progress());
+    let session = Session::new(docker, opts, out.progress());
+    // Each preflight problem with where its field is in the job file.
+    let refused = |e: DockerError| match e {
+        DockerError::Preflight { job, problems } => anyhow::anyhow!(
+            "job {job} cannot run, so nothing was stopped:\n  {}",
+            problems
+                .iter()
+                .map(|p| source.describe(p))
+                .collect::<Vec<_>>()
+                .join("\n  ")
+        ),
+        other => fail(out)(other),
+    };
     if a.dry_run {
-        let status = session.dry_run(&job).await.map_err(fail)?;
-        if status.phase == Phase::Failed {
-            print_failure(&status);
-            exit(1);
+        let status = session.dry_run(&job).await.map_err(refused)?;
+        out.finish();
+        let code = i32::from(status.phase == Phase::Failed);
+        match a.output {
+            OutputFormat::Table => {}
+            OutputFormat::Json => out.json_final(
+                "result",
+                serde_json::json!({ "exitCode": code, "dryRun": true, "job": with_status(&job, &status) }),
+            ),
+            OutputFormat::Yaml => print_value(&with_status(&job, &status), OutputFormat::Yaml)?,
+        }
+        if code != 0 {
+            print_failure(out, &status);
+            exit(out, code);
         }
         return Ok(());
     }
-    let result = session.run(&job, cancel).await.map_err(fail)?;
+    let result = session.run(&job, cancel).await.map_err(refused)?;
+    out.finish();
     if let Some(r) = &result.recovered {
-        say(&format!("vidi-operator: {}", recovered_line(r)));
+        out.line(&format!("vidi-operator: {}", recovered_line(r)));
     }
     if let Some((code, name)) = result.cancelled {
-        say(&format!(
+        out.line(&format!(
             "vidi-operator: cancelled by {name}; Vidi stopped and every co-tenant restored"
         ));
-        if a.output != OutputFormat::Table {
-            print_job(&job, &result.status, a.output)?;
+        match a.output {
+            OutputFormat::Table => {}
+            OutputFormat::Json => out.json_final(
+                "result",
+                serde_json::json!({ "exitCode": code, "cancelledBy": name, "job": with_status(&job, &result.status) }),
+            ),
+            OutputFormat::Yaml => print_value(&with_status(&job, &result.status), OutputFormat::Yaml)?,
         }
-        exit(code);
+        exit(out, code);
     }
     let status = result.status;
+    let code = i32::from(status.phase != Phase::Succeeded);
     match a.output {
         OutputFormat::Table => print_table(&job, &status)?,
-        format => print_job(&job, &status, format)?,
+        OutputFormat::Json => out.json_final(
+            "result",
+            serde_json::json!({ "exitCode": code, "job": with_status(&job, &status) }),
+        ),
+        OutputFormat::Yaml => print_value(&with_status(&job, &status), OutputFormat::Yaml)?,
     }
     match status.phase {
         Phase::Succeeded => Ok(()),
         Phase::Failed => {
-            print_failure(&status);
-            exit(1)
+            print_failure(out, &status);
+            exit(out, 1)
         }
         other => {
             let why = status.message.as_deref().unwrap_or("");
-            say(&format!("vidi-operator: the job ended {other}: {why}"));
-            exit(1)
+            out.line(&format!("vidi-operator: the job ended {other}: {why}"));
+            exit(out, 1)
         }
     }
 }
 
-fn print_failure(status: &VidiJobStatus) {
+fn print_failure(out: &Reporter, status: &VidiJobStatus) {
     let reason = status.reason.map(|r| r.to_string()).unwrap_or_else(|| "Failed".into());
     let message = status.message.as_deref().unwrap_or("no message");
-    say(&format!("vidi-operator: Failed ({reason}): {message}"));
+    out.line(&format!("vidi-operator: Failed ({reason}): {message}"));
 }
 
 fn recovered_line(r: &Recovered) -> String {
@@ -293,10 +369,10 @@ fn recovered_line(r: &Recovered) -> String {
 }
 
 /// The VidiJob with its final status, as `kubectl get -o json|yaml` would show it.
-fn print_job(job: &VidiJob, status: &VidiJobStatus, format: OutputFormat) -> anyhow::Result<()> {
+fn with_status(job: &VidiJob, status: &VidiJobStatus) -> VidiJob {
     let mut out = job.clone();
     out.status = Some(status.clone());
-    print_value(&out, format)
+    out
 }
 
 fn print_table(job: &VidiJob, status: &VidiJobStatus) -> anyhow::Result<()> {
@@ -375,9 +451,11 @@ fn clock(seconds: f64) -> String {
 }
 
 async fn recover(a: RecoverArgs) -> anyhow::Result<()> {
+    let out = Reporter::new(a.progress, false);
+    let state_dir = a.lock.prepare(&out)?;
     let docker = docker::connect().await?;
     let opts = Options {
-        state_dir: a.lock.dir(),
+        state_dir,
         vidi_image: String::new(),
         gpus: GpuMode::None,
         gate: false,
@@ -388,10 +466,11 @@ async fn recover(a: RecoverArgs) -> anyhow::Result<()> {
         stop_timeout: a.timeouts.stop_timeout,
         start_timeout: a.timeouts.start_timeout,
     };
-    let session = Session::new(docker, opts, progress());
+    let session = Session::new(docker, opts, out.progress());
     // Signals are left at their defaults: an interrupted recovery is as safe as a crash (the
     // journal keeps what is left), and `recover` can simply be run again.
-    let recovered = session.recover().await.map_err(fail)?;
+    let recovered = session.recover().await.map_err(fail(&out))?;
+    out.finish();
     if a.output != OutputFormat::Table {
         let value = match &recovered {
             None => serde_json::json!({ "recovered": null }),
@@ -416,9 +495,12 @@ async fn build(a: BuildArgs) -> anyhow::Result<()> {
         dockerfile: a.dockerfile,
         no_cache: a.no_cache,
     };
-    let progress = progress();
-    let id = build_image(&docker, &a.dir, &req, &*progress).await?;
-    say(&format!("vidi-operator: built {} ({id})", a.tag));
+    let out = Reporter::new(ProgressMode::Plain, false);
+    let id = build_image(&docker, &a.dir, &req, &|line: &str| {
+        out.line(&format!("vidi-operator: {line}"))
+    })
+    .await?;
+    out.line(&format!("vidi-operator: built {} ({id})", a.tag));
     print_out(|o| writeln!(o, "{}", a.tag))?;
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! Command-line front ends: thin layers over the library (anyhow lives only here).
 pub mod docker;
 pub mod gpu;
+pub mod progress;
 pub mod run;
 
 use std::io::Write as _;

@@ -19,6 +19,7 @@ use bollard::query_parameters::{InspectContainerOptions, StartContainerOptions, 
 use crate::api::{CommandCoTenant, WorkloadKind};
 use crate::plan::{CoTenantId, JobKey};
 
+use super::events::Event;
 use super::journal::{Hold, Journal};
 use super::{DockerError, commands, engine_message, status_code};
 
@@ -36,7 +37,7 @@ pub struct CoTenantActor<'a> {
     /// How long a restarted container may take to run (and be healthy) before its restore
     /// counts as failed.
     pub start_timeout: Duration,
-    pub progress: &'a (dyn Fn(&str) + Send + Sync),
+    pub progress: &'a (dyn Fn(&Event) + Send + Sync),
 }
 
 /// What the engine shows of a container.
@@ -189,10 +190,12 @@ impl CoTenantActor<'_> {
 
     /// `docker stop`, then wait until the engine shows it not running.
     async fn stop_container(&self, target: &CoTenantId) -> Result<(), DockerError> {
-        (self.progress)(&format!(
-            "stopping {target} (up to {} before it is killed)",
-            humantime::format_duration(self.stop_timeout)
-        ));
+        (self.progress)(&Event::CoTenantStopping {
+            co_tenant: target.to_string(),
+            timeout_seconds: Some(self.stop_timeout.as_secs()),
+            command: None,
+        });
+        let began = Instant::now();
         let secs = i32::try_from(self.stop_timeout.as_secs()).unwrap_or(i32::MAX);
         let opts = StopContainerOptionsBuilder::default().t(secs).build();
         match self.docker.stop_container(&target.name, Some(opts)).await {
@@ -206,7 +209,10 @@ impl CoTenantActor<'_> {
             match self.inspect(target).await? {
                 None => return Ok(()),
                 Some(s) if !s.running => {
-                    (self.progress)(&format!("stopped {target}"));
+                    (self.progress)(&Event::CoTenantStopped {
+                        co_tenant: target.to_string(),
+                        elapsed_seconds: began.elapsed().as_secs_f64(),
+                    });
                     return Ok(());
                 }
                 Some(_) if since.elapsed() > DOWN_GRACE => {
@@ -226,23 +232,29 @@ impl CoTenantActor<'_> {
         let Some(shown) = self.inspect(target).await? else {
             // Removed while held: nothing left to start; keeping the hold would only make every
             // later run fail on it.
-            (self.progress)(&format!(
-                "warning: {target} no longer exists, so it cannot be started again"
-            ));
+            (self.progress)(&Event::CoTenantGone {
+                co_tenant: target.to_string(),
+                detail: None,
+            });
             return Ok(());
         };
         if shown.running && !stop_seen_done {
             // The stop that was interrupted may still be under way in the engine (`docker stop`
             // goes on after its client is gone): let it finish, or finish it, before starting.
-            (self.progress)(&format!(
-                "{target} still runs and its stop was not seen done; stopping it fully before starting it again"
-            ));
+            (self.progress)(&Event::CoTenantStopUnfinished {
+                co_tenant: target.to_string(),
+            });
             self.stop_container(target).await?;
         }
+        let began = Instant::now();
         let started = if shown.running && stop_seen_done {
             // Someone started it while it was held; it is back already.
             false
         } else {
+            (self.progress)(&Event::CoTenantStarting {
+                co_tenant: target.to_string(),
+                command: None,
+            });
             match self
                 .docker
                 .start_container(&target.name, None::<StartContainerOptions>)
@@ -251,21 +263,22 @@ impl CoTenantActor<'_> {
                 Ok(()) => true,
                 Err(e) if status_code(&e) == Some(304) => false,
                 Err(e) if status_code(&e) == Some(404) => {
-                    (self.progress)(&format!(
-                        "warning: {target} no longer exists, so it cannot be started again ({})",
-                        engine_message(&e)
-                    ));
+                    (self.progress)(&Event::CoTenantGone {
+                        co_tenant: target.to_string(),
+                        detail: Some(engine_message(&e)),
+                    });
                     return Ok(());
                 }
                 Err(e) => return Err(DockerError::api(format!("starting {target} again"), e)),
             }
         };
         self.wait_container_up(target).await?;
-        (self.progress)(&format!(
-            "{} {target} again{}",
-            if started { "started" } else { "found" },
-            if shown.health.is_some() { " (healthy)" } else { "" }
-        ));
+        (self.progress)(&Event::CoTenantStarted {
+            co_tenant: target.to_string(),
+            elapsed_seconds: began.elapsed().as_secs_f64(),
+            already_running: !started,
+            healthy: shown.health.is_some(),
+        });
         Ok(())
     }
 
@@ -302,11 +315,19 @@ impl CoTenantActor<'_> {
 
     /// Runs the co-tenant's `stop` or `start` command (`what`), saying so.
     async fn run_command(&self, cmd: &CommandCoTenant, what: &str) -> Result<(), DockerError> {
-        let (doing, script) = match what {
-            "stop" => ("stopping", &cmd.stop),
-            _ => ("starting", &cmd.start),
-        };
-        (self.progress)(&format!("{doing} Command {}: {script}", cmd.name));
+        let co_tenant = format!("Command {}", cmd.name);
+        (self.progress)(&match what {
+            "stop" => Event::CoTenantStopping {
+                co_tenant,
+                timeout_seconds: None,
+                command: Some(cmd.stop.clone()),
+            },
+            _ => Event::CoTenantStarting {
+                co_tenant,
+                command: Some(cmd.start.clone()),
+            },
+        });
+        let script = if what == "stop" { &cmd.stop } else { &cmd.start };
         commands::run(&cmd.name, what, script, &commands::log_path(self.state_dir, &cmd.name)).await
     }
 
@@ -315,9 +336,13 @@ impl CoTenantActor<'_> {
         if cmd.check.trim().is_empty() {
             return Err(no_check(cmd));
         }
+        let began = Instant::now();
         self.run_command(cmd, "stop").await?;
         commands::wait_gone(&cmd.name, &cmd.check, cmd.stop_timeout()).await?;
-        (self.progress)(&format!("stopped Command {}", cmd.name));
+        (self.progress)(&Event::CoTenantStopped {
+            co_tenant: format!("Command {}", cmd.name),
+            elapsed_seconds: began.elapsed().as_secs_f64(),
+        });
         Ok(())
     }
 
@@ -328,23 +353,30 @@ impl CoTenantActor<'_> {
         if cmd.check.trim().is_empty() {
             return Err(no_check(cmd));
         }
+        let co_tenant = format!("Command {}", cmd.name);
         let running = commands::check(&cmd.name, &cmd.check).await?;
+        let began = Instant::now();
+        let started = |already_running: bool| Event::CoTenantStarted {
+            co_tenant: co_tenant.clone(),
+            elapsed_seconds: began.elapsed().as_secs_f64(),
+            already_running,
+            healthy: false,
+        };
         if running && stop_seen_done {
             // Someone started it while it was held; it is back already.
             commands::wait_up(&cmd.name, &cmd.check, cmd.start_timeout()).await?;
-            (self.progress)(&format!("found Command {} running again", cmd.name));
+            (self.progress)(&started(true));
             return Ok(());
         }
         if running {
-            (self.progress)(&format!(
-                "Command {} still runs and its stop was not seen done; stopping it fully before starting it again",
-                cmd.name
-            ));
+            (self.progress)(&Event::CoTenantStopUnfinished {
+                co_tenant: co_tenant.clone(),
+            });
             self.stop_command(cmd).await?;
         }
         self.run_command(cmd, "start").await?;
         commands::wait_up(&cmd.name, &cmd.check, cmd.start_timeout()).await?;
-        (self.progress)(&format!("started Command {} again", cmd.name));
+        (self.progress)(&started(false));
         Ok(())
     }
 }

@@ -2,7 +2,6 @@
 //! stream its output; failures before Vidi runs become the attempt's recorded end, so the
 //! planner classifies them like any other (a gate timeout steps precision down, a missing
 //! NVIDIA runtime is NoGpu).
-use std::time::{Duration, Instant};
 
 use bollard::Docker;
 use bollard::models::ContainerStateStatusEnum;
@@ -14,23 +13,24 @@ use futures::StreamExt as _;
 use tokio::task::JoinHandle;
 
 use crate::api::Precision;
-use crate::gpu::{self, format_bytes};
+use crate::gpu;
 
 use super::container::VidiContainer;
+use super::events::{Event, Progress};
 use super::journal::{AttemptEnd, AttemptRecord, Exit};
-use super::session::{Progress, Run, Session};
+use super::session::{Run, Session};
 use super::{DockerError, GpuMode, engine_message, observe, status_code};
 
 /// How long a Vidi container gets to stop before it is killed.
 const VIDI_STOP_TIMEOUT_SECS: i32 = 10;
-/// How often the gate tells the user it is still waiting (it polls more often).
-const GATE_PROGRESS_EVERY: Duration = Duration::from_secs(5);
 
 impl Run<'_> {
     /// Stops an attempt's container. One that was created but never started (the operator died
     /// between the two) cannot be stopped and would look pending for ever: it is removed.
     pub(super) async fn stop_attempt(&self, name: &str) -> Result<(), DockerError> {
-        self.s.say(&format!("stopping the Vidi container {name}"));
+        self.s.say(Event::VidiStopping {
+            container: name.to_string(),
+        });
         let opts = StopContainerOptionsBuilder::default().t(VIDI_STOP_TIMEOUT_SECS).build();
         match self.s.docker.stop_container(name, Some(opts)).await {
             // 304: not running (perhaps never started); 404: gone.
@@ -107,7 +107,9 @@ impl Run<'_> {
                     self.save()?;
                 }
                 Err((exit_code, message)) => {
-                    self.s.say(&format!("GPU gate failed: {message}"));
+                    self.s.say(Event::GateFailed {
+                        message: message.clone(),
+                    });
                     let gate = Exit {
                         exit_code,
                         reason: Some("GateFailed".into()),
@@ -154,20 +156,28 @@ impl Run<'_> {
         };
         if let Err(e) = started {
             let end = start_failure(&e, &image);
-            self.s.say(&format!(
-                "could not start Vidi attempt {number}: {}",
-                end.gate
+            self.s.say(Event::VidiStartFailed {
+                attempt: number,
+                message: end
+                    .gate
                     .as_ref()
                     .or(end.main.as_ref())
                     .and_then(|x| x.message.clone())
                     .or(end.reason.clone())
-                    .unwrap_or_default()
-            ));
+                    .unwrap_or_default(),
+            });
             let opts = RemoveContainerOptionsBuilder::default().force(true).build();
             let _ = docker.remove_container(name, Some(opts)).await;
             return self.record_end(number, end);
         }
-        self.s.say(&format!("started {name} from {image}"));
+        self.vidi_started.insert(number, std::time::Instant::now());
+        self.s.say(Event::VidiStarted {
+            container: name.to_string(),
+            image: image.clone(),
+            attempt: number,
+            precision,
+            deadline: self.deadline,
+        });
         self.logs.push((
             name.to_string(),
             stream_logs(docker.clone(), name.to_string(), self.s.progress.clone()),
@@ -185,11 +195,9 @@ impl Run<'_> {
             )
         })?;
         let selector = Session::gpu_selector(&self.journal.spec);
-        self.s.say(&format!(
-            "waiting until {} of GPU memory is free",
-            format_bytes(min_free_bytes)
-        ));
-        let mut last: Option<Instant> = None;
+        self.s.say(Event::GateWaiting {
+            needed_bytes: min_free_bytes,
+        });
         let progress = self.s.progress.clone();
         let report = gpu::wait_for_free(
             &*probe,
@@ -198,28 +206,24 @@ impl Run<'_> {
             self.s.opts.gate_timeout,
             self.s.opts.gate_interval,
             |r| {
-                if r.free_bytes >= min_free_bytes || last.is_some_and(|t| t.elapsed() < GATE_PROGRESS_EVERY) {
-                    return;
+                // The passing reading is reported as GatePassed below.
+                if r.free_bytes < min_free_bytes {
+                    progress(&Event::GateReading {
+                        gpu: r.label(),
+                        free_bytes: r.free_bytes,
+                        needed_bytes: min_free_bytes,
+                        holders: r.holders(),
+                    });
                 }
-                last = Some(Instant::now());
-                progress(&format!(
-                    "{}: {} free, {} needed; {}",
-                    r.label(),
-                    format_bytes(r.free_bytes),
-                    format_bytes(min_free_bytes),
-                    r.holders()
-                ));
             },
         )
         .await
         .map_err(|e| (e.exit_code(), e.to_string()))?;
-        self.s.say(&format!(
-            "GPU {} ({}): {} free >= {} needed",
-            report.device.index,
-            report.device.name,
-            format_bytes(report.free_bytes),
-            format_bytes(report.min_free_bytes)
-        ));
+        self.s.say(Event::GatePassed {
+            gpu: format!("GPU {} ({})", report.device.index, report.device.name),
+            free_bytes: report.free_bytes,
+            needed_bytes: report.min_free_bytes,
+        });
         Ok(report)
     }
 }
@@ -279,11 +283,17 @@ fn stream_logs(docker: Docker, name: String, progress: Progress) -> JoinHandle<(
             partial.push_str(&String::from_utf8_lossy(&chunk.into_bytes()));
             while let Some(at) = partial.find('\n') {
                 let line: String = partial.drain(..=at).collect();
-                progress(&format!("[{name}] {}", line.trim_end()));
+                progress(&Event::VidiOutput {
+                    container: name.clone(),
+                    line: line.trim_end().to_string(),
+                });
             }
         }
         if !partial.trim().is_empty() {
-            progress(&format!("[{name}] {}", partial.trim_end()));
+            progress(&Event::VidiOutput {
+                container: name.clone(),
+                line: partial.trim_end().to_string(),
+            });
         }
     })
 }

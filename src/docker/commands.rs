@@ -43,7 +43,8 @@ pub async fn run(name: &str, what: &str, script: &str, log: &Path) -> Result<(),
         message,
     };
     if let Some(dir) = log.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| DockerError::io("creating the command log directory", dir, e))?;
+        super::state_dir::create_shared(dir)
+            .map_err(|e| DockerError::io("creating the command log directory", dir, e))?;
     }
     let open = || {
         std::fs::OpenOptions::new()
@@ -53,6 +54,9 @@ pub async fn run(name: &str, what: &str, script: &str, log: &Path) -> Result<(),
             .map_err(|e| DockerError::io("opening the command log", log, e))
     };
     let (out, err) = (open()?, open()?);
+    // Another user of the state directory may run this co-tenant's commands next.
+    super::state_dir::share(log, super::state_dir::FILE_MODE)
+        .map_err(|e| DockerError::io("sharing the command log", log, e))?;
     let before = std::fs::metadata(log).map(|m| m.len()).unwrap_or(0);
     let status = exec(name, what, script, Stdio::from(out), Stdio::from(err), COMMAND_TIMEOUT).await?;
     if status.success() {

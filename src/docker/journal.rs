@@ -259,6 +259,8 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), DockerError> {
     let tmp = dir.join(format!(".{file_name}.tmp-{}", std::process::id()));
     let write = || -> std::io::Result<()> {
         let mut f = std::fs::File::create(&tmp)?;
+        // Every member of the state directory's group may have to finish this job.
+        super::state_dir::share(&tmp, super::state_dir::JOURNAL_MODE)?;
         f.write_all(bytes)?;
         f.sync_all()
     };

@@ -74,6 +74,8 @@ impl HostLock {
             .truncate(false)
             .open(&path)
             .map_err(io)?;
+        // Whoever creates it lets the state directory's group take it too.
+        super::state_dir::share(&path, super::state_dir::FILE_MODE).map_err(io)?;
         match flock(&file, FlockOperation::NonBlockingLockExclusive) {
             Ok(()) => {}
             Err(e) if e == rustix::io::Errno::WOULDBLOCK => return Ok(Err(read_owner(&path))),

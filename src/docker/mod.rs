@@ -19,6 +19,7 @@ pub mod build;
 pub mod commands;
 pub mod container;
 pub mod engine;
+pub mod events;
 pub mod gpu_usage;
 pub mod jobfile;
 pub mod journal;
@@ -75,6 +76,8 @@ pub enum DockerError {
     JobFile(#[from] jobfile::JobFileError),
     #[error(transparent)]
     Locked(#[from] lock::LockError),
+    #[error(transparent)]
+    StateDir(#[from] state_dir::StateDirError),
     #[error("command co-tenant {name}: {message}")]
     Command { name: String, message: String },
     #[error("job {job} cannot run, so nothing was stopped:\n  {}", problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n  "))]

@@ -26,8 +26,8 @@ use super::lock::HostLock;
 use super::observe::{self, Look};
 use super::{DockerError, GpuMode, state_dir, status_code};
 
-/// Where progress lines go (the CLI prints them on stderr).
-pub type Progress = Arc<dyn Fn(&str) + Send + Sync>;
+pub use super::events::Progress;
+use super::events::{Event, UnwindCause};
 
 /// How often to look again while nothing signals a change (co-tenant commands stopping).
 const POLL: Duration = Duration::from_millis(300);
@@ -137,22 +137,20 @@ impl Session {
         }
     }
 
-    pub(super) fn say(&self, line: &str) {
-        (self.progress)(line)
+    pub(super) fn say(&self, event: Event) {
+        (self.progress)(&event)
     }
 
     fn ensure_state_dir(&self) -> Result<(), DockerError> {
-        std::fs::create_dir_all(&self.opts.state_dir)
-            .map_err(|e| DockerError::io("creating the state directory", &self.opts.state_dir, e))
+        Ok(state_dir::prepare(&self.opts.state_dir)?)
     }
 
     async fn lock(&self, job: &str) -> Result<HostLock, DockerError> {
         self.ensure_state_dir()?;
         let progress = self.progress.clone();
         let lock = HostLock::acquire(&self.opts.state_dir, job, self.opts.wait_for_lock, |owner| {
-            progress(&match owner {
-                Some(o) => format!("waiting for {o} to finish (one job per GPU host)"),
-                None => "waiting for another job to finish (one job per GPU host)".to_string(),
+            progress(&Event::WaitingForLock {
+                owner: owner.map(ToString::to_string),
             })
         })
         .await?;
@@ -170,10 +168,11 @@ impl Session {
         let Some(journal) = Journal::load(&self.opts.state_dir)? else {
             return Ok(None);
         };
-        self.say(&format!(
-            "found the unfinished job {} (pid {}, started {}); stopping its Vidi container and restoring what it holds",
-            journal.job, journal.pid, journal.created
-        ));
+        self.say(Event::Recovering {
+            job: journal.job.clone(),
+            pid: journal.pid,
+            started: journal.created,
+        });
         let mut run = Run::new(self, journal, None);
         let (restored, stopped) = run.unwind().await?;
         Ok(Some(Recovered {
@@ -190,15 +189,17 @@ impl Session {
         let name = job_name(job)?;
         if let Some(j) = Journal::load(&self.opts.state_dir)? {
             let held: Vec<String> = j.holds.iter().map(|h| format!("{} {}", h.kind, h.name)).collect();
-            self.say(&format!(
-                "dry run: the unfinished job {} would be recovered first (it holds: {})",
-                j.job,
-                if held.is_empty() {
-                    "nothing".into()
-                } else {
-                    held.join(", ")
-                }
-            ));
+            self.say(Event::Planned {
+                line: format!(
+                    "dry run: the unfinished job {} would be recovered first (it holds: {})",
+                    j.job,
+                    if held.is_empty() {
+                        "nothing".into()
+                    } else {
+                        held.join(", ")
+                    }
+                ),
+            });
         }
         let output_dir = self.output_dir_path(name, job);
         let journal = Journal::new(name, job.spec.clone(), output_dir.clone(), Timestamp::now());
@@ -215,16 +216,23 @@ impl Session {
             deleting: false,
         })
         .await?;
-        // The same preflight as a real run, so every problem is listed at once.
+        // The same preflight as a real run, so every problem is listed at once, and refused the
+        // same way: once, as an error.
         for p in super::preflight::check(self, job, name).await {
             if !snap.problems.iter().any(|seen| seen.field == p.field) {
                 snap.problems.push(p);
             }
         }
+        if !snap.problems.is_empty() {
+            return Err(DockerError::Preflight {
+                job: name.to_string(),
+                problems: std::mem::take(&mut snap.problems),
+            });
+        }
         let decision = plan::next(&snap);
         for a in &decision.actions {
             if let Action::Notify(n) = a {
-                self.say(&notice_line(n.severity, &n.message));
+                self.say(notice(n.severity, &n.message));
             }
         }
         if decision.status.phase != Phase::Failed {
@@ -242,7 +250,7 @@ impl Session {
                 user: &self.opts.user,
             };
             for line in c.describe() {
-                self.say(&line);
+                self.say(Event::Planned { line });
             }
         }
         Ok(decision.status)
@@ -260,8 +268,30 @@ impl Session {
         };
         // Holding the lock proves whoever wrote a journal is dead: finish its work first.
         let recovered = self.finish_unfinished().await?;
-        // Anything that would make the job fail for sure is found before anything is stopped.
-        let problems = super::preflight::check(self, job, name).await;
+        // Anything that would make the job fail for sure is found before anything is stopped:
+        // preflight's checks, and what the planner's first look would refuse (host paths that
+        // are not there, refs to no container), so the job is refused once, with every problem.
+        let mut problems = super::preflight::check(self, job, name).await;
+        let unsaved = Journal::new(
+            name,
+            job.spec.clone(),
+            self.output_dir_path(name, job),
+            Timestamp::now(),
+        );
+        let first_look = observe::snapshot(Look {
+            docker: &self.docker,
+            journal: &unsaved,
+            gpu_total_bytes: None,
+            gpu: None,
+            dry_run: true,
+            deleting: false,
+        })
+        .await?;
+        for p in first_look.problems {
+            if !problems.iter().any(|seen| seen.field == p.field) {
+                problems.push(p);
+            }
+        }
         if !problems.is_empty() {
             return Err(DockerError::Preflight {
                 job: name.to_string(),
@@ -305,16 +335,18 @@ impl Session {
             }
             Ok(Err(e)) => {
                 // The error itself is printed once, by the caller, when everything is restored.
-                self.say("something failed; restoring the co-tenants before giving up");
+                self.say(Event::Unwinding {
+                    cause: UnwindCause::Failure,
+                });
                 if let Err(e2) = run.unwind().await {
-                    self.say(&format!(
-                        "error: restoring failed too ({e2}); run `vidi-operator docker recover` once the cause is fixed"
-                    ));
+                    self.say(Event::RestoreFailed { error: e2.to_string() });
                 }
                 Err(e)
             }
             Err(c) => {
-                self.say("cancelled: stopping Vidi and restoring the co-tenants");
+                self.say(Event::Unwinding {
+                    cause: UnwindCause::Cancelled,
+                });
                 run.unwind().await?;
                 Ok(RunResult {
                     status: run.journal.status.clone(),
@@ -373,13 +405,21 @@ impl Session {
     /// this one's, and so is the termination message.
     pub(super) fn prepare_output_dir(&self, dir: &Path) -> Result<(), DockerError> {
         let existed = dir.exists();
-        std::fs::create_dir_all(dir).map_err(|e| DockerError::io("creating the output directory", dir, e))?;
+        // The default one, in the state directory, is shared like the rest of it.
+        if dir.starts_with(&self.opts.state_dir) {
+            state_dir::create_shared(dir)
+        } else {
+            std::fs::create_dir_all(dir)
+        }
+        .map_err(|e| DockerError::io("creating the output directory", dir, e))?;
         if !existed {
             make_writable_for(dir, &self.opts.user)?;
         }
         let stale = dir.join(observe::RESULT_FILE);
         match std::fs::remove_file(&stale) {
-            Ok(()) => self.say(&format!("removed the earlier {}", stale.display())),
+            Ok(()) => self.say(Event::OldResultRemoved {
+                path: stale.display().to_string(),
+            }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(DockerError::io("removing the earlier result", stale, e)),
         }
@@ -453,10 +493,10 @@ async fn remove_job_containers(docker: &Docker, name: &str) -> Result<Vec<String
     Ok(removed)
 }
 
-fn notice_line(severity: Severity, message: &str) -> String {
-    match severity {
-        Severity::Normal => message.to_string(),
-        Severity::Warning => format!("warning: {message}"),
+fn notice(severity: Severity, message: &str) -> Event {
+    Event::Notice {
+        warning: severity == Severity::Warning,
+        message: message.to_string(),
     }
 }
 
@@ -469,6 +509,10 @@ pub(super) struct Run<'s> {
     pub(super) logs: Vec<(String, JoinHandle<()>)>,
     /// When the last look began (events from then on can change what it saw).
     looked_at: Timestamp,
+    /// When `activeDeadlineSeconds` runs out, once the job has started (for the progress).
+    pub(super) deadline: Option<Timestamp>,
+    /// When each attempt's container was started by this run (for the progress).
+    pub(super) vidi_started: HashMap<u32, std::time::Instant>,
 }
 
 impl<'s> Run<'s> {
@@ -479,6 +523,8 @@ impl<'s> Run<'s> {
             gpu_total,
             logs: Vec::new(),
             looked_at: Timestamp::now(),
+            deadline: None,
+            vidi_started: HashMap::new(),
         }
     }
 
@@ -512,8 +558,24 @@ impl<'s> Run<'s> {
         }
         self.logs = still;
         self.looked_at = Timestamp::now();
+        let running: Vec<u32> = self
+            .journal
+            .attempts
+            .iter()
+            .filter(|a| a.end.is_none())
+            .map(|a| a.number)
+            .collect();
         if observe::record_ends(&self.s.docker, &mut self.journal).await? {
             self.save()?;
+            for a in self.journal.attempts.iter().filter(|a| running.contains(&a.number)) {
+                if let Some(main) = a.end.as_ref().and_then(|e| e.main.as_ref()) {
+                    self.s.say(Event::VidiExited {
+                        container: a.name.clone(),
+                        exit_code: main.exit_code,
+                        elapsed_seconds: self.vidi_started.get(&a.number).map(|t| t.elapsed().as_secs_f64()),
+                    });
+                }
+            }
         }
         let snap = observe::snapshot(Look {
             docker: &self.s.docker,
@@ -561,7 +623,7 @@ impl<'s> Run<'s> {
                 .any(|a| matches!(a, Action::Hold { .. } | Action::Resuspend { .. }));
             if st.phase == Phase::Suspending && st.message != said && !stopped_now {
                 if let Some(m) = &st.message {
-                    self.s.say(m);
+                    self.s.say(Event::Waiting { message: m.clone() });
                 }
                 said = st.message.clone();
             }
@@ -612,10 +674,10 @@ impl<'s> Run<'s> {
                     Journal::path(&self.s.opts.state_dir).display()
                 )));
             }
-            self.s.say(&format!(
-                "error: {error}; trying again in {}",
-                humantime::format_duration(pause)
-            ));
+            self.s.say(Event::RestoreRetrying {
+                error: error.to_string(),
+                retry_in_seconds: pause.as_secs_f64(),
+            });
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_secs(5));
         }
@@ -665,18 +727,21 @@ impl<'s> Run<'s> {
     async fn apply(&mut self, decision: &Decision, errors: &mut Vec<DockerError>) -> Result<bool, DockerError> {
         let mut acted = false;
         let mut said_early = None;
+        if let (Some(limit), Some(start)) = (self.journal.spec.active_deadline_seconds, &decision.status.start_time) {
+            self.deadline = Timestamp::from_second(start.0.as_second().saturating_add(limit)).ok();
+        }
         for (i, action) in decision.actions.iter().enumerate() {
             acted |= !matches!(action, Action::Notify(_) | Action::DeleteJob);
             // The planner announces an attempt right after asking for it; say it before the
             // gate and the container's output instead.
             if let (Action::StartAttempt { .. }, Some(Action::Notify(n))) = (action, decision.actions.get(i + 1)) {
-                self.s.say(&notice_line(n.severity, &n.message));
+                self.s.say(notice(n.severity, &n.message));
                 said_early = Some(i + 1);
             }
             tracing::debug!(?action, "applying");
             match action {
                 Action::Notify(_) if said_early == Some(i) => {}
-                Action::Notify(n) => self.s.say(&notice_line(n.severity, &n.message)),
+                Action::Notify(n) => self.s.say(notice(n.severity, &n.message)),
                 Action::Hold {
                     target,
                     holders,
@@ -810,7 +875,7 @@ mod tests {
     fn the_engine_client_outlasts_the_longest_stop() {
         // An HTTP client opens nothing until the first request.
         let docker = Docker::connect_with_http("http://127.0.0.1:9", 120, bollard::API_DEFAULT_VERSION).unwrap();
-        let quiet: Progress = Arc::new(|_: &str| {});
+        let quiet: Progress = Arc::new(|_: &Event| {});
         // A 130 s stop used to hit bollard's fixed 120 s request timeout mid-stop.
         let s = Session::new(docker.clone(), options(Duration::from_secs(130)), quiet.clone());
         assert!(

@@ -380,9 +380,23 @@ impl Drop for Fixture {
     }
 }
 
-/// Reads the `--output json` VidiJob's status.
+/// `docker run -o json`'s stdout, one JSON object per line; each must parse and name its event.
+pub fn json_lines(stdout: &str) -> Vec<serde_json::Value> {
+    stdout
+        .lines()
+        .map(|line| {
+            let v: serde_json::Value =
+                serde_json::from_str(line).unwrap_or_else(|e| panic!("a line is not JSON ({e}): {line}\n{stdout}"));
+            assert!(v["event"].is_string(), "a line without \"event\": {line}");
+            v
+        })
+        .collect()
+}
+
+/// The final VidiJob's status from `docker run -o json`: the last line, `{"event":"result",…}`.
 pub fn status_json(stdout: &str) -> serde_json::Value {
-    let v: serde_json::Value =
-        serde_json::from_str(stdout).unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{stdout}"));
-    v["status"].clone()
+    let lines = json_lines(stdout);
+    let last = lines.last().unwrap_or_else(|| panic!("no JSON lines on stdout"));
+    assert_eq!(last["event"], "result", "the last line is the result: {last}");
+    last["job"]["status"].clone()
 }
