@@ -121,6 +121,8 @@ pub(crate) struct State {
     pub kubelet: KubeletState,
     /// openAPIV3Schema per (group, version, plural) of custom resources.
     pub schemas: BTreeMap<(String, String, String), Value>,
+    /// What each container has logged, by (namespace, pod, container) (see `pods/log`).
+    pub logs: BTreeMap<(String, String, String), String>,
 }
 
 pub(crate) fn now() -> String {
@@ -241,6 +243,7 @@ impl State {
             workloads_synced_rv: 0,
             kubelet: KubeletState::default(),
             schemas: BTreeMap::new(),
+            logs: BTreeMap::new(),
         };
         for (g, v, p, k, ns, st) in [
             ("", "v1", "pods", "Pod", true, true),
