@@ -499,3 +499,29 @@ async fn result_prints_segments_and_the_preview_in_every_format() {
     );
     assert_eq!(phase(&api, "broken"), "Failed");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_on_a_job_deleted_meanwhile_says_so_with_exit_1() {
+    let api = standin_with_claims(&[]).await;
+    let cli = Cli::new(&api);
+    job_with_status(&api, "gone", json!({"phase": "Running"}));
+    let before = watches(&api);
+    let waiting = cli.command(&["wait", "-n", NS, "gone"]).output();
+    let waiting = tokio::spawn(waiting);
+    let deadline = Instant::now() + WAIT;
+    while watches(&api) == before {
+        assert!(Instant::now() < deadline, "`wait` never started a watch");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    api.delete(&Gvr::vidijobs(), NS, "gone").expect("deleted");
+    let out = tokio::time::timeout(WAIT, waiting)
+        .await
+        .expect("wait ends with the job")
+        .expect("joined")
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "error: VidiJob media/gone was deleted while waiting for it to finish (phase Running)\n"
+    );
+}

@@ -44,25 +44,20 @@ pub enum Error {
         phase: String,
         why: String,
     },
-    #[error("timed out after {waited} waiting for VidiJob {namespace}/{name} to finish (phase {phase})")]
+    #[error("timed out after {waited} waiting for VidiJob {namespace}/{name} to finish (phase {phase}){watch}")]
     Timeout {
         namespace: String,
         name: String,
         phase: String,
         waited: String,
+        /// Why the watch kept breaking, when it did.
+        watch: String,
     },
     #[error("VidiJob {namespace}/{name} was deleted while waiting for it to finish (phase {phase})")]
     Deleted {
         namespace: String,
         name: String,
         phase: String,
-    },
-    #[error("the watch of VidiJob {namespace}/{name} failed: {source}")]
-    Watch {
-        namespace: String,
-        name: String,
-        #[source]
-        source: kube::runtime::wait::Error,
     },
     #[error("reading the log of pod {namespace}/{pod}: {source}")]
     Log {

@@ -93,13 +93,16 @@ pub async fn status(
     };
     // A pool is cluster-wide: the queue needs every job; a user who may only list their own
     // namespace gets the queue as far as they can see it.
-    let everyone = match list_jobs(client, &Namespaces::All).await {
-        Ok(all) => all,
-        Err(Error::Api { source, .. }) if forbidden(&source) => match namespaces {
-            Namespaces::One(ns) => list_jobs(client, &Namespaces::One(ns.clone())).await?,
-            Namespaces::All => shown.clone(),
+    let everyone = match (namespaces, name) {
+        (Namespaces::All, None) => shown.clone(),
+        _ => match list_jobs(client, &Namespaces::All).await {
+            Ok(all) => all,
+            Err(Error::Api { source, .. }) if forbidden(&source) => match namespaces {
+                Namespaces::One(ns) => list_jobs(client, &Namespaces::One(ns.clone())).await?,
+                Namespaces::All => shown.clone(),
+            },
+            Err(e) => return Err(e),
         },
-        Err(e) => return Err(e),
     };
     let workloads = held_workloads(client, namespaces, &shown).await?;
 

@@ -3,7 +3,9 @@
 //! ends the wait at once. Follows the job with a watch, not by polling.
 use std::time::Duration;
 
-use kube::runtime::wait::await_condition;
+use futures::StreamExt as _;
+use kube::runtime::WatchStreamExt as _;
+use kube::runtime::watcher::{self, Event, watcher};
 use kube::{Api, Client};
 use serde::Serialize;
 
@@ -55,7 +57,9 @@ fn finished(job: &VidiJob) -> bool {
     job.status.as_ref().is_some_and(|s| s.phase.is_terminal())
 }
 
-/// Waits up to `timeout` for VidiJob `namespace/name` to reach Succeeded or Failed.
+/// Waits up to `timeout` for VidiJob `namespace/name` to reach Succeeded or Failed. A watch
+/// that breaks is started again with backoff (as the controller's watches are); the error it
+/// broke with is told if the timeout then passes.
 pub async fn wait(client: &Client, namespace: &str, name: &str, timeout: Duration) -> Result<Finished, Error> {
     // A job that does not exist is an error now, not after the timeout.
     let job = get_job(client, namespace, name).await?;
@@ -63,21 +67,36 @@ pub async fn wait(client: &Client, namespace: &str, name: &str, timeout: Duratio
         job
     } else {
         let api: Api<VidiJob> = Api::namespaced(client.clone(), namespace);
-        let done = await_condition(api, name, |j: Option<&VidiJob>| j.is_none_or(finished));
+        let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+        let mut events = std::pin::pin!(watcher(api, config).default_backoff());
+        let mut last_error: Option<watcher::Error> = None;
+        let mut listed = false;
+        let done = async {
+            while let Some(event) = events.next().await {
+                match event {
+                    Ok(Event::Apply(j) | Event::InitApply(j)) => {
+                        listed = true;
+                        if finished(&j) {
+                            return Some(j);
+                        }
+                    }
+                    Ok(Event::Delete(_)) => return None,
+                    Ok(Event::Init) => listed = false,
+                    // Listed again and it was not there: deleted while the watch was down.
+                    Ok(Event::InitDone) if !listed => return None,
+                    Ok(Event::InitDone) => {}
+                    Err(e) => last_error = Some(e),
+                }
+            }
+            None
+        };
         match tokio::time::timeout(timeout, done).await {
-            Ok(Ok(Some(job))) => job,
-            Ok(Ok(None)) => {
+            Ok(Some(job)) => job,
+            Ok(None) => {
                 return Err(Error::Deleted {
                     namespace: namespace.into(),
                     name: name.into(),
                     phase: phase(&job).to_string(),
-                });
-            }
-            Ok(Err(source)) => {
-                return Err(Error::Watch {
-                    namespace: namespace.into(),
-                    name: name.into(),
-                    source,
                 });
             }
             Err(_) => {
@@ -87,6 +106,9 @@ pub async fn wait(client: &Client, namespace: &str, name: &str, timeout: Duratio
                     name: name.into(),
                     phase: now.as_ref().map(phase).unwrap_or(phase(&job)).to_string(),
                     waited: humantime::format_duration(timeout).to_string(),
+                    watch: last_error
+                        .map(|e| format!("; the watch kept failing: {e}"))
+                        .unwrap_or_default(),
                 });
             }
         }
