@@ -15,7 +15,7 @@ const EXIT_TIMEOUT: u8 = 4;
 
 /// Follow VidiJobs: status, queue and holds; wait for the end; logs; the result.
 #[derive(Parser)]
-#[command(name = "kubectl-vidi", bin_name = "kubectl vidi", version, about)]
+#[command(name = "kubectl-vidi", bin_name = "kubectl vidi", version)]
 struct Cli {
     #[command(flatten)]
     global: Global,
