@@ -525,3 +525,23 @@ async fn wait_on_a_job_deleted_meanwhile_says_so_with_exit_1() {
         "error: VidiJob media/gone was deleted while waiting for it to finish (phase Running)\n"
     );
 }
+
+/// `--context` picks a context of the kubeconfig, as kubectl's does; one that is not there is an
+/// error naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn context_and_namespace_come_from_the_kubeconfig_as_in_kubectl() {
+    let api = standin_with_claims(&[]).await;
+    let cli = Cli::new(&api);
+    job_with_status(&api, "here", json!({"phase": "Queued"}));
+    // The stand-in's kubeconfig has one context, `standin`, whose namespace is `default`.
+    let named = cli.json(&["status", "--context", "standin", "-n", NS]).await;
+    assert_eq!(named["jobs"][0]["name"], "here");
+    assert_eq!(named["jobs"][0]["queuePosition"], 0, "nothing goes before it");
+    assert_eq!(cli.json(&["status", "--context", "standin"]).await["jobs"], json!([]));
+    let out = cli.run(&["status", "--context", "elsewhere"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.starts_with("error: using kubeconfig "), "{err}");
+    assert!(err.contains("elsewhere"), "{err}");
+    assert_eq!(err.lines().count(), 2, "what, then why: {err}");
+}
