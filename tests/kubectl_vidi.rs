@@ -336,6 +336,20 @@ async fn a_missing_job_is_an_error_naming_it_and_its_namespace() {
             assert!(out.stdout.is_empty(), "{all:?}");
         }
     }
+    let out = cli.run(&["status", "-A", "ghost"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "error: VidiJob \"ghost\" not found in any namespace\n"
+    );
+    // No job at all is no error: a note on stderr, as kubectl's "No resources found".
+    let out = cli.run(&["status", "-n", NS]).await;
+    assert_eq!(out.status.code(), Some(0));
+    assert!(out.stdout.is_empty());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "No VidiJobs found in namespace media.\n"
+    );
     // The context's namespace is the default (the stand-in's kubeconfig says `default`).
     let out = cli.run(&["result", "ghost"]).await;
     assert_eq!(

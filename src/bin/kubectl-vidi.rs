@@ -108,7 +108,15 @@ async fn run(g: &Global, command: Command) -> anyhow::Result<ExitCode> {
                 Namespaces::One(one()?)
             };
             let report = plugin::status::status(&client, &namespaces, name.as_deref(), jiff::Timestamp::now()).await?;
-            print(g.output, &report, || report.table())?;
+            if report.jobs.is_empty() && g.output == Format::Table {
+                // As kubectl: nothing on stdout, a note on stderr, and no error.
+                match &namespaces {
+                    Namespaces::One(ns) => eprintln!("No VidiJobs found in namespace {ns}."),
+                    Namespaces::All => eprintln!("No VidiJobs found."),
+                }
+            } else {
+                print(g.output, &report, || report.table())?;
+            }
         }
         Command::Wait { name, timeout } => {
             let ns = one()?;

@@ -18,6 +18,8 @@ pub use table::Table;
 pub enum Error {
     #[error("VidiJob {name:?} not found in namespace {namespace:?}")]
     NotFound { namespace: String, name: String },
+    #[error("VidiJob {name:?} not found in any namespace")]
+    NotFoundAnywhere { name: String },
     #[error("{what}: {source}")]
     Api {
         what: String,

@@ -82,10 +82,7 @@ pub async fn status(
             let all = list_jobs(client, &Namespaces::All).await?;
             let found: Vec<VidiJob> = all.into_iter().filter(|j| j.name_any() == name).collect();
             if found.is_empty() {
-                return Err(Error::NotFound {
-                    namespace: "(all namespaces)".into(),
-                    name: name.into(),
-                });
+                return Err(Error::NotFoundAnywhere { name: name.into() });
             }
             found
         }
