@@ -170,6 +170,8 @@ async fn a_live_scrape_follows_holds_and_the_queue_and_has_every_name_the_chart_
     let text = scrape_until(addr, "a hold and a wait of a second or more", |t| {
         sample(t, held).is_some_and(|s| s >= 1.0)
             && sample(t, "vidi_operator_queue_oldest_seconds").is_some_and(|s| s >= 1.0)
+            && sample(t, r#"vidi_operator_jobs{phase="Queued"}"#) == Some(1.0)
+            && sample(t, r#"vidi_operator_jobs{phase="Pending"}"#) == Some(1.0)
     })
     .await;
     assert_eq!(sample(&text, "vidi_operator_co_tenants_held"), Some(1.0), "{text}");
@@ -240,8 +242,10 @@ async fn a_live_scrape_follows_holds_and_the_queue_and_has_every_name_the_chart_
         .await
         .unwrap_or_else(|_| panic!("{name} succeeds"));
     }
-    let text = scrape_until(addr, "the holds and the queue emptied", |t| {
+    // The caches follow the writes a moment later: the restore, then the job's last status.
+    let text = scrape_until(addr, "both jobs done and the hold gone", |t| {
         sample(t, "vidi_operator_co_tenants_held") == Some(0.0)
+            && sample(t, r#"vidi_operator_jobs{phase="Succeeded"}"#) == Some(2.0)
     })
     .await;
     assert_eq!(sample(&text, held), None, "a restored co-tenant has no series: {text}");
