@@ -69,3 +69,63 @@ fn labels(kind: WorkloadKind, meta: &ObjectMeta) -> CoTenantLabels {
 fn held_since(meta: &ObjectMeta) -> Option<Timestamp> {
     meta.annotations.as_ref()?.get(HELD_SINCE)?.parse().ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(phase: &str, suspend: bool, deleting: bool) -> VidiJob {
+        let mut j: VidiJob = serde_json::from_value(serde_json::json!({
+            "apiVersion": "vidi.dev/v1alpha1", "kind": "VidiJob",
+            "metadata": {"name": "j", "namespace": "ns", "creationTimestamp": "2026-11-30T10:00:00Z"},
+            "spec": {"video": {"url": "https://x/v.mp4"}, "query": "q", "model": {"weights": {"claimName": "w"}}, "suspend": suspend},
+            "status": {"phase": phase},
+        }))
+        .expect("a job");
+        if deleting {
+            j.metadata.deletion_timestamp = j.metadata.creation_timestamp.clone();
+        }
+        j
+    }
+
+    #[test]
+    fn only_jobs_waiting_for_their_turn_count_as_waiting() {
+        assert!(waiting(&job("Pending", false, false)));
+        assert!(waiting(&job("Queued", false, false)));
+        assert!(!waiting(&job("Pending", true, false)), "suspended by spec.suspend");
+        assert!(!waiting(&job("Queued", false, true)), "being deleted");
+        for phase in ["Suspending", "Running", "Restoring", "Succeeded", "Failed"] {
+            assert!(!waiting(&job(phase, false, false)), "{phase}");
+        }
+    }
+
+    #[test]
+    fn the_queue_gauge_is_the_age_of_the_oldest_and_held_series_of_released_co_tenants_go() {
+        let metrics = Metrics::default();
+        let at = |s: &str| s.parse::<Timestamp>().expect("time");
+        let now = at("2026-11-30T10:10:00Z");
+        metrics.set_queue(
+            [at("2026-11-30T10:05:00Z"), at("2026-11-30T10:00:00Z")].into_iter(),
+            now,
+        );
+        assert_eq!(metrics.queue_oldest_seconds.get(), 600.0);
+        metrics.set_queue(std::iter::empty(), now);
+        assert_eq!(metrics.queue_oldest_seconds.get(), 0.0);
+
+        let co = |name: &str| CoTenantLabels {
+            kind: "Deployment".into(),
+            workload_namespace: "ns".into(),
+            workload: name.into(),
+        };
+        metrics.set_held(
+            [(co("a"), Some(at("2026-11-30T10:09:30Z"))), (co("b"), None)].into_iter(),
+            now,
+        );
+        assert_eq!(metrics.co_tenants_held.get(), 2);
+        assert_eq!(metrics.co_tenant_held_seconds.get_or_create(&co("a")).get(), 30.0);
+        metrics.set_held([(co("b"), None)].into_iter(), now);
+        let text = metrics.encode();
+        assert!(!text.contains(r#"workload="a""#), "{text}");
+        assert_eq!(metrics.co_tenants_held.get(), 1);
+    }
+}
