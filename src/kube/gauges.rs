@@ -6,7 +6,7 @@ use jiff::Timestamp;
 use kube::api::ObjectMeta;
 
 use super::act::HELD_SINCE;
-use super::observe::{Stores, holders};
+use super::observe::{Stores, created, holders};
 use crate::api::{Phase, VidiJob, WorkloadKind};
 use crate::telemetry::{CoTenantLabels, Metrics, Source};
 
@@ -48,14 +48,6 @@ fn waiting(job: &VidiJob) -> bool {
     matches!(phase(job), Phase::Pending | Phase::Queued)
         && !job.spec.suspend
         && job.metadata.deletion_timestamp.is_none()
-}
-
-fn created(job: &VidiJob) -> Timestamp {
-    job.metadata
-        .creation_timestamp
-        .as_ref()
-        .map(|t| t.0)
-        .unwrap_or(Timestamp::UNIX_EPOCH)
 }
 
 fn labels(kind: WorkloadKind, meta: &ObjectMeta) -> CoTenantLabels {

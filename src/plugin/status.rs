@@ -12,7 +12,7 @@ use serde::Serialize;
 use super::{Error, Namespaces, Table, get_job, human, seconds_between};
 use crate::api::{ORIGINAL_REPLICAS, Phase, VidiJob, WorkloadKind};
 use crate::kube::HELD_SINCE;
-use crate::kube::observe::{co_tenant_namespaces, holders, job_key};
+use crate::kube::observe::{co_tenant_namespaces, created, holders, job_key, rival};
 use crate::plan::queue::{self, Turn};
 use crate::plan::{JobKey, Rival};
 
@@ -195,7 +195,7 @@ fn job_status(job: &VidiJob, everyone: &[VidiJob], workloads: &[Workload], now: 
     let key = job_key(job);
     let status = job.status.clone().unwrap_or_default();
     let pool = queue::job_pool(&job.spec, &status);
-    let created = created_of(job);
+    let created = created(job);
     let waits = matches!(status.phase, Phase::Pending | Phase::Queued)
         && !job.spec.suspend
         && job.metadata.deletion_timestamp.is_none();
@@ -205,14 +205,7 @@ fn job_status(job: &VidiJob, everyone: &[VidiJob], workloads: &[Workload], now: 
             .filter(|other| job_key(other) != key)
             .filter(|other| other.status.as_ref().is_none_or(|s| !s.phase.is_terminal()))
             .filter(|other| queue::job_pool(&other.spec, &other.status.clone().unwrap_or_default()) == pool)
-            .map(|other| Rival {
-                key: job_key(other),
-                created: created_of(other),
-                priority: other.spec.priority,
-                phase: other.status.as_ref().map(|s| s.phase).unwrap_or(Phase::Pending),
-                suspended: other.spec.suspend,
-                deleting: other.metadata.deletion_timestamp.is_some(),
-            })
+            .map(rival)
             .collect();
         match queue::turn(queue::place(&key, created, job.spec.priority), &rivals) {
             Turn::Go => (Some(0), None),
@@ -262,14 +255,6 @@ fn holds_of(key: &JobKey, workloads: &[Workload], now: Timestamp) -> Vec<Hold> {
         .collect();
     holds.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
     holds
-}
-
-fn created_of(job: &VidiJob) -> Timestamp {
-    job.metadata
-        .creation_timestamp
-        .as_ref()
-        .map(|t| t.0)
-        .unwrap_or(Timestamp::UNIX_EPOCH)
 }
 
 impl StatusReport {
