@@ -10,6 +10,8 @@ use kube_support::{NS, Operator, deployment, standin_with_claims};
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(20);
+/// The name the binary's requests are recorded under in the stand-in.
+const CLIENT: &str = "kubectl-vidi";
 const RESULT: &str = r#"{"segments":[[65,72.4],[180,184]],"precision":"fp16","videoSeconds":600}"#;
 
 struct Cli {
@@ -21,7 +23,7 @@ impl Cli {
     fn new(api: &Standin) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let kubeconfig = dir.path().join("kubeconfig");
-        api.write_kubeconfig(&kubeconfig).expect("kubeconfig");
+        api.write_kubeconfig_for(&kubeconfig, CLIENT).expect("kubeconfig");
         Cli { _dir: dir, kubeconfig }
     }
 
@@ -204,13 +206,20 @@ async fn follow_a_job_with_status_logs_wait_and_result() {
         cli.ok(&["logs", "-n", NS, "first"]).await,
         "loading weights\nanswering\n"
     );
-    let waiting = cli.command(&["wait", "-n", NS, "first", "--timeout", "60s"]).output();
+    let before = watches(&api);
+    let waiting = tokio::spawn(cli.command(&["wait", "-n", NS, "first", "--timeout", "60s"]).output());
+    let deadline = Instant::now() + WAIT;
+    while watches(&api) == before {
+        assert!(Instant::now() < deadline, "`wait` never started a watch");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     api.kubelet()
         .finish(NS, pod, PodOutcome::succeed().with_message(RESULT))
         .expect("pod finishes");
     let out = tokio::time::timeout(WAIT, waiting)
         .await
         .expect("wait ends once the job has")
+        .expect("joined")
         .expect("runs");
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     let said = String::from_utf8_lossy(&out.stdout);
@@ -221,6 +230,31 @@ async fn follow_a_job_with_status_logs_wait_and_result() {
     assert_eq!(header(&result), ["START", "END", "DURATION"], "{result}");
     assert!(result.contains("00:01:05   00:01:12.4   7.4s"), "{result}");
     assert!(result.contains("00:03:00   00:03:04     4.0s"), "{result}");
+
+    // It only reads, and only what the README says it reads.
+    let used: std::collections::BTreeSet<(String, String)> = api
+        .access_records()
+        .into_iter()
+        .filter(|r| r.client.as_deref() == Some(CLIENT))
+        .map(|r| {
+            let res = [r.access.resource, r.access.subresource].join("/");
+            (r.access.verb, res.trim_end_matches('/').to_string())
+        })
+        .collect();
+    let documented: std::collections::BTreeSet<(String, String)> = [
+        ("get", "vidijobs"),
+        ("list", "vidijobs"),
+        ("watch", "vidijobs"),
+        ("list", "deployments"),
+        ("list", "statefulsets"),
+        ("list", "pods"),
+        ("get", "pods/log"),
+    ]
+    .into_iter()
+    .map(|(v, r)| (v.to_string(), r.to_string()))
+    .collect();
+    assert!(used.is_subset(&documented), "{used:?}");
+    assert_eq!(used, documented, "this scene uses every documented read");
     op.crash().await;
 }
 
@@ -288,9 +322,11 @@ async fn wait_exits_0_on_succeeded_and_1_on_failed_promptly() {
     );
 }
 
+/// The watches of VidiJobs the binary has started.
 fn watches(api: &Standin) -> usize {
     api.access_records()
         .iter()
+        .filter(|r| r.client.as_deref() == Some(CLIENT))
         .filter(|r| r.access.verb == "watch" && r.access.resource == "vidijobs")
         .count()
 }
