@@ -595,3 +595,50 @@ async fn context_and_namespace_come_from_the_kubeconfig_as_in_kubectl() {
     assert!(err.contains("elsewhere"), "{err}");
     assert_eq!(err.lines().count(), 2, "what, then why: {err}");
 }
+
+/// A user who may not list co-tenants in a namespace still sees what the job holds there, from
+/// the job's own record, marked as such; what they may read shows with its start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_falls_back_to_the_jobs_record_where_co_tenants_are_not_readable() {
+    let api = standin_with_claims(&[]).await;
+    let cli = Cli::new(&api);
+    let mut cosy = deployment("cosyvoice", NS, 0, true);
+    cosy["metadata"]["annotations"] = json!({
+        "vidi.dev/held-by": "media/mixed", "vidi.dev/original-replicas": "1",
+        "vidi.dev/held-since": "2026-11-30T10:00:00Z"});
+    api.create(&Gvr::deployments(), NS, cosy).expect("co-tenant");
+    job_with_status(
+        &api,
+        "mixed",
+        json!({"phase": "Running", "attempts": 1, "suspended": [
+            {"kind": "Deployment", "namespace": "gpu", "name": "comfyui", "originalReplicas": 2},
+            {"kind": "Deployment", "name": "cosyvoice", "originalReplicas": 1}]}),
+    );
+    // Namespaces are listed in order: `gpu` first, and that list is refused.
+    api.fail_next("list", "deployments", 403);
+    let report = cli.json(&["status", "-n", NS, "mixed"]).await;
+    let holds = &report["jobs"][0]["holds"];
+    assert_eq!(holds[0]["namespace"], "gpu", "{report}");
+    assert_eq!(holds[0]["unreadable"], true);
+    assert_eq!(holds[0]["originalReplicas"], 2);
+    assert!(holds[0].get("heldSince").is_none(), "{report}");
+    assert_eq!(holds[1]["name"], "cosyvoice");
+    assert_eq!(holds[1]["heldSince"], "2026-11-30T10:00:00Z");
+    assert!(holds[1].get("unreadable").is_none(), "{report}");
+
+    api.fail_next("list", "deployments", 403);
+    let table = cli.ok(&["status", "-n", NS]).await;
+    assert!(
+        row(&table, "mixed").contains("gpu/comfyui (not readable: since when unknown), media/cosyvoice (for "),
+        "{table}"
+    );
+    // Anything else than a refusal is still an error.
+    api.fail_next("list", "deployments", 500);
+    let out = cli.run(&["status", "-n", NS]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).starts_with("error: listing Deployments in gpu: "),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

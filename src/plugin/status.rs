@@ -13,8 +13,8 @@ use super::{Error, Namespaces, Table, get_job, human, seconds_between};
 use crate::api::{ORIGINAL_REPLICAS, Phase, VidiJob, WorkloadKind};
 use crate::kube::HELD_SINCE;
 use crate::kube::observe::{co_tenant_namespaces, created, holders, job_key, rival};
+use crate::plan::Rival;
 use crate::plan::queue::{self, Turn};
-use crate::plan::{JobKey, Rival};
 
 /// What `status` prints.
 #[derive(Clone, Debug, Serialize)]
@@ -67,6 +67,10 @@ pub struct Hold {
     /// Other jobs holding it too (back-to-back jobs share holds).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub shared_with: Vec<String>,
+    /// The user may not list this co-tenant's kind in its namespace: the hold is the job's own
+    /// record (`status.suspended`), and when it began is unknown.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub unreadable: bool,
 }
 
 /// Gathers the report: one job (`name`) or every job in `namespaces`.
@@ -101,12 +105,9 @@ pub async fn status(
             Err(e) => return Err(e),
         },
     };
-    let workloads = held_workloads(client, namespaces, &shown).await?;
+    let seen = held_workloads(client, namespaces, &shown).await?;
 
-    let mut jobs: Vec<JobStatus> = shown
-        .iter()
-        .map(|job| job_status(job, &everyone, &workloads, now))
-        .collect();
+    let mut jobs: Vec<JobStatus> = shown.iter().map(|job| job_status(job, &everyone, &seen, now)).collect();
     jobs.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
     Ok(StatusReport {
         jobs,
@@ -135,9 +136,26 @@ struct Workload {
     meta: ObjectMeta,
 }
 
+/// What could be read of the co-tenants: the marked workloads, and the (kind, namespace) scopes
+/// the user may not list (`None`: every namespace).
+#[derive(Default)]
+struct Seen {
+    workloads: Vec<Workload>,
+    hidden: Vec<(WorkloadKind, Option<String>)>,
+}
+
+impl Seen {
+    fn hidden(&self, kind: WorkloadKind, namespace: &str) -> bool {
+        self.hidden
+            .iter()
+            .any(|(k, ns)| *k == kind && ns.as_deref().is_none_or(|n| n == namespace))
+    }
+}
+
 /// The marked workloads where the shown jobs may hold something: their co-tenant namespaces and
 /// the namespaces in their `status.suspended` (every namespace with `-A`).
-async fn held_workloads(client: &Client, namespaces: &Namespaces, jobs: &[VidiJob]) -> Result<Vec<Workload>, Error> {
+/// Where listing is forbidden, the scope is noted as hidden rather than failing the command.
+async fn held_workloads(client: &Client, namespaces: &Namespaces, jobs: &[VidiJob]) -> Result<Seen, Error> {
     let scopes: Vec<Option<String>> = match namespaces {
         Namespaces::All => vec![None],
         Namespaces::One(_) => {
@@ -156,12 +174,26 @@ async fn held_workloads(client: &Client, namespaces: &Namespaces, jobs: &[VidiJo
             set.into_iter().map(Some).collect()
         }
     };
-    let mut out = Vec::new();
+    let mut seen = Seen::default();
     for scope in scopes {
-        out.extend(marked::<Deployment>(client, scope.as_deref(), WorkloadKind::Deployment).await?);
-        out.extend(marked::<StatefulSet>(client, scope.as_deref(), WorkloadKind::StatefulSet).await?);
+        for (kind, found) in [
+            (
+                WorkloadKind::Deployment,
+                marked::<Deployment>(client, scope.as_deref(), WorkloadKind::Deployment).await,
+            ),
+            (
+                WorkloadKind::StatefulSet,
+                marked::<StatefulSet>(client, scope.as_deref(), WorkloadKind::StatefulSet).await,
+            ),
+        ] {
+            match found {
+                Ok(w) => seen.workloads.extend(w),
+                Err(Error::Api { source, .. }) if forbidden(&source) => seen.hidden.push((kind, scope.clone())),
+                Err(e) => return Err(e),
+            }
+        }
     }
-    Ok(out)
+    Ok(seen)
 }
 
 async fn marked<K>(client: &Client, namespace: Option<&str>, kind: WorkloadKind) -> Result<Vec<Workload>, Error>
@@ -191,7 +223,7 @@ where
         .collect())
 }
 
-fn job_status(job: &VidiJob, everyone: &[VidiJob], workloads: &[Workload], now: Timestamp) -> JobStatus {
+fn job_status(job: &VidiJob, everyone: &[VidiJob], seen: &Seen, now: Timestamp) -> JobStatus {
     let key = job_key(job);
     let status = job.status.clone().unwrap_or_default();
     let pool = queue::job_pool(&job.spec, &status);
@@ -222,15 +254,19 @@ fn job_status(job: &VidiJob, everyone: &[VidiJob], workloads: &[Workload], now: 
         pool,
         queue_position,
         waiting_for,
-        holds: holds_of(&key, workloads, now),
+        holds: holds_of(job, seen, now),
         attempts: status.attempts,
         age_seconds: seconds_between(created, now),
         message: status.message.clone(),
     }
 }
 
-fn holds_of(key: &JobKey, workloads: &[Workload], now: Timestamp) -> Vec<Hold> {
-    let mut holds: Vec<Hold> = workloads
+/// The co-tenants whose marks name the job; where the user may not list co-tenants, the job's
+/// own record of what it holds (`status.suspended`, without the hold's start).
+fn holds_of(job: &VidiJob, seen: &Seen, now: Timestamp) -> Vec<Hold> {
+    let key = &job_key(job);
+    let mut holds: Vec<Hold> = seen
+        .workloads
         .iter()
         .filter_map(|w| {
             let by = holders(&w.meta);
@@ -250,9 +286,30 @@ fn holds_of(key: &JobKey, workloads: &[Workload], now: Timestamp) -> Vec<Hold> {
                 held_since,
                 held_seconds: held_since.map(|s| seconds_between(s, now)),
                 shared_with: by.iter().filter(|k| *k != key).map(|k| k.to_string()).collect(),
+                unreadable: false,
             })
         })
         .collect();
+    let own = job.namespace().unwrap_or_default();
+    for s in job.status.iter().flat_map(|s| &s.suspended) {
+        let namespace = if s.namespace.is_empty() {
+            own.clone()
+        } else {
+            s.namespace.clone()
+        };
+        if seen.hidden(s.kind, &namespace) {
+            holds.push(Hold {
+                kind: s.kind,
+                namespace,
+                name: s.name.clone(),
+                original_replicas: Some(s.original_replicas),
+                held_since: None,
+                held_seconds: None,
+                shared_with: Vec::new(),
+                unreadable: true,
+            });
+        }
+    }
     holds.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
     holds
 }
@@ -278,9 +335,10 @@ impl StatusReport {
             } else {
                 j.holds
                     .iter()
-                    .map(|h| match h.held_seconds {
-                        Some(s) => format!("{}/{} (for {})", h.namespace, h.name, human(s)),
-                        None => format!("{}/{}", h.namespace, h.name),
+                    .map(|h| match (h.held_seconds, h.unreadable) {
+                        (Some(s), _) => format!("{}/{} (for {})", h.namespace, h.name, human(s)),
+                        (None, true) => format!("{}/{} (not readable: since when unknown)", h.namespace, h.name),
+                        (None, false) => format!("{}/{}", h.namespace, h.name),
                     })
                     .collect::<Vec<_>>()
                     .join(", ")
