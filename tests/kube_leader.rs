@@ -360,6 +360,8 @@ async fn only_the_leader_acts_and_a_standby_takes_over() {
     assert!(leader.counter("vidi_operator_reconciles_total").await >= 1.0);
     assert_eq!(standby.counter("vidi_operator_suspends_total").await, 0.0);
     assert_eq!(standby.counter("vidi_operator_reconciles_total").await, 0.0);
+    assert_eq!(leader.counter("vidi_operator_leader").await, 1.0);
+    assert_eq!(standby.counter("vidi_operator_leader").await, 0.0);
     assert_eq!(
         holder(api.get(&Gvr::leases(), LEASE_NS, LEASE_NAME)).as_deref(),
         Some(leader_id.as_str())
@@ -374,6 +376,7 @@ async fn only_the_leader_acts_and_a_standby_takes_over() {
     job_completes(&api, "second").await;
     assert_eq!(reporters(&api, "second"), [new_id.clone()].into());
     assert!(replicas[s].counter("vidi_operator_suspends_total").await >= 1.0);
+    assert_eq!(replicas[s].counter("vidi_operator_leader").await, 1.0);
 
     // Told to stop, the leader releases the Lease before it exits.
     replicas[s].terminate();
@@ -566,6 +569,9 @@ async fn a_leader_whose_requests_hang_stops_and_its_late_writes_are_refused() {
     a.wait_log("stopped leading").await;
     assert_eq!(a.get("/readyz").await.0, 503, "a stopped leading: not ready");
     assert_eq!(a.get("/healthz").await, (200, "ok".to_string()));
+    // Its metrics say so, and no longer report the hold it can no longer see.
+    assert_eq!(a.counter("vidi_operator_leader").await, 0.0);
+    assert_eq!(a.counter("vidi_operator_co_tenants_held").await, 0.0);
     wait_holder(&api, Some("b")).await;
     finishes(&api, "hang", &pod).await;
     api.wait_for(|v| v.held_requests("a") > 0, WAIT)

@@ -106,19 +106,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         instance: identity.clone(),
     };
 
-    // The jobs-by-phase gauge is filled at scrape time from the controller's cache.
+    // The controller fills the scrape-time gauges (jobs by phase, holds, queue) from its caches.
     let jobs_cache: Arc<std::sync::Mutex<Option<Cache<VidiJob>>>> = Arc::default();
-    let refresh = {
-        let metrics = metrics.clone();
-        let cache = jobs_cache.clone();
-        Arc::new(move || {
-            if let Ok(guard) = cache.lock()
-                && let Some(store) = guard.as_ref()
-            {
-                metrics.set_phases(store.state().iter().map(|j| j.status.clone().unwrap_or_default().phase));
-            }
-        })
-    };
+    let refresh = Arc::new(|| {});
     let server = tokio::spawn({
         let (addr, health, metrics) = (args.metrics_addr, health.clone(), metrics.clone());
         async move {
@@ -138,6 +128,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     tokio::pin!(stop);
 
     if !args.leader_election {
+        // Every replica without leader election acts.
+        metrics.leader.set(1);
         let result = tokio::select! {
             r = vidi_operator::kube::run(clients, settings, metrics, health, jobs_cache, std::future::pending()) => r,
             _ = &mut stop => Ok(()),
@@ -184,6 +176,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
         tracing::info!("leading: starting the controller");
         health.set_ready(false);
+        metrics.leader.set(1);
         let controller = vidi_operator::kube::run(
             clients.clone(),
             settings.clone(),
@@ -199,6 +192,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         tokio::select! {
             r = controller => break r.context("controller failed"),
             _ = deposed => {
+                metrics.leader.set(0);
                 health.set_ready(false);
                 tracing::error!("stopped leading: the controller is stopped; acting again only after winning the Lease");
             }

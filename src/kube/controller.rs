@@ -148,6 +148,13 @@ pub async fn run(
     if let Ok(mut slot) = jobs_cache.lock() {
         *slot = Some(stores.jobs.clone());
     }
+    metrics.set_source(Some(super::gauges::source(&stores)));
+    for error in Error::METRIC_LABELS {
+        let _ = metrics
+            .errors
+            .get_or_create(&crate::telemetry::ErrorLabels { error: error.into() });
+    }
+    let _gauges = super::gauges::Installed(metrics.clone());
     let recorders = Recorders::new(
         client.clone(),
         Reporter {

@@ -3,6 +3,7 @@ mod act;
 pub mod cache;
 pub mod controller;
 mod events;
+mod gauges;
 pub mod lease;
 mod mappers;
 pub mod observe;
@@ -12,6 +13,7 @@ mod reconcile;
 mod status;
 mod sweep;
 
+pub use act::HELD_SINCE;
 pub use cache::Scope;
 pub use controller::{Clients, FINALIZER, Settings, run};
 pub use pod::PodDefaults;
@@ -49,6 +51,18 @@ pub enum Error {
 }
 
 impl Error {
+    /// Every `error` label value, so each series exists (at 0) before its first error: a rate
+    /// over it then works from the start, and a scrape shows every name the dashboard uses.
+    pub const METRIC_LABELS: [&'static str; 7] = [
+        "Write",
+        "Read",
+        "Serialize",
+        "Finalizer",
+        "Unsupported",
+        "StillReleasing",
+        "Replan",
+    ];
+
     pub fn metric_label(&self) -> &'static str {
         match self {
             Error::Write { .. } => "Write",

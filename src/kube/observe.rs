@@ -414,14 +414,7 @@ pub fn snapshot(job: &VidiJob, stores: &Stores, dry_run: bool, now: Timestamp) -
         .filter(|other| other.metadata.uid != job.metadata.uid && job_key(other) != key)
         .filter(|other| other.status.as_ref().is_none_or(|s| !s.phase.is_terminal()))
         .filter(|other| queue::job_pool(&other.spec, &other.status.clone().unwrap_or_default()) == pool)
-        .map(|other| Rival {
-            key: job_key(other),
-            created: created(other),
-            priority: other.spec.priority,
-            phase: other.status.as_ref().map(|s| s.phase).unwrap_or(Phase::Pending),
-            suspended: other.spec.suspend,
-            deleting: other.metadata.deletion_timestamp.is_some(),
-        })
+        .map(|other| rival(other))
         .collect();
 
     Snapshot {
@@ -456,7 +449,20 @@ pub fn held_co_tenants(stores: &Stores) -> Vec<CoTenant> {
         .collect()
 }
 
-fn created(job: &VidiJob) -> Timestamp {
+/// Another job of the same pool, as the queue sees it.
+pub fn rival(other: &VidiJob) -> Rival {
+    Rival {
+        key: job_key(other),
+        created: created(other),
+        priority: other.spec.priority,
+        phase: other.status.as_ref().map(|s| s.phase).unwrap_or(Phase::Pending),
+        suspended: other.spec.suspend,
+        deleting: other.metadata.deletion_timestamp.is_some(),
+    }
+}
+
+/// When the job was created (its queue age).
+pub fn created(job: &VidiJob) -> Timestamp {
     job.metadata
         .creation_timestamp
         .as_ref()

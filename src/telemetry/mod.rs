@@ -9,7 +9,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 
-pub use metrics::{ErrorLabels, Metrics, PhaseLabels};
+pub use metrics::{CoTenantLabels, ErrorLabels, Metrics, PhaseLabels, Source};
 
 /// Log output format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]

@@ -17,7 +17,7 @@ from pkg_support import (
 )
 
 # Kinds kubernetes-validate has no schema for (CRD types); checked by hand below.
-CRD_KINDS = {"ServiceMonitor"}
+CRD_KINDS = {"ServiceMonitor", "PrometheusRule"}
 
 
 def kube_validate(obj: dict) -> None:

@@ -20,7 +20,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
     Router::new().fallback(handle).with_state(shared)
 }
 
-fn respond(code: u16, body: &Value) -> Response {
+pub(crate) fn respond(code: u16, body: &Value) -> Response {
     let mut r = Response::new(Body::from(body.to_string()));
     *r.status_mut() = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     r.headers_mut().insert(
@@ -270,6 +270,9 @@ async fn serve(
         }
         Err(e) => return error(&e),
     };
+    if target.sub.as_deref() == Some("log") && target.gvr == Gvr::pods() && parts.method == Method::GET {
+        return crate::logs::serve(&shared, client, &target.ns, &target.name, &q.0);
+    }
     let Some(verb) = verb(&parts.method, &target, &q) else {
         return error(&ApiError::new(
             405,

@@ -14,6 +14,7 @@
 mod error;
 mod http;
 mod kubelet;
+mod logs;
 mod schema;
 mod selector;
 mod store;
@@ -503,6 +504,19 @@ impl Standin {
             Ok(c) => c,
             Err(e) => panic!("kube-standin: cannot build client: {e}"),
         }
+    }
+
+    /// Appends `text` to what container `container` of pod `ns/pod` has logged (served by
+    /// `GET …/pods/<pod>/log`; a `follow` request streams it as it comes, until the container
+    /// has terminated or the pod is gone).
+    pub fn append_log(&self, ns: &str, pod: &str, container: &str, text: &str) {
+        self.shared
+            .lock()
+            .logs
+            .entry((ns.into(), pod.into(), container.into()))
+            .or_default()
+            .push_str(text);
+        self.shared.poke();
     }
 
     /// A kubeconfig pointing at this server, for a separately started process.

@@ -126,6 +126,8 @@ pub(crate) struct State {
     /// objects up instead of scanning them all on each write (quadratic at 10,000 objects).
     pub by_uid: HashMap<String, Key>,
     pub dependents: HashMap<String, BTreeSet<Key>>,
+    /// What each container has logged, by (namespace, pod, container) (see `pods/log`).
+    pub logs: BTreeMap<(String, String, String), String>,
 }
 
 pub(crate) fn now() -> String {
@@ -248,6 +250,7 @@ impl State {
             schemas: BTreeMap::new(),
             by_uid: HashMap::new(),
             dependents: HashMap::new(),
+            logs: BTreeMap::new(),
         };
         for (g, v, p, k, ns, st) in [
             ("", "v1", "pods", "Pod", true, true),
