@@ -7,4 +7,5 @@ pub mod docker;
 pub mod gpu;
 pub mod kube;
 pub mod plan;
+pub mod release;
 pub mod telemetry;

@@ -776,6 +776,7 @@ fn cross_namespace_ref_needs_the_opt_in_label() {
         kind: WorkloadKind::Deployment,
         name: "cosy".into(),
         namespace: Some("other".into()),
+        release: None,
     };
     let base = job("a").with_spec(|s| s.co_tenants.refs = vec![r.clone()]);
     let d = base

@@ -218,6 +218,7 @@ fn build_spec(cos: &[CoSetup], s: &JobSetup) -> VidiJobSpec {
             kind: WorkloadKind::Deployment,
             name: format!("c{i}"),
             namespace: Some(if cos[i].other_ns { "other" } else { NS }.into()),
+            release: None,
         }];
     }
     spec
@@ -332,6 +333,7 @@ fn step(w: &mut World, history: &History, e: &Event, jobs: usize) {
                             kind: WorkloadKind::Deployment,
                             name,
                             namespace: Some(ns),
+                            release: None,
                         })
                         .collect()
                 }
