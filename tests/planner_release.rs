@@ -201,3 +201,34 @@ fn several_replicas_are_scaled_down_even_with_a_hook() {
     assert_eq!(writes(&d), ["hold ns/vllm orig=2 by=ns/a"]);
     assert!(w.calls.is_empty());
 }
+
+#[test]
+fn scaled_up_while_released_in_place_falls_back_and_ends_at_the_original() {
+    let mut w = world();
+    w.reconcile("a");
+    let i = w.co_index("ns/vllm");
+    w.scale(i, 3, "hpa");
+    let d = w.reconcile("a");
+    assert_eq!(writes(&d), ["fall-back ns/vllm"]);
+    let (_, message) = notice(&d, "ReleaseFellBack").expect("ReleaseFellBack");
+    assert!(message.contains("scaled to 3 by hpa"), "{message}");
+    to_running(&mut w);
+    w.finish("a", finished(0));
+    let d = w.reconcile("a");
+    assert!(writes(&d).contains(&"restore ns/vllm to=1".to_string()), "{:?}", writes(&d));
+    w.check_all_restored();
+}
+
+#[test]
+fn scaled_to_zero_while_released_in_place_is_not_called_but_scaled_back() {
+    let mut w = world();
+    to_running(&mut w);
+    let i = w.co_index("ns/vllm");
+    w.scale(i, 0, "someone");
+    w.finish("a", finished(0));
+    let d = w.reconcile("a");
+    assert!(writes(&d).contains(&"resume ns/vllm call=false".to_string()), "{:?}", writes(&d));
+    assert_eq!(w.calls, ["release vllm"], "nothing runs to take a resume call");
+    assert_eq!(w.co("ns/vllm").replicas, 1, "back at the original count");
+    w.check_all_restored();
+}

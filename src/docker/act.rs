@@ -188,15 +188,20 @@ impl CoTenantActor<'_> {
         self.stop(journal, target).await
     }
 
-    /// Restores an in-place hold: the resume call (when `call`), then the record goes. On error
-    /// the record stays, for the next round or `docker recover`.
+    /// Restores an in-place hold: the resume call (when `call`), then the record goes. One that
+    /// someone stopped meanwhile (no call) is started like any restored co-tenant. On error the
+    /// record stays, for the next round or `docker recover`.
     pub async fn resume(
         &self,
         journal: &mut Journal,
         target: &CoTenantId,
         hook: &ReleaseHook,
         call: bool,
+        replicas: i32,
     ) -> Result<(), DockerError> {
+        if !call && replicas > 0 {
+            return self.restore(journal, target, replicas).await;
+        }
         if call {
             match release::call(hook, Call::Resume).await {
                 Ok(_) => (self.progress)(&format!(

@@ -702,8 +702,18 @@ impl<'s> Run<'s> {
                     self.actor().call_release(&mut self.journal, target, hook).await?
                 }
                 Action::FallBack { target, .. } => self.actor().fall_back(&mut self.journal, target).await?,
-                Action::Resume { target, hook, call, .. } => {
-                    if let Err(e) = self.actor().resume(&mut self.journal, target, hook, *call).await {
+                Action::Resume {
+                    target,
+                    hook,
+                    call,
+                    replicas,
+                    ..
+                } => {
+                    if let Err(e) = self
+                        .actor()
+                        .resume(&mut self.journal, target, hook, *call, *replicas)
+                        .await
+                    {
                         errors.push(e);
                     }
                 }

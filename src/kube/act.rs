@@ -116,10 +116,16 @@ pub fn co_tenant_patch(action: &Action, now: Timestamp) -> Option<(&CoTenantId, 
             }),
         ),
         // Only once the resume call answered 2xx (see `Actor::resume`).
-        Action::Resume { target, revision, .. } => (
+        Action::Resume {
+            target,
+            replicas,
+            revision,
+            ..
+        } => (
             target,
             json!({
                 "metadata": with_version(revision, json!({"annotations": {HELD_BY: null, ORIGINAL_REPLICAS: null, HELD_SINCE: null, RELEASED: null}})),
+                "spec": {"replicas": replicas},
             }),
         ),
         _ => return None,

@@ -80,11 +80,13 @@ pub enum Action {
         revision: Option<String>,
     },
     /// No holder left of an in-place hold: make the resume call (when `call`), and only after
-    /// its 2xx one write removes every mark. Replicas are not touched: it never stopped.
+    /// its 2xx one write removes every mark and sets `replicas` (the original count: unchanged
+    /// unless someone scaled it down meanwhile, since it never stopped).
     Resume {
         target: CoTenantId,
         hook: ReleaseHook,
         call: bool,
+        replicas: i32,
         revision: Option<String>,
     },
     /// Create the attempt's pod (or container) named `name`. Creating an existing one is a no-op.

@@ -16,6 +16,7 @@ pub fn stale_holders(co: &CoTenant, live: impl Fn(&JobKey) -> bool) -> Option<Ac
             target: co.id.clone(),
             hook: mark.hook.clone(),
             call: co.replicas > 0 && mark.hook.resume_url.is_some(),
+            replicas: co.original_replicas.unwrap_or(co.replicas),
             revision: co.revision.clone(),
         }
     } else if remaining.is_empty() {

@@ -506,7 +506,9 @@ impl World {
                     w.co.released = None;
                     Self::bump(w);
                 }
-                Action::Resume { target, call, .. } => {
+                Action::Resume {
+                    target, call, replicas, ..
+                } => {
                     let c = self.co_mut(target).clone();
                     if c.co.holders.iter().any(|h| h != k) || c.co.released.is_none() {
                         self.fail(format!(
@@ -518,11 +520,8 @@ impl World {
                     if *call {
                         self.calls.push(format!("resume {}", target.name));
                     }
-                    let w = self.co_mut(target);
-                    w.co.holders.clear();
-                    w.co.original_replicas = None;
-                    w.co.released = None;
-                    Self::bump(w);
+                    self.restore(target, *replicas);
+                    self.co_mut(target).co.released = None;
                 }
                 Action::Resuspend { target, .. } => {
                     let c = self.co_mut(target).clone();
@@ -828,15 +827,14 @@ impl World {
                     w.co.holders = holders.into_iter().collect();
                     Self::bump(w);
                 }
-                Action::Resume { target, call, .. } => {
+                Action::Resume {
+                    target, call, replicas, ..
+                } => {
                     if call {
                         self.calls.push(format!("resume {}", target.name));
                     }
-                    let w = self.co_mut(&target);
-                    w.co.holders.clear();
-                    w.co.original_replicas = None;
-                    w.co.released = None;
-                    Self::bump(w);
+                    self.restore(&target, replicas);
+                    self.co_mut(&target).co.released = None;
                 }
                 other => self.fail(format!("sweep returned {other:?}")),
             }

@@ -76,7 +76,20 @@ impl<'a> Plan<'a> {
             let Some(mark) = self.view[i].released.clone() else {
                 continue;
             };
-            let id = self.view[i].id.clone();
+            let c = &self.view[i];
+            let id = c.id.clone();
+            // One write per co-tenant per decision (the next would carry a stale
+            // resourceVersion): a hold joined just now is looked at in the next decision.
+            if self.writes_to(&id) {
+                continue;
+            }
+            // Scaled up by someone while held in place: the new replicas take GPU memory again.
+            if c.original_replicas.is_some_and(|o| c.replicas > o) {
+                let by = c.last_scaled_by.as_deref().unwrap_or("something else");
+                let why = format!("it was scaled to {} by {by} while released in place", c.replicas);
+                self.fall_back(i, &why);
+                continue;
+            }
             match &mark.state {
                 ReleaseState::Requested => {
                     let recorded = self.s.co_tenants[i]
@@ -101,6 +114,20 @@ impl<'a> Plan<'a> {
                 }
             }
         }
+    }
+
+    /// Whether this decision already writes co-tenant `id`.
+    fn writes_to(&self, id: &crate::plan::CoTenantId) -> bool {
+        self.actions.iter().any(|a| match a {
+            Action::Hold { target, .. }
+            | Action::HoldInPlace { target, .. }
+            | Action::FallBack { target, .. }
+            | Action::Resume { target, .. }
+            | Action::Resuspend { target, .. }
+            | Action::Release { target, .. }
+            | Action::Restore { target, .. } => target == id,
+            _ => false,
+        })
     }
 
     /// Co-tenants held in place whose release call has not been answered yet: Vidi starts only
@@ -181,12 +208,15 @@ impl<'a> Plan<'a> {
             return false;
         }
         let id = c.id.clone();
-        // Nothing runs to take the call (someone scaled it to 0 meanwhile): only the marks go.
+        // Nothing runs to take the call (someone scaled it to 0 meanwhile): the write brings
+        // the original replicas back instead.
         let call = c.replicas > 0 && mark.hook.resume_url.is_some();
+        let replicas = c.original_replicas.unwrap_or(c.replicas);
         self.actions.push(Action::Resume {
             target: id.clone(),
             hook: mark.hook.clone(),
             call,
+            replicas,
             revision: c.revision.clone(),
         });
         let message = match (&mark.hook.resume_url, call) {
@@ -199,6 +229,7 @@ impl<'a> Plan<'a> {
         c.holders = holders;
         c.original_replicas = None;
         c.released = None;
+        c.replicas = replicas;
         true
     }
 }
