@@ -4,6 +4,7 @@
     gpu-cotenant.py prepare --dir W --gib 8          write W/shard-*.pt (fp16 weights)
     gpu-cotenant.py serve --dir W --port 8188        load W onto the GPU and serve HTTP
     gpu-cotenant.py measure --dir W --reps 5 --json OUT.json
+    gpu-cotenant.py gate --dir W --bin vidi-operator --reps 5 --json OUT.json
 
 The server holds the weights on the GPU, as ComfyUI or vLLM hold a model, and speaks their
 release hooks:
@@ -21,6 +22,11 @@ A co-tenant that can only be stopped is the same server killed (SIGTERM) and sta
   /sleep (+ wake from host memory); SIGTERM → memory seen free, fresh start → serving.
 Memory counts as free when the device's used memory fell back within 1 GiB of what it was
 before the server loaded its weights (the CUDA context of a live process stays).
+
+`gate` checks the operator's own confirmation on the real GPU: `vidi-operator gpu gate` waits
+for (free memory while the weights are held + 4 GiB); the release (`POST /free`) must let it
+pass; a server started with `--ignore-free` (answers 200, frees nothing) must time it out (exit
+4, naming the holder), and stopping that server (the operator's fallback) must let it pass.
 """
 import argparse
 import gc
@@ -140,7 +146,9 @@ def serve(args):
                 self.rfile.read(length)
             path = self.path.split("?")[0]
             with model.lock:
-                if path == "/free":
+                if path == "/free" and args.ignore_free:
+                    pass
+                elif path == "/free":
                     model.free()
                 elif path == "/sleep":
                     model.sleep()
@@ -282,6 +290,73 @@ def measure(args):
             json.dump(out, f, indent=1)
 
 
+def gate(args):
+    """Release (or stop) while `vidi-operator gpu gate` waits; how long until it passes."""
+    p, h = nvml()
+    port = args.port
+    url = f"http://127.0.0.1:{port}"
+
+    def start(*extra):
+        proc = subprocess.Popen([sys.executable, __file__, "serve", "--dir", args.dir, "--port", str(port), *extra])
+        wait_until(lambda: http("GET", url + "/health", timeout=2) == 200, 300, step=0.02)
+        return proc
+
+    def gate_proc(need, timeout):
+        return subprocess.Popen(
+            [args.bin, "gpu", "gate", "--min-free", str(need), "--timeout", timeout, "--interval", "50ms"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def free_bytes():
+        return p.nvmlDeviceGetMemoryInfo(h).free
+
+    out = {"gpu": p.nvmlDeviceGetName(h), "driver": p.nvmlSystemGetDriverVersion(),
+           "release_to_gate_pass": [], "stop_to_gate_pass": []}
+    proc = start()
+    for rep in range(args.reps):
+        need = free_bytes() + (4 << 30)
+        g = gate_proc(need, "60s")
+        time.sleep(1.0)
+        assert g.poll() is None, "the gate passed before the release"
+        t0 = time.monotonic()
+        assert http("POST", url + "/free", {"unload_models": True, "free_memory": True}) == 200
+        g.wait(60)
+        t1 = time.monotonic()
+        assert g.returncode == 0, g.stderr.read()
+        out["release_to_gate_pass"].append(t1 - t0)
+        print(f"rep {rep}: release -> gate passed in {t1 - t0:.3f}s; {g.stdout.read().strip()[:200]}", flush=True)
+        assert http("POST", url + "/wake_up") == 200
+        wait_until(lambda: http("GET", url + "/health", timeout=5) == 200, 120, step=0.02)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(30)
+    # A release that answers 200 but frees nothing: the gate must time out, naming the holder.
+    liar = start("--ignore-free")
+    need = free_bytes() + (4 << 30)
+    assert http("POST", url + "/free", {"unload_models": True, "free_memory": True}) == 200
+    g = gate_proc(need, "5s")
+    g.wait(60)
+    err = g.stderr.read()
+    out["ignored_release_gate_exit"] = g.returncode
+    out["ignored_release_gate_message"] = err.strip().splitlines()[-1] if err.strip() else ""
+    print(f"ignored release: gate exit {g.returncode}: {out['ignored_release_gate_message']}", flush=True)
+    # The fallback: stop it; the gate passes once the process is gone.
+    g = gate_proc(need, "60s")
+    time.sleep(1.0)
+    t0 = time.monotonic()
+    liar.send_signal(signal.SIGTERM)
+    g.wait(60)
+    t1 = time.monotonic()
+    liar.wait(30)
+    out["stop_to_gate_pass"].append(t1 - t0)
+    out["stop_gate_exit"] = g.returncode
+    print(f"fallback stop -> gate exit {g.returncode} in {t1 - t0:.3f}s", flush=True)
+    r = out["release_to_gate_pass"]
+    out["summary"] = {"release_to_gate_pass_median_s": statistics.median(r), "min_s": min(r), "max_s": max(r), "n": len(r)}
+    print(json.dumps(out, indent=1), flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=1)
+
+
 def main():
     ap = argparse.ArgumentParser()
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -291,13 +366,20 @@ def main():
     a = sub.add_parser("serve")
     a.add_argument("--dir", required=True)
     a.add_argument("--port", type=int, default=8188)
+    a.add_argument("--ignore-free", action="store_true", help="answer /free with 200 but free nothing")
     a = sub.add_parser("measure")
     a.add_argument("--dir", required=True)
     a.add_argument("--port", type=int, default=8188)
     a.add_argument("--reps", type=int, default=5)
     a.add_argument("--json")
+    a = sub.add_parser("gate")
+    a.add_argument("--dir", required=True)
+    a.add_argument("--port", type=int, default=8188)
+    a.add_argument("--bin", required=True, help="the vidi-operator binary")
+    a.add_argument("--reps", type=int, default=5)
+    a.add_argument("--json")
     args = ap.parse_args()
-    {"prepare": prepare, "serve": serve, "measure": measure}[args.cmd](args)
+    {"prepare": prepare, "serve": serve, "measure": measure, "gate": gate}[args.cmd](args)
 
 
 if __name__ == "__main__":
