@@ -215,7 +215,11 @@ fn scaled_up_while_released_in_place_falls_back_and_ends_at_the_original() {
     to_running(&mut w);
     w.finish("a", finished(0));
     let d = w.reconcile("a");
-    assert!(writes(&d).contains(&"restore ns/vllm to=1".to_string()), "{:?}", writes(&d));
+    assert!(
+        writes(&d).contains(&"restore ns/vllm to=1".to_string()),
+        "{:?}",
+        writes(&d)
+    );
     w.check_all_restored();
 }
 
@@ -227,8 +231,27 @@ fn scaled_to_zero_while_released_in_place_is_not_called_but_scaled_back() {
     w.scale(i, 0, "someone");
     w.finish("a", finished(0));
     let d = w.reconcile("a");
-    assert!(writes(&d).contains(&"resume ns/vllm call=false".to_string()), "{:?}", writes(&d));
+    assert!(
+        writes(&d).contains(&"resume ns/vllm call=false".to_string()),
+        "{:?}",
+        writes(&d)
+    );
     assert_eq!(w.calls, ["release vllm"], "nothing runs to take a resume call");
     assert_eq!(w.co("ns/vllm").replicas, 1, "back at the original count");
     w.check_all_restored();
+}
+
+#[test]
+fn a_dry_run_says_who_would_be_released_in_place() {
+    let w = world();
+    let mut snap = w.snapshot(&key("a"));
+    snap.dry_run = true;
+    let d = vidi_operator::plan::next(&snap);
+    assert!(writes(&d).is_empty(), "{:?}", writes(&d));
+    let message = d.status.message.unwrap_or_default();
+    assert!(
+        message.contains("Deployment ns/vllm (1 replica, released in place: POST http://vllm:8000/sleep?level=1)")
+            && message.contains("Deployment ns/cosy (1 replicas)"),
+        "{message}"
+    );
 }
