@@ -127,6 +127,20 @@ async fn released_in_place_and_resumed_without_a_scale_down() {
         .expect("a released mark");
     assert_eq!(held["metadata"]["annotations"]["vidi.dev/held-by"], "media/find");
     assert_eq!(held["spec"]["replicas"], 1);
+    // The status says so.
+    if api
+        .wait_for(
+            |v| {
+                v.get(&Gvr::vidijobs(), NS, "find")
+                    .is_some_and(|j| j["status"]["suspended"][0]["releasedInPlace"] == true)
+            },
+            WAIT,
+        )
+        .await
+        .is_err()
+    {
+        panic!("status.suspended never said releasedInPlace");
+    }
     wait_phase(&api, "find", "Succeeded").await;
     assert_eq!(server.lines(), ["POST /sleep?level=1", "POST /wake_up"]);
     let d = deploy(&api, "vllm");

@@ -65,6 +65,14 @@ fn release_in_place_instead_of_scaling_down_and_resume_on_restore() {
     to_running(&mut w);
     // Its pod still runs: nothing waited for it, and it was never stopped.
     assert_eq!(w.co("ns/vllm").live_pods, 1);
+    let listed: Vec<(String, bool)> = w
+        .job("a")
+        .status
+        .suspended
+        .iter()
+        .map(|s| (s.name.clone(), s.released_in_place))
+        .collect();
+    assert_eq!(listed, [("vllm".to_string(), true), ("cosy".to_string(), false)]);
     w.check();
 
     w.finish("a", finished(0));

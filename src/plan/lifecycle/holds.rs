@@ -94,6 +94,7 @@ impl<'a> Plan<'a> {
                     namespace: c.id.namespace.clone(),
                     name: c.id.name.clone(),
                     original_replicas: c.original_replicas.unwrap_or(c.replicas),
+                    released_in_place: c.released.is_some(),
                 }
             })
             .collect()
