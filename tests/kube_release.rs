@@ -271,3 +271,26 @@ async fn an_operator_crash_while_held_in_place_still_resumes() {
     }
     assert_eq!(deploy(&api, "vllm")["spec"]["replicas"], 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_release_annotations_refuse_the_job_and_touch_nothing() {
+    let server = HookServer::start();
+    let api = standin_with_claims(&["videos", "weights"]).await;
+    let mut d = vllm(&server);
+    d["metadata"]["annotations"]["vidi.dev/release"] = json!("grpc");
+    api.create(&Gvr::deployments(), NS, d).unwrap();
+    let _op = Operator::start(&api);
+    api.create(&Gvr::vidijobs(), NS, job("find")).unwrap();
+    wait_phase(&api, "find", "Failed").await;
+    let st = api.get(&Gvr::vidijobs(), NS, "find").unwrap()["status"].clone();
+    assert_eq!(st["reason"], "InvalidSpec", "{st}");
+    let message = st["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("Deployment media/vllm: annotation vidi.dev/release") && message.contains("grpc"),
+        "{message}"
+    );
+    let d = deploy(&api, "vllm");
+    assert_eq!(d["spec"]["replicas"], 1);
+    assert!(no_marks(&d));
+    assert!(server.lines().is_empty());
+}
