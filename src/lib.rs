@@ -8,4 +8,5 @@ pub mod gpu;
 pub mod kube;
 pub mod plan;
 pub mod plugin;
+pub mod release;
 pub mod telemetry;

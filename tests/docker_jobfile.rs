@@ -250,6 +250,43 @@ fn cases(fx: &Fixture) -> Vec<(&'static str, String, String, &'static str)> {
         ("wrong kind", r("kind: VidiJob\n", "kind: Job\n"), "kind"),
         ("bad job name", r("  name: ", "  name: Bad_"), "metadata.name"),
         ("spec is a list", r("spec:\n", "spec: []\nx:\n"), "spec"),
+        (
+            "release url is not http",
+            r(&check, &format!("{check}        release: {{url: ftp://x/free}}\n")),
+            "spec.coTenants.commands[0].release.url",
+        ),
+        (
+            "release preset is unknown",
+            r(
+                &check,
+                &format!("{check}        release: {{preset: grpc, url: http://x/free}}\n"),
+            ),
+            "spec.coTenants.commands[0].release.preset",
+        ),
+        (
+            "vllm release without resumeUrl",
+            r(
+                &check,
+                &format!("{check}        release: {{preset: vllm, url: http://x/sleep}}\n"),
+            ),
+            "spec.coTenants.commands[0].release",
+        ),
+        (
+            "release body is not JSON",
+            r(
+                &check,
+                &format!("{check}        release: {{url: http://x/free, body: \"{{no\"}}\n"),
+            ),
+            "spec.coTenants.commands[0].release.body",
+        ),
+        (
+            "release timeout out of range",
+            r(
+                &check,
+                &format!("{check}        release: {{url: http://x/free, timeoutSeconds: 0}}\n"),
+            ),
+            "spec.coTenants.commands[0].release.timeoutSeconds",
+        ),
     ];
     list.sort_by_key(|c| c.0);
     list.into_iter()

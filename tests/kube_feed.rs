@@ -1,5 +1,5 @@
-//! The controller's watch feed (`kube::cache::feed`, kube-runtime's shared reflector plus the
-//! deletions it does not dispatch) against the API stand-in: every subscriber hears every
+//! The controller's watch feed (`kube::cache::feed`: one reflector per kind, its changes as `Arc`s
+//! for kube-runtime's shared-stream Controller API) against the API stand-in: every subscriber hears every
 //! change, deletions included, once the cache and its index have it; a subscriber that stops
 //! reading holds the watch back instead of growing a queue (bounded memory).
 use std::time::Duration;
@@ -56,7 +56,7 @@ async fn every_subscriber_hears_applies_and_deletions_after_the_cache_and_index_
     }
     let key = label_key(NS, "app", "cosyvoice");
     for sub in [&mut a, &mut b] {
-        let seen = tokio::time::timeout(WAIT, sub.applied.next()).await.ok().flatten();
+        let seen = tokio::time::timeout(WAIT, sub.next()).await.ok().flatten();
         assert_eq!(seen.map(|p| p.metadata.name.clone()), Some(Some("p1".to_string())));
         // Heard only after the store and the side index have it.
         assert!(cache.get(&ObjectRef::new("p1").within(NS)).is_some());
@@ -66,7 +66,7 @@ async fn every_subscriber_hears_applies_and_deletions_after_the_cache_and_index_
         panic!("delete: {e:?}");
     }
     for sub in [&mut a, &mut b] {
-        let gone = tokio::time::timeout(WAIT, sub.deleted.next()).await.ok().flatten();
+        let gone = tokio::time::timeout(WAIT, sub.next()).await.ok().flatten();
         assert_eq!(gone.map(|p| p.metadata.name.clone()), Some(Some("p1".to_string())));
         assert!(cache.get(&ObjectRef::new("p1").within(NS)).is_none());
         assert!(cache.indexed(&key).is_empty(), "the index still has the deleted pod");
@@ -111,7 +111,7 @@ async fn a_stalled_subscriber_holds_the_watch_back_instead_of_queueing() {
     // Reading again releases the watch: every change arrives, in order, and the cache catches up.
     let mut heard = 0;
     while heard < total {
-        match tokio::time::timeout(WAIT, stalled.applied.next()).await {
+        match tokio::time::timeout(WAIT, stalled.next()).await {
             Ok(Some(p)) => {
                 assert_eq!(p.metadata.name.as_deref(), Some(format!("p{heard}").as_str()));
                 heard += 1;

@@ -641,6 +641,7 @@ fn a_deleted_job_does_not_let_go_of_a_hold_its_view_has_not_caught_up_with() {
         namespace: NS.into(),
         name: "cosy".into(),
         original_replicas: 1,
+        released_in_place: false,
     };
     // The status (written after the Hold) lists cosy; the cache does not show the hold yet.
     let lagging = job("a")
@@ -776,6 +777,7 @@ fn cross_namespace_ref_needs_the_opt_in_label() {
         kind: WorkloadKind::Deployment,
         name: "cosy".into(),
         namespace: Some("other".into()),
+        release: None,
     };
     let base = job("a").with_spec(|s| s.co_tenants.refs = vec![r.clone()]);
     let d = base

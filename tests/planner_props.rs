@@ -18,6 +18,8 @@ struct CoSetup {
     other_ns: bool,
     opted_in: bool,
     replicas: i32,
+    /// Offers an in-place release hook; `Some(true)`: it refuses the release call.
+    hook: Option<bool>,
 }
 
 #[derive(Clone, Debug)]
@@ -90,11 +92,13 @@ fn co_setup() -> impl Strategy<Value = CoSetup> {
         any::<bool>(),
         prop::bool::weighted(0.7),
         prop_oneof![1 => Just(0), 3 => 1..4i32],
+        prop_oneof![2 => Just(None), 1 => Just(Some(false)), 1 => Just(Some(true))],
     )
-        .prop_map(|(other_ns, opted_in, replicas)| CoSetup {
+        .prop_map(|(other_ns, opted_in, replicas, hook)| CoSetup {
             other_ns: other_ns && replicas % 2 == 1,
             opted_in,
             replicas,
+            hook,
         })
 }
 
@@ -218,6 +222,7 @@ fn build_spec(cos: &[CoSetup], s: &JobSetup) -> VidiJobSpec {
             kind: WorkloadKind::Deployment,
             name: format!("c{i}"),
             namespace: Some(if cos[i].other_ns { "other" } else { NS }.into()),
+            release: None,
         }];
     }
     spec
@@ -237,6 +242,19 @@ fn world(cos: &[CoSetup], jobs: &[JobSetup]) -> World {
     for (i, c) in w.cos.iter_mut().enumerate() {
         c.co.gpu_memory_bytes = (i < 3).then(|| (i as u64 + 1) * 3 * (1 << 30) * c.co.replicas.max(0) as u64);
     }
+    // Some offer an in-place release hook (used with 1 replica), and some of those refuse it.
+    for (c, setup) in w.cos.iter_mut().zip(cos) {
+        if let Some(refuses) = setup.hook {
+            c.co.release_hook = Some(vidi_operator::api::ReleaseHook {
+                preset: vidi_operator::api::ReleasePreset::Vllm,
+                url: format!("http://{}:8000/sleep?level=1", c.co.id.name),
+                resume_url: Some(format!("http://{}:8000/wake_up", c.co.id.name)),
+                body: None,
+                timeout_seconds: 10,
+            });
+            c.refuses_release = refuses;
+        }
+    }
     w.gpu_free_bytes = Some(14 << 30);
     for (j, s) in jobs.iter().enumerate() {
         w.add_job(&name(j), s.created, build_spec(cos, s));
@@ -247,7 +265,10 @@ fn world(cos: &[CoSetup], jobs: &[JobSetup]) -> World {
 /// Checks what one full reconcile of `k` must leave behind.
 fn check_after_reconcile(w: &World, k: &plan::JobKey, d: &plan::Decision, applied: Applied) {
     // Invalid specs suspend nothing.
-    if d.status.reason == Some(FailureReason::InvalidSpec) && d.actions.iter().any(|a| matches!(a, Action::Hold { .. }))
+    if d.status.reason == Some(FailureReason::InvalidSpec)
+        && d.actions
+            .iter()
+            .any(|a| matches!(a, Action::Hold { .. } | Action::HoldInPlace { .. }))
     {
         panic!(
             "{k}: InvalidSpec decision holds something: {:?}\n{}",
@@ -263,7 +284,8 @@ fn check_after_reconcile(w: &World, k: &plan::JobKey, d: &plan::Decision, applie
     // goes on (Suspending, Running), with its recorded original unchanged (World::check).
     if matches!(j.status.phase, Phase::Suspending | Phase::Running) {
         for c in &w.cos {
-            if c.co.holders.contains(k) && c.co.replicas != 0 {
+            // Held in place (a release mark): it keeps running by design.
+            if c.co.holders.contains(k) && c.co.replicas != 0 && c.co.released.is_none() {
                 panic!(
                     "{k} ({:?}) holds {} but left it at {} replicas (invariant 5)\n{}",
                     j.status.phase,
@@ -332,6 +354,7 @@ fn step(w: &mut World, history: &History, e: &Event, jobs: usize) {
                             kind: WorkloadKind::Deployment,
                             name,
                             namespace: Some(ns),
+                            release: None,
                         })
                         .collect()
                 }

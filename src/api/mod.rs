@@ -1,11 +1,13 @@
 //! The `VidiJob` API (`vidi.dev/v1alpha1`): spec, status and validation, and the Vidi
 //! container contract both runtimes follow.
 pub mod contract;
+pub mod release;
 pub mod selection;
 mod spec;
 mod status;
 mod validate;
 
+pub use release::{RELEASED, ReleaseHook, ReleaseMark, ReleasePreset, ReleaseState};
 pub use spec::{
     CoTenantPolicy, CoTenantSpec, CommandCoTenant, GpuSpec, ModelFiles, ModelMemory, ModelSpec, OutputSpec, Precision,
     ResourceSpec, VideoSource, VidiJob, VidiJobSpec, VolumePath, WorkloadKind, WorkloadRef, YIELD_LABEL,

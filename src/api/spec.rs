@@ -319,6 +319,10 @@ pub struct WorkloadRef {
     /// vidi.dev/yield-gpu=true.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
+    /// Frees its GPU memory in place instead of being scaled down or stopped (overrides the
+    /// workload's `vidi.dev/release*` annotations or labels).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release: Option<super::release::ReleaseHook>,
 }
 
 /// A bare process on a Docker host, stopped and started by shell commands (run with `sh -c`).
@@ -357,6 +361,10 @@ pub struct CommandCoTenant {
     /// yields).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gpu_memory: Option<Quantity>,
+    /// Frees its GPU memory in place (e.g. ComfyUI's `POST /free`) instead of being stopped;
+    /// `stop` is the fallback when that fails.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release: Option<super::release::ReleaseHook>,
 }
 
 fn default_stop_timeout_seconds() -> i64 {

@@ -120,6 +120,10 @@ pub struct SuspendedCoTenant {
     /// Replicas it had before the first holder suspended it (for containers and commands: 1 if
     /// it was running, 0 if not).
     pub original_replicas: i32,
+    /// Held in place through its release hook (still running, its GPU memory released), not
+    /// scaled down or stopped; it is resumed at the end.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub released_in_place: bool,
 }
 
 /// One matching moment, in seconds from the start of the video.

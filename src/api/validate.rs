@@ -265,6 +265,16 @@ pub fn validate(spec: &VidiJobSpec, runtime: Runtime) -> Vec<FieldError> {
     {
         err("spec.ttlSecondsAfterFinished", format!("expected 0 or more, got {t}"));
     }
+    for (i, r) in co.refs.iter().enumerate() {
+        if let Some(hook) = &r.release {
+            errors.extend(hook.check(&format!("spec.coTenants.refs[{i}].release")));
+        }
+    }
+    for (i, c) in co.commands.iter().enumerate() {
+        if let Some(hook) = &c.release {
+            errors.extend(hook.check(&format!("spec.coTenants.commands[{i}].release")));
+        }
+    }
     errors
 }
 

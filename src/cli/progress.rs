@@ -333,7 +333,24 @@ impl Live {
                     self.multi.remove(&old);
                 }
             }
-            Event::CoTenantStopped { co_tenant, .. } | Event::CoTenantStarted { co_tenant, .. } => {
+            Event::CoTenantReleasing { co_tenant, .. } => {
+                let pb = self.spinner(
+                    spinner_style("{spinner:.cyan} {msg} {elapsed}").with_key("elapsed", elapsed_key),
+                    e.to_string(),
+                );
+                if let Some(old) = st.co_tenants.insert(co_tenant.clone(), pb) {
+                    old.finish_and_clear();
+                    self.multi.remove(&old);
+                }
+            }
+            Event::CoTenantReleaseRefused { co_tenant, .. } => {
+                let pb = st.co_tenants.remove(co_tenant);
+                self.done(&mut st, pb, &format!("! {e}"));
+            }
+            Event::CoTenantStopped { co_tenant, .. }
+            | Event::CoTenantStarted { co_tenant, .. }
+            | Event::CoTenantReleased { co_tenant }
+            | Event::CoTenantResumed { co_tenant, .. } => {
                 let pb = st.co_tenants.remove(co_tenant);
                 self.done(&mut st, pb, &format!("✔ {e}"));
             }

@@ -16,8 +16,9 @@ use bollard::Docker;
 use bollard::models::{ContainerState, HealthStatusEnum};
 use bollard::query_parameters::{InspectContainerOptions, StartContainerOptions, StopContainerOptionsBuilder};
 
-use crate::api::{CommandCoTenant, WorkloadKind};
+use crate::api::{CommandCoTenant, ReleaseHook, ReleaseMark, ReleaseState, WorkloadKind};
 use crate::plan::{CoTenantId, JobKey};
+use crate::release::{self, Call};
 
 use super::events::Event;
 use super::journal::{Hold, Journal};
@@ -95,6 +96,7 @@ impl CoTenantActor<'_> {
             original_replicas,
             command,
             stopped,
+            released: None,
         });
         journal.save(self.state_dir)?;
         if original_replicas > 0 {
@@ -117,6 +119,108 @@ impl CoTenantActor<'_> {
             _ => self.stop_container(target).await?,
         }
         journal.set_stopped(target.kind, &target.name, true);
+        journal.save(self.state_dir)
+    }
+
+    /// An in-place hold: holders, original state and the release mark are recorded (fsync'ed)
+    /// before any call is made; nothing is stopped.
+    pub fn hold_in_place(
+        &self,
+        journal: &mut Journal,
+        target: &CoTenantId,
+        holders: &[JobKey],
+        original_replicas: i32,
+        mark: &ReleaseMark,
+    ) -> Result<(), DockerError> {
+        let command = match target.kind {
+            WorkloadKind::Command => Some(self.command(journal, target)?),
+            _ => None,
+        };
+        journal.set_hold(Hold {
+            kind: target.kind,
+            name: target.name.clone(),
+            holders: holders.iter().map(ToString::to_string).collect(),
+            original_replicas,
+            command,
+            // No stop of ours is in flight.
+            stopped: true,
+            released: Some(mark.clone()),
+        });
+        journal.save(self.state_dir)
+    }
+
+    /// Makes the release call of a hold whose mark still says `Requested`, and records the
+    /// answer: `Released` on a 2xx, `Refused` (the planner then stops it) on anything else.
+    pub async fn call_release(
+        &self,
+        journal: &mut Journal,
+        target: &CoTenantId,
+        hook: &ReleaseHook,
+    ) -> Result<(), DockerError> {
+        let Some(mut hold) = journal.hold(target.kind, &target.name).cloned() else {
+            return Ok(());
+        };
+        let Some(mark) = hold.released.as_mut().filter(|m| m.state == ReleaseState::Requested) else {
+            return Ok(());
+        };
+        (self.progress)(&Event::CoTenantReleasing {
+            co_tenant: target.to_string(),
+            url: hook.url.clone(),
+        });
+        mark.state = match release::call(hook, Call::Release).await {
+            Ok(_) => {
+                (self.progress)(&Event::CoTenantReleased {
+                    co_tenant: target.to_string(),
+                });
+                ReleaseState::Released
+            }
+            Err(e) => {
+                (self.progress)(&Event::CoTenantReleaseRefused {
+                    co_tenant: target.to_string(),
+                    error: e.to_string(),
+                });
+                ReleaseState::Refused { why: e.to_string() }
+            }
+        };
+        journal.set_hold(hold);
+        journal.save(self.state_dir)
+    }
+
+    /// The in-place release failed or did not free the memory: drop the mark and stop it, as an
+    /// ordinary hold (the mark goes in the same journal write that says a stop is under way).
+    pub async fn fall_back(&self, journal: &mut Journal, target: &CoTenantId) -> Result<(), DockerError> {
+        if let Some(mut hold) = journal.hold(target.kind, &target.name).cloned() {
+            hold.released = None;
+            hold.stopped = true;
+            journal.set_hold(hold);
+        }
+        self.stop(journal, target).await
+    }
+
+    /// Restores an in-place hold: the resume call (when `call`), then the record goes. One that
+    /// someone stopped meanwhile (no call) is started like any restored co-tenant. On error the
+    /// record stays, for the next round or `docker recover`.
+    pub async fn resume(
+        &self,
+        journal: &mut Journal,
+        target: &CoTenantId,
+        hook: &ReleaseHook,
+        call: bool,
+        replicas: i32,
+    ) -> Result<(), DockerError> {
+        if !call && replicas > 0 {
+            return self.restore(journal, target, replicas).await;
+        }
+        if call {
+            match release::call(hook, Call::Resume).await {
+                Ok(_) => (self.progress)(&Event::CoTenantResumed {
+                    co_tenant: target.to_string(),
+                    url: hook.resume_url.clone(),
+                }),
+                Err(e) => return Err(DockerError::Other(format!("resuming {target}: {e}"))),
+            }
+        }
+        journal.drop_hold(target.kind, &target.name);
         journal.save(self.state_dir)
     }
 

@@ -61,6 +61,14 @@ pub enum Event {
         already_running: bool,
         healthy: bool,
     },
+    /// A co-tenant is asked to free its GPU memory in place (its release hook).
+    CoTenantReleasing { co_tenant: String, url: String },
+    /// The release hook answered; the GPU gate checks that the memory really went free.
+    CoTenantReleased { co_tenant: String },
+    /// The release hook failed or refused: the co-tenant is stopped instead.
+    CoTenantReleaseRefused { co_tenant: String, error: String },
+    /// A co-tenant released in place was asked to resume (its resume hook) and answered.
+    CoTenantResumed { co_tenant: String, url: Option<String> },
     /// A co-tenant still ran although its stop was not seen done: it is stopped fully first.
     CoTenantStopUnfinished { co_tenant: String },
     /// A held co-tenant was removed, so it cannot be started again.
@@ -193,6 +201,17 @@ impl fmt::Display for Event {
                 if *healthy { " (healthy)" } else { "" },
                 secs(*elapsed_seconds)
             ),
+            Event::CoTenantReleasing { co_tenant, url } => write!(f, "releasing {co_tenant} in place: POST {url}"),
+            Event::CoTenantReleased { co_tenant } => {
+                write!(f, "{co_tenant} released its GPU memory (the gate checks it)")
+            }
+            Event::CoTenantReleaseRefused { co_tenant, error } => {
+                write!(f, "{co_tenant} did not release ({error}); stopping it instead")
+            }
+            Event::CoTenantResumed { co_tenant, url } => match url {
+                Some(url) => write!(f, "resumed {co_tenant} in place (POST {url})"),
+                None => write!(f, "resumed {co_tenant} in place"),
+            },
             Event::CoTenantStopUnfinished { co_tenant } => write!(
                 f,
                 "{co_tenant} still runs and its stop was not seen done; stopping it fully before starting it again"

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
-use crate::api::{CommandCoTenant, Precision, VidiJobSpec, VidiJobStatus, WorkloadKind};
+use crate::api::{CommandCoTenant, Precision, ReleaseMark, VidiJobSpec, VidiJobStatus, WorkloadKind};
 use crate::plan::Termination;
 
 use super::DockerError;
@@ -21,7 +21,9 @@ use super::DockerError;
 pub const FILE_NAME: &str = "journal.json";
 /// 2: holds say whether their stop was seen done (`stopped`). A format-1 journal reads as "not
 /// seen", which makes a restore wait for the co-tenant to be down first: the safe reading.
-const VERSION: u32 = 2;
+/// 3: holds may be in place (`released`): an older binary would "restore" such a hold by
+/// finding the co-tenant running and never resume it, so it must refuse the file.
+const VERSION: u32 = 3;
 
 /// Everything needed to finish or undo one job.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -72,6 +74,10 @@ pub struct Hold {
     /// again.
     #[serde(default)]
     pub stopped: bool,
+    /// Held in place: the release hook and how far the release got. Written (and fsync'ed)
+    /// before the release call is made; restoring it means the resume call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub released: Option<ReleaseMark>,
 }
 
 /// One Vidi container.
@@ -303,6 +309,7 @@ mod tests {
             original_replicas: 1,
             command: None,
             stopped: false,
+            released: None,
         });
         j.save(dir.path()).unwrap();
         let back = Journal::load(dir.path()).unwrap().unwrap();

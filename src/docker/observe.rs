@@ -13,7 +13,7 @@ use bollard::query_parameters::{InspectContainerOptions, ListContainersOptionsBu
 use futures::StreamExt as _;
 use jiff::Timestamp;
 
-use crate::api::{FieldError, JOB_LABEL, Runtime, WorkloadKind, selection};
+use crate::api::{FieldError, JOB_LABEL, Runtime, WorkloadKind, release, selection};
 use crate::plan::{Attempt, AttemptState, CoTenant, CoTenantId, JobKey, JobView, Selection, Snapshot};
 
 use super::journal::{AttemptEnd, Exit, Journal};
@@ -154,6 +154,25 @@ pub async fn snapshot(look: Look<'_>) -> Result<Snapshot, DockerError> {
                 .filter(|b| *b > 0)
                 .or_else(|| selection::declared_gpu_memory(None, Some(&c.labels), co.replicas));
             co.yield_priority = selection::yield_priority(None, Some(&c.labels));
+            let declared = match selection {
+                Selection::Ref(i) => spec.co_tenants.refs[i].release.clone(),
+                _ => None,
+            };
+            co.release_hook = match declared {
+                Some(hook) => Some(hook),
+                None => {
+                    let labels: std::collections::BTreeMap<String, String> =
+                        c.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+                    release::from_marks(&labels, "label").unwrap_or_else(|errors| {
+                        problems.extend(
+                            errors
+                                .into_iter()
+                                .map(|e| FieldError::new(format!("container {}: {}", c.name, e.field), e.message)),
+                        );
+                        None
+                    })
+                }
+            };
             co_tenants.push(co);
         }
         for (i, cmd) in spec.co_tenants.commands.iter().enumerate() {
@@ -164,6 +183,7 @@ pub async fn snapshot(look: Look<'_>) -> Result<Snapshot, DockerError> {
                         .as_ref()
                         .and_then(crate::api::parse_quantity_bytes)
                         .map(|b| b * u64::try_from(c.replicas.max(0)).unwrap_or(0));
+                    c.release_hook = cmd.release.clone();
                     co_tenants.push(c)
                 }
                 // Not held yet: a check that cannot run is the job's problem, refused like any
@@ -252,6 +272,8 @@ fn held_co_tenant(
         revision: None,
         gpu_memory_bytes: None,
         yield_priority: 1,
+        release_hook: None,
+        released: hold.and_then(|h| h.released.clone()),
     }
 }
 

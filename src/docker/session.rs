@@ -617,10 +617,12 @@ impl<'s> Run<'s> {
             let st = &decision.status;
             // Lines the notices do not cover: still waiting for a co-tenant to stop. In the
             // decision that stops them the planner cannot know `docker stop` already waited.
-            let stopped_now = decision
-                .actions
-                .iter()
-                .any(|a| matches!(a, Action::Hold { .. } | Action::Resuspend { .. }));
+            let stopped_now = decision.actions.iter().any(|a| {
+                matches!(
+                    a,
+                    Action::Hold { .. } | Action::Resuspend { .. } | Action::FallBack { .. }
+                )
+            });
             if st.phase == Phase::Suspending && st.message != said && !stopped_now {
                 if let Some(m) = &st.message {
                     self.s.say(Event::Waiting { message: m.clone() });
@@ -694,7 +696,7 @@ impl<'s> Run<'s> {
         self.apply(&decision, &mut errors).await?;
         for a in &decision.actions {
             match a {
-                Action::Restore { target, .. }
+                Action::Restore { target, .. } | Action::Resume { target, .. }
                     if self.journal.hold(target.kind, &target.name).is_none()
                         && !restored.contains(&target.to_string()) =>
                 {
@@ -751,6 +753,34 @@ impl<'s> Run<'s> {
                     self.actor()
                         .hold(&mut self.journal, target, holders, *original_replicas)
                         .await?
+                }
+                Action::HoldInPlace {
+                    target,
+                    holders,
+                    original_replicas,
+                    mark,
+                    ..
+                } => self
+                    .actor()
+                    .hold_in_place(&mut self.journal, target, holders, *original_replicas, mark)?,
+                Action::CallRelease { target, hook } => {
+                    self.actor().call_release(&mut self.journal, target, hook).await?
+                }
+                Action::FallBack { target, .. } => self.actor().fall_back(&mut self.journal, target).await?,
+                Action::Resume {
+                    target,
+                    hook,
+                    call,
+                    replicas,
+                    ..
+                } => {
+                    if let Err(e) = self
+                        .actor()
+                        .resume(&mut self.journal, target, hook, *call, *replicas)
+                        .await
+                    {
+                        errors.push(e);
+                    }
                 }
                 Action::Resuspend { target, .. } => self.actor().stop(&mut self.journal, target).await?,
                 Action::Release { target, holders, .. } => self.actor().release(&mut self.journal, target, holders)?,

@@ -9,8 +9,9 @@ use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::{Value, json};
 
-use crate::api::{HELD_BY, ORIGINAL_REPLICAS, VidiJob, WorkloadKind};
+use crate::api::{HELD_BY, ORIGINAL_REPLICAS, RELEASED, ReleaseHook, ReleaseMark, ReleaseState, VidiJob, WorkloadKind};
 use crate::plan::{Action, CoTenantId, JobKey, Notice, Severity, Subject};
+use crate::release::{self, Call};
 
 use super::Error;
 use super::observe::MANAGER;
@@ -83,7 +84,47 @@ pub fn co_tenant_patch(action: &Action, now: Timestamp) -> Option<(&CoTenantId, 
         } => (
             target,
             json!({
-                "metadata": with_version(revision, json!({"annotations": {HELD_BY: null, ORIGINAL_REPLICAS: null, HELD_SINCE: null}})),
+                "metadata": with_version(revision, json!({"annotations": {HELD_BY: null, ORIGINAL_REPLICAS: null, HELD_SINCE: null, RELEASED: null}})),
+                "spec": {"replicas": replicas},
+            }),
+        ),
+        Action::HoldInPlace {
+            target,
+            holders,
+            original_replicas,
+            mark,
+            revision,
+        } => {
+            let mut annotations = json!({
+                HELD_BY: holder_list(holders),
+                ORIGINAL_REPLICAS: original_replicas.to_string(),
+                RELEASED: serde_json::to_string(mark).unwrap_or_default(),
+            });
+            if holders.len() == 1 {
+                annotations[HELD_SINCE] = json!(now.to_string());
+            }
+            (
+                target,
+                json!({"metadata": with_version(revision, json!({"annotations": annotations}))}),
+            )
+        }
+        Action::FallBack { target, revision } => (
+            target,
+            json!({
+                "metadata": with_version(revision, json!({"annotations": {RELEASED: null}})),
+                "spec": {"replicas": 0},
+            }),
+        ),
+        // Only once the resume call answered 2xx (see `Actor::resume`).
+        Action::Resume {
+            target,
+            replicas,
+            revision,
+            ..
+        } => (
+            target,
+            json!({
+                "metadata": with_version(revision, json!({"annotations": {HELD_BY: null, ORIGINAL_REPLICAS: null, HELD_SINCE: null, RELEASED: null}})),
                 "spec": {"replicas": replicas},
             }),
         ),
@@ -114,7 +155,65 @@ pub(super) async fn patch_workload(client: &Client, target: &CoTenantId, patch: 
     })
 }
 
+/// The resume call of an in-place hold, when there is one to make; an error keeps the marks
+/// (the reconcile, or the sweep, tries again).
+pub(super) async fn resume_call(target: &CoTenantId, hook: &ReleaseHook, call: bool) -> Result<(), Error> {
+    if !call {
+        return Ok(());
+    }
+    release::call(hook, Call::Resume)
+        .await
+        .map(|_| ())
+        .map_err(|e| Error::Hook {
+            what: format!("resuming {target}"),
+            source: e,
+        })
+}
+
 impl Actor<'_> {
+    /// The release call of a co-tenant held in place, then its answer recorded in the mark:
+    /// `Released` or `Refused`. Reads the workload afresh: the mark must still say `Requested`
+    /// (else another reconcile already called), and the answer's write carries the read's
+    /// resourceVersion.
+    async fn call_release(&self, target: &CoTenantId, hook: &ReleaseHook) -> Result<(), Error> {
+        let meta = match target.kind {
+            WorkloadKind::Deployment => Api::<Deployment>::namespaced(self.client.clone(), &target.namespace)
+                .get(&target.name)
+                .await
+                .map(|d| d.metadata),
+            WorkloadKind::StatefulSet => Api::<StatefulSet>::namespaced(self.client.clone(), &target.namespace)
+                .get(&target.name)
+                .await
+                .map(|s| s.metadata),
+            WorkloadKind::Container | WorkloadKind::Command => return Err(Error::Unsupported(target.to_string())),
+        }
+        .map_err(|source| Error::Read {
+            what: target.to_string(),
+            source,
+        })?;
+        let Some(mut mark) = meta
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(RELEASED))
+            .and_then(|m| serde_json::from_str::<ReleaseMark>(m).ok())
+            .filter(|m| m.state == ReleaseState::Requested)
+        else {
+            return Ok(());
+        };
+        mark.state = match release::call(hook, Call::Release).await {
+            Ok(_) => ReleaseState::Released,
+            Err(e) => {
+                tracing::warn!(co_tenant = %target, error = %e, "in-place release failed; it will be scaled down");
+                ReleaseState::Refused { why: e.to_string() }
+            }
+        };
+        let mut metadata = json!({"annotations": {RELEASED: serde_json::to_string(&mark).unwrap_or_default()}});
+        if let Some(rv) = &meta.resource_version {
+            metadata["resourceVersion"] = json!(rv);
+        }
+        patch_workload(self.client, target, json!({ "metadata": metadata })).await
+    }
+
     /// When the co-tenant's current hold began, from its cached `vidi.dev/held-since` mark.
     fn held_since(&self, target: &CoTenantId) -> Option<Timestamp> {
         let (name, ns) = (&target.name, &target.namespace);
@@ -137,7 +236,21 @@ impl Actor<'_> {
         let ns = job.namespace().unwrap_or_default();
         for action in actions {
             match action {
-                Action::Hold { .. } | Action::Resuspend { .. } | Action::Release { .. } | Action::Restore { .. } => {
+                Action::CallRelease { target, hook } => self.call_release(target, hook).await?,
+                Action::Resume { target, hook, call, .. } => {
+                    resume_call(target, hook, *call).await?;
+                    if let Some((target, patch)) = co_tenant_patch(action, now) {
+                        let held_since = self.held_since(target);
+                        patch_workload(self.client, target, patch).await?;
+                        self.metrics.count_co_tenant_write(action, held_since, now);
+                    }
+                }
+                Action::Hold { .. }
+                | Action::HoldInPlace { .. }
+                | Action::FallBack { .. }
+                | Action::Resuspend { .. }
+                | Action::Release { .. }
+                | Action::Restore { .. } => {
                     if let Some((target, patch)) = co_tenant_patch(action, now) {
                         let held_since = self.held_since(target);
                         patch_workload(self.client, target, patch).await?;

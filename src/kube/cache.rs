@@ -214,36 +214,31 @@ where
     }
 }
 
-/// Deletions of one kind, as a stream a controller can watch. kube-runtime's shared streams carry
-/// only applied objects (kube-rs/kube#1590: a shared reflector does not dispatch deletes), and a
-/// job must hear when a co-tenant's last pod or a rival job is gone, so the feed sends those
-/// itself: as `Arc`s (no copy per subscriber), through a bounded channel.
-pub type Deletions<K> = futures::channel::mpsc::Receiver<Arc<K>>;
+/// Every change of one kind (deletions included), as a stream kube-runtime's shared-stream
+/// Controller API reads (`Controller::for_shared_stream`, `watches_shared_stream`): each object
+/// once, behind an `Arc` shared with the cache and every subscriber, never copied per subscriber.
+///
+/// The feed dispatches itself rather than through the store's own `Writer::subscribe()`
+/// (`ReflectHandle`), for two reasons found in kube-runtime 5.0:
+/// - a shared store does not dispatch deletions (kube-rs/kube#1590), and a job must hear when a
+///   co-tenant's last pod or a rival job is gone;
+/// - a `ReflectHandle` whose object was deleted between dispatch and read returns `Pending`
+///   without registering a waker, so the Controller never polls it again: its buffer fills and
+///   the whole watch stops (the controller benchmark's pod feed froze this way, every job
+///   stuck in Suspending).
+pub type Changes<K> = futures::channel::mpsc::Receiver<Arc<K>>;
 
 /// Changes a subscriber may have unread before the watch waits for it: a subscriber that stops
 /// reading holds the watch back (the API server's TCP window fills) instead of growing a queue.
 pub const SUBSCRIBER_BUFFER: usize = 256;
 
-/// What one subscriber (a kube Controller) reads of a kind in one watched namespace.
-pub struct Subscription<K>
-where
-    K: reflector::Lookup + Clone + 'static,
-    K::DynamicType: Eq + std::hash::Hash + Clone,
-{
-    /// Every object as it is applied, and every object once more after a re-list: kube-runtime's
-    /// shared stream (`Writer::subscribe`), read from the one store every subscriber shares.
-    pub applied: reflector::ReflectHandle<K>,
-    /// Every deletion, and every object a re-list found gone.
-    pub deleted: Deletions<K>,
-}
+/// Change streams by watched namespace, then by subscriber (taken as they are wired up).
+pub type Subscriptions<K> = Vec<Vec<Option<Changes<K>>>>;
 
-/// Subscriptions by watched namespace, then by subscriber (taken as they are wired up).
-pub type Subscriptions<K> = Vec<Vec<Option<Subscription<K>>>>;
-
-/// A kind's caches plus `subscribers` subscriptions per watched namespace; the reflectors run as
-/// tasks pushed onto `tasks`. One watch and one store per kind and namespace serve everyone
-/// (kube-runtime's shared reflector); the side index is updated before the store, so a reader
-/// woken by a change finds it indexed.
+/// A kind's caches plus `subscribers` change streams per watched namespace; the reflectors run
+/// as tasks pushed onto `tasks`. One watch and one store per kind and namespace serve everyone.
+/// The side index is updated before the store, and a subscriber hears of a change after both
+/// have it.
 pub fn feed<K>(
     make_api: impl Fn(Option<&str>) -> Api<K>,
     scope: &Scope,
@@ -261,16 +256,11 @@ where
     let mut subs = Vec::new();
     let index = Arc::new(Index::new(keys));
     for ns in scope.parts() {
-        let (store, writer) = reflector::store_shared(SUBSCRIBER_BUFFER);
+        let (store, writer) = reflector::store();
         let (lists, listed_rx) = watch::channel(false);
-        let mut senders = Vec::new();
-        let mut mine = Vec::new();
-        for _ in 0..subscribers {
-            let Some(applied) = writer.subscribe() else { continue };
-            let (tx, deleted) = futures::channel::mpsc::channel::<Arc<K>>(SUBSCRIBER_BUFFER);
-            senders.push(tx);
-            mine.push(Some(Subscription { applied, deleted }));
-        }
+        let (senders, receivers): (Vec<_>, Vec<_>) = (0..subscribers)
+            .map(|_| futures::channel::mpsc::channel::<Arc<K>>(SUBSCRIBER_BUFFER))
+            .unzip();
         // The index follows the watch before the store does.
         let indexes = index.clone();
         let reader = store.clone();
@@ -283,8 +273,8 @@ where
                     Ok(watcher::Event::Delete(o)) => indexes.delete(&ObjectRef::from_obj(o)),
                     Ok(watcher::Event::Init) => relisting.clear(),
                     Ok(watcher::Event::InitApply(o)) => relisting.push((ObjectRef::from_obj(o), (indexes.keys)(o))),
-                    // The store still holds what it had before the list; the reflector swaps in the
-                    // list right after.
+                    // The store still holds what it had before the list; the reflector swaps in
+                    // the list right after.
                     Ok(watcher::Event::InitDone) => {
                         let before: Vec<ObjectRef<K>> =
                             reader.state().iter().map(|o| ObjectRef::from_obj(&**o)).collect();
@@ -301,30 +291,38 @@ where
         let stream = reflector::reflector(writer, events)
             .default_backoff()
             .map(move |event| match event {
+                // The store's own Arc: the object is held once, however many subscribers read it.
+                Ok(watcher::Event::Apply(o)) => Ok(vec![
+                    reader.get(&ObjectRef::from_obj(&o)).unwrap_or_else(|| Arc::new(o)),
+                ]),
                 Ok(watcher::Event::Delete(o)) => Ok(vec![Arc::new(o)]),
+                Ok(watcher::Event::InitApply(_)) => Ok(Vec::new()),
                 Ok(watcher::Event::Init) => {
                     before = Some(reader.state());
                     Ok(Vec::new())
                 }
                 Ok(watcher::Event::InitDone) => {
                     lists.send_if_modified(|l| !std::mem::replace(l, true));
-                    let vanished = before
-                        .take()
-                        .unwrap_or_default()
-                        .into_iter()
-                        .filter(|o| reader.get(&ObjectRef::from_obj(&**o)).is_none())
-                        .collect();
-                    Ok(vanished)
+                    // Everything listed (a change may have been missed while no watch ran), then
+                    // everything that vanished.
+                    let mut changed = reader.state();
+                    changed.extend(
+                        before
+                            .take()
+                            .unwrap_or_default()
+                            .into_iter()
+                            .filter(|o| reader.get(&ObjectRef::from_obj(&**o)).is_none()),
+                    );
+                    Ok(changed)
                 }
-                Ok(_) => Ok(Vec::new()),
                 Err(e) => Err(e),
             })
             .for_each(move |change| {
                 let senders = senders.clone();
                 async move {
                     match change {
-                        Ok(gone) => {
-                            for obj in gone {
+                        Ok(objects) => {
+                            for obj in objects {
                                 for mut tx in senders.iter().cloned() {
                                     // A stopped controller no longer listens; the others still do.
                                     let _ = futures::SinkExt::send(&mut tx, obj.clone()).await;
@@ -341,7 +339,7 @@ where
         tasks.push(tokio::spawn(stream));
         stores.push(store);
         listed.push(listed_rx);
-        subs.push(mine);
+        subs.push(receivers.into_iter().map(Some).collect());
     }
     (Cache { stores, listed, index }, subs)
 }

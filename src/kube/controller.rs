@@ -206,44 +206,35 @@ pub async fn run(
             continue;
         };
         let Some(store) = stores.jobs.store(c) else { continue };
-        // A job's own deletion needs no reconcile: its finalizer made the deletion an update.
-        let mut controller = Controller::for_shared_stream(own_jobs.applied, store);
+        let mut controller = Controller::for_shared_stream(own_jobs, store);
         for s in 0..namespaces.len() {
             if let Some(peers) = job_subs[s][1 + c].take() {
                 let mapper = {
                     let (stores, own) = (stores.clone(), own.clone());
                     move |job: Arc<VidiJob>| within(&own, waiting_peers(&stores, &job))
                 };
-                controller = controller
-                    .watches_shared_stream(peers.applied, mapper.clone())
-                    .watches_shared_stream(peers.deleted, mapper);
+                controller = controller.watches_shared_stream(peers, mapper);
             }
             if let Some(events) = deployment_subs[s][c].take() {
                 let mapper = {
                     let (stores, own) = (stores.clone(), own.clone());
                     move |d: Arc<Deployment>| within(&own, interested_jobs(&stores, &d.metadata))
                 };
-                controller = controller
-                    .watches_shared_stream(events.applied, mapper.clone())
-                    .watches_shared_stream(events.deleted, mapper);
+                controller = controller.watches_shared_stream(events, mapper);
             }
             if let Some(events) = statefulset_subs[s][c].take() {
                 let mapper = {
                     let (stores, own) = (stores.clone(), own.clone());
                     move |d: Arc<StatefulSet>| within(&own, interested_jobs(&stores, &d.metadata))
                 };
-                controller = controller
-                    .watches_shared_stream(events.applied, mapper.clone())
-                    .watches_shared_stream(events.deleted, mapper);
+                controller = controller.watches_shared_stream(events, mapper);
             }
             if let Some(events) = pod_subs[s][c].take() {
                 let mapper = {
                     let (stores, own) = (stores.clone(), own.clone());
                     move |p: Arc<Pod>| within(&own, jobs_waiting_on_pod(&stores, &p))
                 };
-                controller = controller
-                    .watches_shared_stream(events.applied, mapper.clone())
-                    .watches_shared_stream(events.deleted, mapper);
+                controller = controller.watches_shared_stream(events, mapper);
             }
         }
         let run = controller

@@ -38,6 +38,12 @@ pub enum Error {
     Serialize(#[source] serde_json::Error),
     #[error("finalizer: {0}")]
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+    #[error("{what}: {source}")]
+    Hook {
+        what: String,
+        #[source]
+        source: crate::release::CallError,
+    },
     #[error("{0} cannot be suspended by the Kubernetes runtime")]
     Unsupported(String),
     /// Deleting, and co-tenants are still being restored (not a failure: the finalizer waits).
@@ -69,6 +75,7 @@ impl Error {
             Error::Read { .. } => "Read",
             Error::Serialize(_) => "Serialize",
             Error::Finalizer(_) => "Finalizer",
+            Error::Hook { .. } => "Hook",
             Error::Unsupported(_) => "Unsupported",
             Error::StillReleasing => "StillReleasing",
             Error::Replan => "Replan",

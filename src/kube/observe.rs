@@ -359,7 +359,12 @@ pub fn snapshot(job: &VidiJob, stores: &Stores, dry_run: bool, now: Timestamp) -
         }) {
             Some(w) => {
                 seen.insert((w.kind, ns.clone(), r.name.clone()));
-                co_tenants.push(co_tenant(w, Selection::Ref(i), pods));
+                let mut co = co_tenant(w, Selection::Ref(i), pods);
+                match &r.release {
+                    Some(hook) => co.release_hook = Some(hook.clone()),
+                    None => problems.extend(release_problems(w)),
+                }
+                co_tenants.push(co);
             }
             None => problems.push(FieldError::new(
                 format!("spec.coTenants.refs[{i}]"),
@@ -379,6 +384,7 @@ pub fn snapshot(job: &VidiJob, stores: &Stores, dry_run: bool, now: Timestamp) -
         let held = holders(w.meta).contains(&key);
         if selected || held {
             let selection = if selected {
+                problems.extend(release_problems(w));
                 Selection::Selector
             } else {
                 Selection::HeldOnly
@@ -497,6 +503,44 @@ fn co_tenant(w: &Workload<'_>, selection: Selection, pods: &Cache<Pod>) -> CoTen
             w.replicas,
         ),
         yield_priority: crate::api::selection::yield_priority(w.meta.annotations.as_ref(), w.meta.labels.as_ref()),
+        // Bad release annotations are the job's problem (`release_problems`); here, no hook.
+        release_hook: w
+            .meta
+            .annotations
+            .as_ref()
+            .and_then(|a| crate::api::release::from_marks(a, "annotation").ok().flatten()),
+        released: w
+            .meta
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(crate::api::RELEASED))
+            .and_then(|m| serde_json::from_str(m).ok()),
+    }
+}
+
+/// Release annotations on a selected workload that do not parse: refused before anything is
+/// suspended, naming the workload and the annotation.
+fn release_problems(w: &Workload<'_>) -> Vec<FieldError> {
+    let Some(annotations) = w.meta.annotations.as_ref() else {
+        return Vec::new();
+    };
+    match crate::api::release::from_marks(annotations, "annotation") {
+        Ok(_) => Vec::new(),
+        Err(errors) => errors
+            .into_iter()
+            .map(|e| {
+                FieldError::new(
+                    format!(
+                        "{} {}/{}: {}",
+                        w.kind,
+                        w.meta.namespace.as_deref().unwrap_or_default(),
+                        w.meta.name.as_deref().unwrap_or_default(),
+                        e.field
+                    ),
+                    e.message,
+                )
+            })
+            .collect(),
     }
 }
 

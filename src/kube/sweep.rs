@@ -26,6 +26,13 @@ pub(super) async fn sweep(ctx: &Context) {
             if ctx.settings.dry_run {
                 continue;
             }
+            // An in-place hold is resumed first; its marks go only after the call answered.
+            if let plan::Action::Resume { hook, call, .. } = &action
+                && let Err(e) = super::act::resume_call(target, hook, *call).await
+            {
+                tracing::warn!(co_tenant = %target, error = %e, "sweep could not resume; the holders' reconciles will retry");
+                continue;
+            }
             let result = super::act::patch_workload(&ctx.client, target, patch).await;
             if let Err(e) = result {
                 tracing::warn!(co_tenant = %target, error = %e, "sweep could not restore; the holders' reconciles will retry");

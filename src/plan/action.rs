@@ -1,7 +1,7 @@
 //! What the planner tells a runtime adapter to do, in order.
 use std::time::Duration;
 
-use crate::api::{Precision, VidiJobStatus};
+use crate::api::{Precision, ReleaseHook, ReleaseMark, VidiJobStatus};
 
 use super::snapshot::{CoTenantId, JobKey};
 
@@ -57,6 +57,35 @@ pub enum Action {
     /// No holder left: one write restores `replicas` and removes both marks.
     Restore {
         target: CoTenantId,
+        replicas: i32,
+        revision: Option<String>,
+    },
+    /// Hold without scaling down, before the release call is made: one write sets the holders,
+    /// the original replicas and the release mark `mark` (invariant 1 for in-place holds).
+    HoldInPlace {
+        target: CoTenantId,
+        holders: Vec<JobKey>,
+        original_replicas: i32,
+        mark: ReleaseMark,
+        revision: Option<String>,
+    },
+    /// Make the release call of a co-tenant held in place (its mark says `Requested`), then
+    /// record the answer on it: `Released` on a 2xx, else `Refused` with why. The adapter reads
+    /// the co-tenant afresh for that write (the hold just changed it).
+    CallRelease { target: CoTenantId, hook: ReleaseHook },
+    /// The release was refused or did not free the memory: one write scales it to 0 and drops
+    /// the release mark; holders and original replicas stay (from here it is an ordinary hold).
+    FallBack {
+        target: CoTenantId,
+        revision: Option<String>,
+    },
+    /// No holder left of an in-place hold: make the resume call (when `call`), and only after
+    /// its 2xx one write removes every mark and sets `replicas` (the original count: unchanged
+    /// unless someone scaled it down meanwhile, since it never stopped).
+    Resume {
+        target: CoTenantId,
+        hook: ReleaseHook,
+        call: bool,
         replicas: i32,
         revision: Option<String>,
     },

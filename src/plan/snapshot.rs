@@ -88,6 +88,12 @@ pub struct CoTenant {
     pub gpu_memory_bytes: Option<u64>,
     /// `vidi.dev/yield-priority` (default 1): the cost of yielding one replica.
     pub yield_priority: u32,
+    /// The in-place release hook it offers (`release:` in the job, else `vidi.dev/release*`
+    /// annotations or labels), tried before scaling it down.
+    pub release_hook: Option<crate::api::ReleaseHook>,
+    /// Held in place: the release mark recorded with the hold (`vidi.dev/released`, or the
+    /// Docker journal's hold): the hook and how far the release got.
+    pub released: Option<crate::api::ReleaseMark>,
 }
 
 /// One Termination: how a container ended.

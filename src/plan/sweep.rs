@@ -10,7 +10,16 @@ pub fn stale_holders(co: &CoTenant, live: impl Fn(&JobKey) -> bool) -> Option<Ac
         return None;
     }
     let remaining: Vec<JobKey> = co.holders.iter().filter(|k| live(k)).cloned().collect();
-    Some(if remaining.is_empty() {
+    Some(if let (true, Some(mark)) = (remaining.is_empty(), &co.released) {
+        // Held in place: resumed, not scaled.
+        Action::Resume {
+            target: co.id.clone(),
+            hook: mark.hook.clone(),
+            call: co.replicas > 0 && mark.hook.resume_url.is_some(),
+            replicas: co.original_replicas.unwrap_or(co.replicas),
+            revision: co.revision.clone(),
+        }
+    } else if remaining.is_empty() {
         Action::Restore {
             target: co.id.clone(),
             replicas: co.original_replicas.unwrap_or(co.replicas),

@@ -129,10 +129,10 @@ impl Metrics {
     /// (`held_since`: when its current hold began, if known).
     pub fn count_co_tenant_write(&self, action: &Action, held_since: Option<Timestamp>, now: Timestamp) {
         match action {
-            Action::Hold { .. } => {
+            Action::Hold { .. } | Action::HoldInPlace { .. } => {
                 self.suspends.inc();
             }
-            Action::Restore { .. } => {
+            Action::Restore { .. } | Action::Resume { .. } => {
                 self.restores.inc();
                 if let Some(start) = held_since {
                     let secs = (now.as_millisecond() - start.as_millisecond()).max(0) as f64 / 1000.0;

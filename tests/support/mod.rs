@@ -130,6 +130,8 @@ pub fn deploy(name: &str) -> CoTenant {
         revision: Some("1".into()),
         gpu_memory_bytes: None,
         yield_priority: 1,
+        release_hook: None,
+        released: None,
     }
 }
 
@@ -340,6 +342,19 @@ pub fn writes(d: &Decision) -> Vec<String> {
                     original_replicas,
                     ..
                 } => format!("hold {} orig={original_replicas} by={}", co_name(target), keys(holders)),
+                Action::HoldInPlace {
+                    target,
+                    holders,
+                    original_replicas,
+                    ..
+                } => format!(
+                    "hold-in-place {} orig={original_replicas} by={}",
+                    co_name(target),
+                    keys(holders)
+                ),
+                Action::CallRelease { target, .. } => format!("call-release {}", co_name(target)),
+                Action::FallBack { target, .. } => format!("fall-back {}", co_name(target)),
+                Action::Resume { target, call, .. } => format!("resume {} call={call}", co_name(target)),
                 Action::Resuspend { target, .. } => format!("resuspend {}", co_name(target)),
                 Action::Release { target, holders, .. } => format!("release {} by={}", co_name(target), keys(holders)),
                 Action::Restore { target, replicas, .. } => format!("restore {} to={replicas}", co_name(target)),

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use jiff::{SignedDuration, Timestamp};
-use vidi_operator::api::{FieldError, Phase, Precision, Runtime, VidiJobSpec, VidiJobStatus};
+use vidi_operator::api::{FieldError, Phase, Precision, ReleaseState, Runtime, VidiJobSpec, VidiJobStatus};
 use vidi_operator::plan::{
     self, Action, Attempt, AttemptState, CoTenant, CoTenantId, Decision, JobKey, JobView, Notice, Rival, Selection,
     Snapshot, queue::pool_key,
@@ -23,6 +23,8 @@ pub struct WCo {
     /// The replicas it must be back at once nothing holds it: its count before the first hold,
     /// or whatever someone else set while it was not held.
     pub baseline: i32,
+    /// Its release hook answers with an error (HTTP 500) instead of 2xx.
+    pub refuses_release: bool,
 }
 
 /// A VidiJob: spec, persisted status, and its Vidi pods.
@@ -81,6 +83,8 @@ pub struct World {
     /// Jobs whose latest decision was planned from a lagging view: they may have finished
     /// without seeing a hold, which their next (fresh) reconcile releases.
     pub stale_deciders: BTreeSet<JobKey>,
+    /// Release-hook calls made, in order: `release <name>` / `resume <name>`.
+    pub calls: Vec<String>,
 }
 
 impl Default for World {
@@ -105,6 +109,7 @@ impl World {
             trace: Vec::new(),
             planned_from_stale_view: false,
             stale_deciders: BTreeSet::new(),
+            calls: Vec::new(),
         }
     }
 
@@ -122,6 +127,7 @@ impl World {
             co,
             app: name.into(),
             baseline: replicas,
+            refuses_release: false,
         });
         self
     }
@@ -438,6 +444,85 @@ impl World {
                     w.co.original_replicas = Some(*original_replicas);
                     Self::bump(w);
                 }
+                Action::HoldInPlace {
+                    target,
+                    holders,
+                    original_replicas,
+                    mark,
+                    ..
+                } => {
+                    let c = self.co_mut(target).clone();
+                    let new: BTreeSet<JobKey> = holders.iter().cloned().collect();
+                    if !new.contains(k) || !new.is_superset(&c.co.holders) {
+                        self.fail(format!(
+                            "{k}: HoldInPlace of {target} writes holders {new:?}; held by {:?}",
+                            c.co.holders
+                        ));
+                    }
+                    if c.co.holders.is_empty() && c.co.replicas != *original_replicas {
+                        self.fail(format!(
+                            "{k}: first HoldInPlace of {target} records {original_replicas} but it runs {} (invariant 1)",
+                            c.co.replicas
+                        ));
+                    }
+                    if !c.co.holders.is_empty() && c.co.released.is_none() {
+                        self.fail(format!("{k}: HoldInPlace of {target}, which is held scaled down"));
+                    }
+                    let w = self.co_mut(target);
+                    w.co.holders = new;
+                    w.co.original_replicas = Some(*original_replicas);
+                    w.co.released = Some(mark.clone());
+                    Self::bump(w);
+                }
+                Action::CallRelease { target, .. } => {
+                    let c = self.co_mut(target).clone();
+                    // Recorded before it is made (crash safety).
+                    if !c
+                        .co
+                        .released
+                        .as_ref()
+                        .is_some_and(|m| m.state == ReleaseState::Requested)
+                    {
+                        self.fail(format!("{k}: CallRelease of {target} without a Requested release mark"));
+                    }
+                    self.calls.push(format!("release {}", target.name));
+                    let w = self.co_mut(target);
+                    if let Some(m) = w.co.released.as_mut() {
+                        m.state = if w.refuses_release {
+                            ReleaseState::Refused { why: "HTTP 500".into() }
+                        } else {
+                            ReleaseState::Released
+                        };
+                    }
+                    Self::bump(w);
+                }
+                Action::FallBack { target, .. } => {
+                    let c = self.co_mut(target).clone();
+                    if !c.co.holders.contains(k) || c.co.original_replicas.is_none() || c.co.released.is_none() {
+                        self.fail(format!("{k}: FallBack of {target}, which it does not hold in place"));
+                    }
+                    let w = self.co_mut(target);
+                    w.co.replicas = 0;
+                    w.co.released = None;
+                    Self::bump(w);
+                }
+                Action::Resume {
+                    target, call, replicas, ..
+                } => {
+                    let c = self.co_mut(target).clone();
+                    if c.co.holders.iter().any(|h| h != k) || c.co.released.is_none() {
+                        self.fail(format!(
+                            "{k}: Resume of {target} while held by {:?} (in place: {})",
+                            c.co.holders,
+                            c.co.released.is_some()
+                        ));
+                    }
+                    if *call {
+                        self.calls.push(format!("resume {}", target.name));
+                    }
+                    self.restore(target, *replicas);
+                    self.co_mut(target).co.released = None;
+                }
                 Action::Resuspend { target, .. } => {
                     let c = self.co_mut(target).clone();
                     if !c.co.holders.contains(k) || c.co.original_replicas.is_none() {
@@ -742,6 +827,15 @@ impl World {
                     w.co.holders = holders.into_iter().collect();
                     Self::bump(w);
                 }
+                Action::Resume {
+                    target, call, replicas, ..
+                } => {
+                    if call {
+                        self.calls.push(format!("resume {}", target.name));
+                    }
+                    self.restore(&target, replicas);
+                    self.co_mut(&target).co.released = None;
+                }
                 other => self.fail(format!("sweep returned {other:?}")),
             }
         }
@@ -776,6 +870,9 @@ impl World {
                     co.id, co.holders, co.original_replicas
                 ));
             }
+            if co.released.is_some() && co.holders.is_empty() {
+                self.fail(format!("{} carries a release mark but no holder", co.id));
+            }
             for h in &co.holders {
                 match self.find(h) {
                     None => self.fail(format!(
@@ -803,7 +900,7 @@ impl World {
     /// Invariant 4 and 6 once nothing holds anything: every co-tenant is back where it was.
     pub fn check_all_restored(&self) {
         for c in &self.cos {
-            if !c.co.holders.is_empty() || c.co.original_replicas.is_some() {
+            if !c.co.holders.is_empty() || c.co.original_replicas.is_some() || c.co.released.is_some() {
                 self.fail(format!(
                     "{} still carries marks at the end: held by {:?}, original {:?}",
                     c.co.id, c.co.holders, c.co.original_replicas
@@ -832,6 +929,9 @@ impl World {
 pub fn revision_of(a: &Action) -> Option<(&CoTenantId, Option<&str>)> {
     match a {
         Action::Hold { target, revision, .. }
+        | Action::HoldInPlace { target, revision, .. }
+        | Action::FallBack { target, revision }
+        | Action::Resume { target, revision, .. }
         | Action::Resuspend { target, revision }
         | Action::Release { target, revision, .. }
         | Action::Restore { target, revision, .. } => Some((target, revision.as_deref())),
@@ -843,6 +943,9 @@ pub fn revision_of(a: &Action) -> Option<(&CoTenantId, Option<&str>)> {
 pub fn target_of(a: &Action) -> Option<&CoTenantId> {
     match a {
         Action::Hold { target, .. }
+        | Action::HoldInPlace { target, .. }
+        | Action::FallBack { target, .. }
+        | Action::Resume { target, .. }
         | Action::Resuspend { target, .. }
         | Action::Release { target, .. }
         | Action::Restore { target, .. } => Some(target),

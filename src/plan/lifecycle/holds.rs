@@ -94,6 +94,7 @@ impl<'a> Plan<'a> {
                     namespace: c.id.namespace.clone(),
                     name: c.id.name.clone(),
                     original_replicas: c.original_replicas.unwrap_or(c.replicas),
+                    released_in_place: c.released.is_some(),
                 }
             })
             .collect()
@@ -106,9 +107,11 @@ impl<'a> Plan<'a> {
                 self.hold(i);
             }
         }
+        self.keep_released();
         for i in self.held() {
             let c = &self.view[i];
-            if c.replicas > 0 {
+            // Held in place: it keeps running by design.
+            if c.replicas > 0 && c.released.is_none() {
                 let by = c.last_scaled_by.as_deref().unwrap_or("something else");
                 let message = format!(
                     "{} was scaled to {} by {by} while VidiJob {} holds it; suspending it again (it will be restored to {})",
@@ -135,6 +138,9 @@ impl<'a> Plan<'a> {
 
     /// Invariant 1: scale to 0, record holder and original replicas, in one write.
     pub(super) fn hold(&mut self, i: usize) {
+        if self.hold_in_place(i) {
+            return;
+        }
         let c = &self.view[i];
         let original = match (c.holders.is_empty(), c.original_replicas) {
             (false, Some(recorded)) => recorded,
@@ -168,6 +174,9 @@ impl<'a> Plan<'a> {
 
     /// Invariant 2: restore only when no job holds it, in one write with the marks removed.
     pub(super) fn release(&mut self, i: usize) {
+        if self.resume_in_place(i) {
+            return;
+        }
         let c = &self.view[i];
         let mut holders = c.holders.clone();
         holders.remove(self.me);

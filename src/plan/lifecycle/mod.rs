@@ -20,6 +20,7 @@ use super::{conditions, names};
 mod attempts;
 mod ending;
 mod holds;
+mod in_place;
 mod minimal;
 mod queueing;
 mod running;

@@ -106,7 +106,13 @@ impl<'a> Plan<'a> {
             .iter()
             .map(|&i| {
                 let c = &self.view[i];
-                format!("{} ({} replicas)", c.id, c.replicas)
+                match &c.release_hook {
+                    // As `hold_in_place` would: one replica, not held scaled down already.
+                    Some(hook) if c.replicas == 1 && (c.holders.is_empty() || c.released.is_some()) => {
+                        format!("{} (1 replica, released in place: POST {})", c.id, hook.url)
+                    }
+                    _ => format!("{} ({} replicas)", c.id, c.replicas),
+                }
             })
             .collect();
         let p = precision::first(self.s.job.spec.model.precision, self.s.gpu_total_bytes);

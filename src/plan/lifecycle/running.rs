@@ -18,7 +18,7 @@ impl<'a> Plan<'a> {
         let waiting: Vec<String> = self
             .targets()
             .into_iter()
-            .filter(|&i| self.view[i].live_pods > 0)
+            .filter(|&i| self.view[i].live_pods > 0 && self.view[i].released.is_none())
             .map(|i| {
                 let c = &self.view[i];
                 let noun = if c.id.kind == crate::api::WorkloadKind::Command {
@@ -34,8 +34,16 @@ impl<'a> Plan<'a> {
                 )
             })
             .collect();
-        if !waiting.is_empty() {
-            self.st.message = Some(format!("waiting for {} to stop", waiting.join(", ")));
+        let releasing = self.releases_pending();
+        if !waiting.is_empty() || !releasing.is_empty() {
+            let mut parts = Vec::new();
+            if !waiting.is_empty() {
+                parts.push(format!("{} to stop", waiting.join(", ")));
+            }
+            if !releasing.is_empty() {
+                parts.push(format!("{} to answer its release call", releasing.join(", ")));
+            }
+            self.st.message = Some(format!("waiting for {}", parts.join(" and ")));
             self.requeue_for_deadline();
             return;
         }
@@ -159,6 +167,10 @@ impl<'a> Plan<'a> {
         message: String,
         retry: Retry,
     ) {
+        // Released in place and still short of memory: stop those first, at the same precision.
+        if retry == Retry::LowerPrecision && self.fall_back_released(number, &message) {
+            return;
+        }
         let spec = &self.s.job.spec;
         if retry == Retry::LowerPrecision && self.st.policy == Some(CoTenantPolicy::Minimal) {
             return self.yield_all_instead(number, &message);
