@@ -9,7 +9,10 @@ use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::{Value, json};
 
-use crate::api::{HELD_BY, ORIGINAL_REPLICAS, VidiJob, WorkloadKind};
+use crate::api::{
+    HELD_BY, HOLD_NODE, MARKED_BY, MARKED_PODS, ORIGINAL_REPLICAS, POD_DELETION_COST, REMOVED_REPLICAS, VidiJob,
+    WorkloadKind, YIELD_DELETION_COST,
+};
 use crate::plan::{Action, CoTenantId, JobKey, Notice, Severity, Subject};
 
 use super::Error;
@@ -64,6 +67,33 @@ pub fn co_tenant_patch(action: &Action, now: Timestamp) -> Option<(&CoTenantId, 
                 }),
             )
         }
+        Action::HoldOnNode {
+            target,
+            holders,
+            original_replicas,
+            replicas,
+            node,
+            marked_pods,
+            revision,
+        } => {
+            let mut annotations = json!({
+                HELD_BY: holder_list(holders),
+                ORIGINAL_REPLICAS: original_replicas.to_string(),
+                HOLD_NODE: node,
+                REMOVED_REPLICAS: (original_replicas - replicas).to_string(),
+                MARKED_PODS: marked_pods.join(","),
+            });
+            if holders.len() == 1 {
+                annotations[HELD_SINCE] = json!(now.to_string());
+            }
+            (
+                target,
+                json!({
+                    "metadata": with_version(revision, json!({"annotations": annotations})),
+                    "spec": {"replicas": replicas},
+                }),
+            )
+        }
         Action::Resuspend { target, revision } => (
             target,
             json!({"metadata": with_version(revision, json!({})), "spec": {"replicas": 0}}),
@@ -83,7 +113,10 @@ pub fn co_tenant_patch(action: &Action, now: Timestamp) -> Option<(&CoTenantId, 
         } => (
             target,
             json!({
-                "metadata": with_version(revision, json!({"annotations": {HELD_BY: null, ORIGINAL_REPLICAS: null, HELD_SINCE: null}})),
+                "metadata": with_version(revision, json!({"annotations": {
+                    HELD_BY: null, ORIGINAL_REPLICAS: null, HELD_SINCE: null,
+                    HOLD_NODE: null, REMOVED_REPLICAS: null, MARKED_PODS: null,
+                }})),
                 "spec": {"replicas": replicas},
             }),
         ),
@@ -115,6 +148,29 @@ pub(super) async fn patch_workload(client: &Client, target: &CoTenantId, patch: 
 }
 
 impl Actor<'_> {
+    /// Merge-patches each pod of `target` named in `pods`; a pod already gone is skipped (a
+    /// marked pod is meant to go).
+    async fn patch_pods(&self, target: &CoTenantId, pods: &[String], patch: &Value) -> Result<(), Error> {
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), &target.namespace);
+        let params = PatchParams {
+            field_manager: Some(MANAGER.into()),
+            ..Default::default()
+        };
+        for name in pods {
+            match api.patch(name, &params, &Patch::Merge(patch)).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                Err(source) => {
+                    return Err(Error::Write {
+                        what: format!("pod {}/{name} of {target}", target.namespace),
+                        source,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// When the co-tenant's current hold began, from its cached `vidi.dev/held-since` mark.
     fn held_since(&self, target: &CoTenantId) -> Option<Timestamp> {
         let (name, ns) = (&target.name, &target.namespace);
@@ -137,7 +193,22 @@ impl Actor<'_> {
         let ns = job.namespace().unwrap_or_default();
         for action in actions {
             match action {
-                Action::Hold { .. } | Action::Resuspend { .. } | Action::Release { .. } | Action::Restore { .. } => {
+                Action::MarkPods { target, pods, holder } => {
+                    let patch = json!({"metadata": {"annotations": {
+                        POD_DELETION_COST: YIELD_DELETION_COST.to_string(),
+                        MARKED_BY: holder.to_string(),
+                    }}});
+                    self.patch_pods(target, pods, &patch).await?;
+                }
+                Action::UnmarkPods { target, pods } => {
+                    let patch = json!({"metadata": {"annotations": {POD_DELETION_COST: null, MARKED_BY: null}}});
+                    self.patch_pods(target, pods, &patch).await?;
+                }
+                Action::Hold { .. }
+                | Action::HoldOnNode { .. }
+                | Action::Resuspend { .. }
+                | Action::Release { .. }
+                | Action::Restore { .. } => {
                     if let Some((target, patch)) = co_tenant_patch(action, now) {
                         let held_since = self.held_since(target);
                         patch_workload(self.client, target, patch).await?;
@@ -151,7 +222,12 @@ impl Actor<'_> {
                     min_free_bytes,
                 } => {
                     let left = deadline_left(job, now);
-                    let pod = pod::build(job, self.defaults, name, *attempt, *precision, *min_free_bytes, left);
+                    let mut pod = pod::build(job, self.defaults, name, *attempt, *precision, *min_free_bytes, left);
+                    // The node chosen when the job left the queue (recorded in the status before
+                    // any attempt is created).
+                    if let Some(choice) = job.status.as_ref().and_then(|s| s.node_choice.as_ref()) {
+                        pod::pin(&mut pod, &choice.node);
+                    }
                     let pods: Api<Pod> = Api::namespaced(self.client.clone(), &ns);
                     match pods
                         .create(
@@ -235,7 +311,8 @@ pub fn event(job: &VidiJob, notice: &Notice) -> Event {
         },
     });
     let action = match notice.reason.as_str() {
-        "Suspended" => "Suspend",
+        "Suspended" | "YieldingWhole" => "Suspend",
+        "NodeChosen" => "ChooseNode",
         "CoTenantFought" => "Resuspend",
         "Released" => "Release",
         "Restored" | "OriginalReplicasLost" => "Restore",

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::{Node, PersistentVolumeClaim, Pod};
 use kube::runtime::Controller;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::{Api, Client};
@@ -137,12 +138,31 @@ pub async fn run(
         observe::no_keys,
         &mut tasks.0,
     );
+    // Nodes (cluster-scoped) and autoscalers: read when a job chooses its node, never a trigger.
+    let (nodes, _) = feed(
+        |_| Api::<Node>::all(watch.clone()),
+        &Scope::All,
+        0,
+        trim_managed_fields,
+        observe::no_keys,
+        &mut tasks.0,
+    );
+    let (autoscalers, _) = feed(
+        scoped::<HorizontalPodAutoscaler>(&watch),
+        &scope,
+        0,
+        trim_managed_fields,
+        observe::autoscaler_keys,
+        &mut tasks.0,
+    );
     let stores = Stores {
         jobs,
         deployments,
         statefulsets,
         pods,
         claims,
+        nodes,
+        autoscalers,
     };
     if let Ok(mut slot) = jobs_cache.lock() {
         *slot = Some(stores.jobs.clone());
@@ -173,6 +193,8 @@ pub async fn run(
                     && s.statefulsets.listed().await
                     && s.pods.listed().await
                     && s.claims.listed().await
+                    && s.nodes.listed().await
+                    && s.autoscalers.listed().await
             };
             tokio::pin!(all);
             // Say which caches a slow start waits for, every few seconds.

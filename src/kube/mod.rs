@@ -5,6 +5,7 @@ pub mod controller;
 pub mod lease;
 mod mappers;
 pub mod observe;
+mod placement;
 pub mod pod;
 pub mod rbac;
 mod reconcile;

@@ -215,6 +215,7 @@ pub fn job(name: &str) -> Snap {
         problems: Vec::new(),
         gpu_total_bytes: None,
         gpu_free_bytes: None,
+        placement: Default::default(),
         dry_run: false,
         now: t(100),
     })
@@ -340,6 +341,22 @@ pub fn writes(d: &Decision) -> Vec<String> {
                     original_replicas,
                     ..
                 } => format!("hold {} orig={original_replicas} by={}", co_name(target), keys(holders)),
+                Action::HoldOnNode {
+                    target,
+                    holders,
+                    original_replicas,
+                    replicas,
+                    node,
+                    marked_pods,
+                    ..
+                } => format!(
+                    "hold {} on {node} orig={original_replicas} to={replicas} marked=[{}] by={}",
+                    co_name(target),
+                    marked_pods.join(","),
+                    keys(holders)
+                ),
+                Action::MarkPods { target, pods, .. } => format!("mark {} [{}]", co_name(target), pods.join(",")),
+                Action::UnmarkPods { target, pods } => format!("unmark {} [{}]", co_name(target), pods.join(",")),
                 Action::Resuspend { target, .. } => format!("resuspend {}", co_name(target)),
                 Action::Release { target, holders, .. } => format!("release {} by={}", co_name(target), keys(holders)),
                 Action::Restore { target, replicas, .. } => format!("restore {} to={replicas}", co_name(target)),
