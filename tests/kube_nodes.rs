@@ -436,3 +436,28 @@ async fn a_crash_between_marking_and_scaling_down_leaves_no_annotation_behind() 
         3
     );
 }
+
+#[tokio::test]
+async fn the_start_up_sweep_removes_marks_of_jobs_that_are_gone() {
+    let api = three_nodes().await;
+    api.create(&Gvr::deployments(), NS, deployment("tts", NS, 2, true))
+        .unwrap();
+    settle(&api, "tts running", |v| pods_of(v, "tts").len() == 2).await;
+    let marked = api
+        .wait_until(|v| pods_of(v, "tts").into_keys().next(), WAIT)
+        .await
+        .unwrap();
+    api.patch_json(
+        &Gvr::pods(),
+        NS,
+        &marked,
+        json!({"metadata": {"annotations": {
+            "controller.kubernetes.io/pod-deletion-cost": "-1000",
+            "vidi.dev/marked-by": "media/gone",
+        }}}),
+    )
+    .unwrap();
+    let _op = Operator::start(&api);
+    settle(&api, "the mark of the gone job removed", nothing_left_behind).await;
+    assert_eq!(api.get(&Gvr::deployments(), NS, "tts").unwrap()["spec"]["replicas"], 2);
+}

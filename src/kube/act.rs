@@ -147,11 +147,17 @@ pub(super) async fn patch_workload(client: &Client, target: &CoTenantId, patch: 
     })
 }
 
-impl Actor<'_> {
-    /// Merge-patches each pod of `target` named in `pods`; a pod already gone is skipped (a
-    /// marked pod is meant to go).
-    async fn patch_pods(&self, target: &CoTenantId, pods: &[String], patch: &Value) -> Result<(), Error> {
-        let api: Api<Pod> = Api::namespaced(self.client.clone(), &target.namespace);
+/// Removes the pod-deletion-cost and the mark from these pods of `target` (in its namespace).
+pub(super) async fn unmark_pods(client: &Client, target: &CoTenantId, pods: &[String]) -> Result<(), Error> {
+    let patch = json!({"metadata": {"annotations": {POD_DELETION_COST: null, MARKED_BY: null}}});
+    patch_pods(client, target, pods, &patch).await
+}
+
+/// Merge-patches each pod of `target` named in `pods`; a pod already gone is skipped (a marked
+/// pod is meant to go).
+async fn patch_pods(client: &Client, target: &CoTenantId, pods: &[String], patch: &Value) -> Result<(), Error> {
+    {
+        let api: Api<Pod> = Api::namespaced(client.clone(), &target.namespace);
         let params = PatchParams {
             field_manager: Some(MANAGER.into()),
             ..Default::default()
@@ -162,7 +168,7 @@ impl Actor<'_> {
                 Err(kube::Error::Api(e)) if e.code == 404 => {}
                 Err(source) => {
                     return Err(Error::Write {
-                        what: format!("pod {}/{name} of {target}", target.namespace),
+                        what: format!("pod {}/{name}", target.namespace),
                         source,
                     });
                 }
@@ -170,7 +176,9 @@ impl Actor<'_> {
         }
         Ok(())
     }
+}
 
+impl Actor<'_> {
     /// When the co-tenant's current hold began, from its cached `vidi.dev/held-since` mark.
     fn held_since(&self, target: &CoTenantId) -> Option<Timestamp> {
         let (name, ns) = (&target.name, &target.namespace);
@@ -198,12 +206,9 @@ impl Actor<'_> {
                         POD_DELETION_COST: YIELD_DELETION_COST.to_string(),
                         MARKED_BY: holder.to_string(),
                     }}});
-                    self.patch_pods(target, pods, &patch).await?;
+                    patch_pods(self.client, target, pods, &patch).await?;
                 }
-                Action::UnmarkPods { target, pods } => {
-                    let patch = json!({"metadata": {"annotations": {POD_DELETION_COST: null, MARKED_BY: null}}});
-                    self.patch_pods(target, pods, &patch).await?;
-                }
+                Action::UnmarkPods { target, pods } => unmark_pods(self.client, target, pods).await?,
                 Action::Hold { .. }
                 | Action::HoldOnNode { .. }
                 | Action::Resuspend { .. }
