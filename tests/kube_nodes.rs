@@ -461,3 +461,117 @@ async fn the_start_up_sweep_removes_marks_of_jobs_that_are_gone() {
     settle(&api, "the mark of the gone job removed", nothing_left_behind).await;
     assert_eq!(api.get(&Gvr::deployments(), NS, "tts").unwrap()["spec"]["replicas"], 2);
 }
+
+fn scaled_objects() -> Gvr {
+    Gvr::new("keda.sh", "v1alpha1", "scaledobjects")
+}
+
+/// Serves KEDA's ScaledObject (as its CRD does) and creates one scaling `tts`.
+fn install_keda(api: &Standin) {
+    api.register_crd_json(json!({
+        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": "scaledobjects.keda.sh"},
+        "spec": {"group": "keda.sh", "scope": "Namespaced",
+                 "names": {"plural": "scaledobjects", "singular": "scaledobject", "kind": "ScaledObject"},
+                 "versions": [{"name": "v1alpha1", "served": true, "storage": true,
+                               "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}]}
+    }))
+    .expect("KEDA CRD");
+    api.create(
+        &scaled_objects(),
+        NS,
+        json!({"apiVersion": "keda.sh/v1alpha1", "kind": "ScaledObject", "metadata": {"name": "tts-scaler", "namespace": NS},
+               "spec": {"scaleTargetRef": {"name": "tts"}, "minReplicaCount": 0, "triggers": [{"type": "cron"}]}}),
+    )
+    .expect("ScaledObject");
+}
+
+fn so_annotations(v: &View<'_>) -> Value {
+    v.get(&scaled_objects(), NS, "tts-scaler")
+        .map(|s| s["metadata"]["annotations"].clone())
+        .unwrap_or(Value::Null)
+}
+
+#[tokio::test]
+async fn a_keda_scaled_deployment_is_paused_through_keda_and_unpaused_on_restore() {
+    let api = standin_with_claims(&["videos", "weights"]).await;
+    api.kubelet().on_pod(|_| None);
+    api.create(&Gvr::deployments(), NS, deployment("tts", NS, 2, true))
+        .unwrap();
+    install_keda(&api);
+    settle(&api, "tts running", |v| pods_of(v, "tts").len() == 2).await;
+    let _op = Operator::start(&api);
+    api.create(&Gvr::vidijobs(), NS, job("a")).unwrap();
+    // One write on the ScaledObject: the pause and what undoes it.
+    settle(&api, "the ScaledObject paused at 0 by the job", |v| {
+        let a = so_annotations(v);
+        a["autoscaling.keda.sh/paused-replicas"] == "0"
+            && a["vidi.dev/held-by"] == "media/a"
+            && a["vidi.dev/original-replicas"] == "2"
+    })
+    .await;
+    // KEDA, paused, scales its target to 0.
+    api.patch_as(
+        "keda-operator",
+        &Gvr::deployments(),
+        NS,
+        "tts",
+        json!({"spec": {"replicas": 0}}),
+    )
+    .unwrap();
+    settle(&api, "Vidi running once tts is down", |v| {
+        vidi_pod(v, "a").is_some_and(|p| p["status"]["phase"] == "Running")
+    })
+    .await;
+    finish_vidi(&api, "a").await;
+    settle(&api, "the pause and the marks gone", |v| {
+        so_annotations(v).as_object().is_none_or(|a| {
+            a.keys()
+                .all(|k| !k.starts_with("vidi.dev/") && !k.starts_with("autoscaling.keda.sh/"))
+        })
+    })
+    .await;
+    // The operator never scaled the Deployment behind KEDA's back, and never saw a fight.
+    assert!(
+        !co_tenant_writes(&api).iter().any(|w| w.contains("deployments")),
+        "{:?}",
+        co_tenant_writes(&api)
+    );
+    assert!(
+        api.access_records()
+            .iter()
+            .any(|r| r.access.group == "keda.sh" && r.access.verb == "patch" && r.is_accepted_write())
+    );
+    assert!(
+        !events(&api).iter().any(|(r, _)| r == "CoTenantFought"),
+        "{:?}",
+        events(&api)
+    );
+}
+
+#[tokio::test]
+async fn without_keda_nothing_keda_related_is_asked_and_the_deployment_is_scaled_directly() {
+    let api = standin_with_claims(&["videos", "weights"]).await;
+    api.kubelet().on_pod(|_| None);
+    api.create(&Gvr::deployments(), NS, deployment("tts", NS, 2, true))
+        .unwrap();
+    settle(&api, "tts running", |v| pods_of(v, "tts").len() == 2).await;
+    let _op = Operator::start(&api);
+    api.create(&Gvr::vidijobs(), NS, job("a")).unwrap();
+    settle(&api, "Vidi running", |v| {
+        vidi_pod(v, "a").is_some_and(|p| p["status"]["phase"] == "Running")
+    })
+    .await;
+    assert_eq!(api.get(&Gvr::deployments(), NS, "tts").unwrap()["spec"]["replicas"], 0);
+    finish_vidi(&api, "a").await;
+    settle(&api, "tts back", |v| {
+        v.get(&Gvr::deployments(), NS, "tts")
+            .is_some_and(|d| d["spec"]["replicas"] == 2)
+            && nothing_left_behind(v)
+    })
+    .await;
+    assert!(
+        !api.access_records().iter().any(|r| r.access.group == "keda.sh"),
+        "no request to KEDA's API"
+    );
+}

@@ -216,7 +216,13 @@ impl Actor<'_> {
                 | Action::Restore { .. } => {
                     if let Some((target, patch)) = co_tenant_patch(action, now) {
                         let held_since = self.held_since(target);
-                        patch_workload(self.client, target, patch).await?;
+                        // A KEDA-scaled Deployment is paused and resumed through its ScaledObject.
+                        match super::keda::for_workload(self.stores, target)
+                            .and_then(|so| super::keda::patch(&so, action, now).map(|p| (so, p)))
+                        {
+                            Some((so, patch)) => super::keda::apply(self.client, &so, &patch).await?,
+                            None => patch_workload(self.client, target, patch).await?,
+                        }
                         self.metrics.count_co_tenant_write(action, held_since, now);
                     }
                 }

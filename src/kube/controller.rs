@@ -155,6 +155,23 @@ pub async fn run(
         observe::autoscaler_keys,
         &mut tasks.0,
     );
+    // KEDA's ScaledObjects, only where the API server serves them.
+    let scaled_objects = if super::keda::served(&client).await {
+        tracing::info!("KEDA's API is served: ScaledObject targets yield through KEDA's pause");
+        Some(
+            feed(
+                scoped::<super::keda::ScaledObject>(&watch),
+                &scope,
+                0,
+                trim_managed_fields,
+                super::keda::keys,
+                &mut tasks.0,
+            )
+            .0,
+        )
+    } else {
+        None
+    };
     let stores = Stores {
         jobs,
         deployments,
@@ -163,6 +180,7 @@ pub async fn run(
         claims,
         nodes,
         autoscalers,
+        scaled_objects,
     };
     if let Ok(mut slot) = jobs_cache.lock() {
         *slot = Some(stores.jobs.clone());
@@ -195,6 +213,10 @@ pub async fn run(
                     && s.claims.listed().await
                     && s.nodes.listed().await
                     && s.autoscalers.listed().await
+                    && match &s.scaled_objects {
+                        Some(c) => c.listed().await,
+                        None => true,
+                    }
             };
             tokio::pin!(all);
             // Say which caches a slow start waits for, every few seconds.

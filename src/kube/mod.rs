@@ -2,6 +2,7 @@
 mod act;
 pub mod cache;
 pub mod controller;
+pub mod keda;
 pub mod lease;
 mod mappers;
 pub mod observe;

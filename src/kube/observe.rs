@@ -39,6 +39,8 @@ pub struct Stores {
     pub nodes: Cache<Node>,
     /// HorizontalPodAutoscalers, to know which co-tenants an autoscaler manages.
     pub autoscalers: Cache<HorizontalPodAutoscaler>,
+    /// KEDA ScaledObjects, when the API server serves them (`None`: no KEDA handling at all).
+    pub scaled_objects: Option<Cache<super::keda::ScaledObject>>,
 }
 
 impl Stores {
@@ -54,6 +56,10 @@ impl Stores {
             ("persistentvolumeclaims", self.claims.is_listed()),
             ("nodes", self.nodes.is_listed()),
             ("horizontalpodautoscalers", self.autoscalers.is_listed()),
+            (
+                "scaledobjects",
+                self.scaled_objects.as_ref().is_none_or(|c| c.is_listed()),
+            ),
         ];
         listed.into_iter().filter(|(_, ok)| !ok).map(|(name, _)| name).collect()
     }
@@ -436,6 +442,7 @@ pub fn snapshot(job: &VidiJob, stores: &Stores, dry_run: bool, now: Timestamp) -
         })
         .collect();
 
+    super::keda::overlay(stores, &mut co_tenants);
     let placement = super::placement::observe(job, stores, &all, &co_tenants);
     Snapshot {
         runtime: Runtime::Kubernetes,
@@ -463,11 +470,14 @@ pub fn snapshot(job: &VidiJob, stores: &Stores, dry_run: bool, now: Timestamp) -
 pub fn held_co_tenants(stores: &Stores) -> Vec<CoTenant> {
     let deployments = stores.deployments.state();
     let sets = stores.statefulsets.state();
-    workloads(&deployments, &sets)
+    let mut all: Vec<CoTenant> = workloads(&deployments, &sets)
         .iter()
-        .filter(|w| !holders(w.meta).is_empty())
         .map(|w| co_tenant(w, Selection::HeldOnly, &stores.pods))
-        .collect()
+        .collect();
+    // KEDA-scaled ones carry their marks on their ScaledObject.
+    super::keda::overlay(stores, &mut all);
+    all.retain(|c| !c.holders.is_empty());
+    all
 }
 
 fn created(job: &VidiJob) -> Timestamp {

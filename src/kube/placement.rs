@@ -38,7 +38,8 @@ pub(super) fn observe(job: &VidiJob, stores: &Stores, all: &[Workload<'_>], co_t
         if let Some(hold) = node_hold(w, &id) {
             placement.node_holds.push(hold);
         }
-        if let Some(by) = autoscaler_of(w, &id, stores) {
+        let keda = super::keda::for_workload(stores, &id).map(|so| super::keda::describe(&so));
+        if let Some(by) = keda.or_else(|| autoscaler_of(w, &id, stores)) {
             placement.autoscaled.push(Autoscaled { co_tenant: id, by });
         }
     }

@@ -33,6 +33,7 @@ pub fn rules() -> Vec<Rule> {
         rule("", &["pods"], &["get", "list", "watch", "create", "delete", "patch"]),
         rule("", &["nodes"], &["list", "watch"]),
         rule("autoscaling", &["horizontalpodautoscalers"], &["list", "watch"]),
+        rule("keda.sh", &["scaledobjects"], &["list", "watch", "patch"]),
         rule("", &["persistentvolumeclaims"], &["list", "watch"]),
         rule("events.k8s.io", &["events"], &["create", "patch"]),
         rule("coordination.k8s.io", &["leases"], &["get", "create", "patch"]),

@@ -28,7 +28,12 @@ pub(super) async fn sweep(ctx: &Context) {
             if ctx.settings.dry_run {
                 continue;
             }
-            let result = super::act::patch_workload(&ctx.client, target, patch).await;
+            let keda = super::keda::for_workload(&ctx.stores, target)
+                .and_then(|so| super::keda::patch(&so, &action, Timestamp::now()).map(|p| (so, p)));
+            let result = match keda {
+                Some((so, patch)) => super::keda::apply(&ctx.client, &so, &patch).await,
+                None => super::act::patch_workload(&ctx.client, target, patch).await,
+            };
             if let Err(e) = result {
                 tracing::warn!(co_tenant = %target, error = %e, "sweep could not restore; the holders' reconciles will retry");
             }
