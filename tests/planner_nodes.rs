@@ -357,3 +357,29 @@ fn no_node_big_enough_falls_back_to_yielding_everything_unpinned() {
     let (_, msg) = notice(&d, "YieldingAll").unwrap();
     assert!(msg.contains("no node of the GPU pool (3 nodes)"), "{msg}");
 }
+
+#[test]
+fn a_view_lagging_the_jobs_own_scale_down_keeps_the_marks_on_its_node() {
+    // Minimal, Suspending on gpu-2: tts-c carries the job's mark, but the view does not show the
+    // hold on tts yet (the Deployment's cache lags the write). The mark must stay: the ReplicaSet
+    // controller may not have removed the pod yet.
+    let (s, _, _) = spread();
+    let mut s = s
+        .suspending()
+        .with_spec(|sp| sp.co_tenants.policy = CoTenantPolicy::Minimal)
+        .status(|st| {
+            st.policy = Some(CoTenantPolicy::Minimal);
+            st.node_choice = Some(NodeChoice {
+                node: "gpu-2".into(),
+                reason: "test".into(),
+            });
+        });
+    for p in s.0.placement.pods.iter_mut().filter(|p| p.name == "tts-c") {
+        p.marked_by = Some(key("a"));
+    }
+    let d = s.plan();
+    assert!(!writes(&d).iter().any(|w| w.starts_with("unmark")), "{:?}", writes(&d));
+    // Once the job ends, the mark goes.
+    let d = s.status(|st| st.phase = Phase::Restoring).plan();
+    assert_eq!(writes(&d)[0], "unmark ns/tts [tts-c]");
+}

@@ -308,11 +308,19 @@ impl<'a> Plan<'a> {
             })
             .flatten()
             .collect();
+        // While the job runs on its node, its marks there stay even when no hold is seen: a view
+        // that lags the job's own scale-down would otherwise unmark pods the ReplicaSet
+        // controller has yet to remove. They go when the job ends.
+        let active_on = match self.st.phase {
+            Phase::Suspending | Phase::Running => self.chosen_node().map(String::from),
+            _ => None,
+        };
         let mut stale: BTreeMap<CoTenantId, Vec<String>> = BTreeMap::new();
         for p in &self.s.placement.pods {
             let key = (p.co_tenant.clone(), p.name.clone());
             let mine = p.marked_by.as_ref() == Some(self.me) || restored.contains(&key);
-            if mine && !marking.contains(&key) && !kept.contains(&key) {
+            let running_here = active_on.as_deref() == Some(p.node.as_str()) && !restored.contains(&key);
+            if mine && !running_here && !marking.contains(&key) && !kept.contains(&key) {
                 stale.entry(p.co_tenant.clone()).or_default().push(p.name.clone());
             }
         }
