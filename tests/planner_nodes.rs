@@ -383,3 +383,17 @@ fn a_view_lagging_the_jobs_own_scale_down_keeps_the_marks_on_its_node() {
     let d = s.status(|st| st.phase = Phase::Restoring).plan();
     assert_eq!(writes(&d)[0], "unmark ns/tts [tts-c]");
 }
+
+#[test]
+fn a_dry_run_names_the_node_and_only_what_would_yield_there() {
+    let (s, _, _) = spread();
+    let d = s.dry_run().plan();
+    assert_eq!(writes(&d), Vec::<String>::new());
+    assert_eq!(
+        d.status.message.as_deref(),
+        Some(
+            "dry run: would suspend Deployment ns/tts (1 of 3 replicas, on gpu-2); would run Vidi on node gpu-2 at fp16 once 20.0 GiB of GPU memory is free"
+        )
+    );
+    assert_eq!(d.status.node_choice, None);
+}

@@ -331,6 +331,20 @@ impl<'a> Plan<'a> {
         self.actions.splice(0..0, unmarks);
     }
 
+    /// How target `i` would yield on the chosen node, for the dry run: `3 replicas` without a
+    /// node, `1 of 3 replicas, on gpu-2`, or `all 3 replicas: <why>`.
+    pub(super) fn yield_summary(&self, i: usize) -> String {
+        let c = &self.view[i];
+        let Some(node) = self.chosen_node() else {
+            return format!("{} replicas", c.replicas);
+        };
+        if let Some(why) = self.whole_reason(i, node) {
+            return format!("all {} replicas: {why}", c.replicas);
+        }
+        let here = self.pods_of(i).filter(|p| p.node == node && !p.terminating).count();
+        format!("{here} of {} replicas, on {node}", c.replicas)
+    }
+
     /// Whether co-tenant `i` is held on one node only (a queued job does not join such a hold:
     /// it chooses its own node when its turn comes).
     pub(super) fn is_node_hold(&self, i: usize) -> bool {

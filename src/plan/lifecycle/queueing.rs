@@ -103,20 +103,19 @@ impl<'a> Plan<'a> {
         if !self.choose_node() && self.st.policy == Some(CoTenantPolicy::Minimal) {
             self.choose_minimal();
         }
+        let list: Vec<String> = self
+            .targets()
+            .into_iter()
+            .map(|i| format!("{} ({})", self.view[i].id, self.yield_summary(i)))
+            .collect();
+        // A dry run records no choice.
         let on = self
             .st
             .node_choice
             .take()
             .map(|c| format!(" on node {}", c.node))
             .unwrap_or_default();
-        let targets = self.targets();
-        let list: Vec<String> = targets
-            .iter()
-            .map(|&i| {
-                let c = &self.view[i];
-                format!("{} ({} replicas)", c.id, c.replicas)
-            })
-            .collect();
+        self.st.node = None;
         let p = precision::first(self.s.job.spec.model.precision, self.s.gpu_total_bytes);
         let need = precision::min_free_bytes(&self.s.job.spec, p);
         let message = format!(
