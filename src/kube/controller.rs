@@ -144,7 +144,7 @@ pub async fn run(
         &Scope::All,
         0,
         trim_managed_fields,
-        observe::no_keys,
+        super::placement::node_keys,
         &mut tasks.0,
     );
     let (autoscalers, _) = feed(

@@ -15,9 +15,33 @@ use super::observe::{Stores, Workload, candidates, namespace_key, pod_phase};
 
 const MIB: u64 = 1 << 20;
 
+/// Index key: nodes offering this extended resource (e.g. `nvidia.com/gpu`).
+pub fn offers_key(resource: &str) -> String {
+    format!("offers:{resource}")
+}
+
+/// Nodes are indexed by the extended resources they offer, so a job looks only at its pool's
+/// GPU nodes, never at every node of the cluster.
+pub fn node_keys(node: &Node) -> Vec<String> {
+    let status = node.status.as_ref();
+    let mut keys: Vec<String> = [
+        status.and_then(|s| s.allocatable.as_ref()),
+        status.and_then(|s| s.capacity.as_ref()),
+    ]
+    .into_iter()
+    .flatten()
+    .flat_map(|m| m.iter())
+    .filter(|(name, q)| name.contains('/') && crate::api::parse_quantity(q).is_some_and(|v| v > 0.0))
+    .map(|(name, _)| offers_key(name))
+    .collect();
+    keys.sort();
+    keys.dedup();
+    keys
+}
+
 /// The placement for `job`: empty when no node of its pool is known.
 pub(super) fn observe(job: &VidiJob, stores: &Stores, all: &[Workload<'_>], co_tenants: &[CoTenant]) -> Placement {
-    let nodes = pool_nodes(job, &stores.nodes.state());
+    let nodes = pool_nodes(job, &stores.nodes.indexed(&offers_key(&job.spec.gpu.resource_name)));
     if nodes.is_empty() {
         return Placement::default();
     }
