@@ -194,7 +194,9 @@ fn on_node(node: &GpuNode, tenants: &[Tenant], need: u64, policy: CoTenantPolicy
         (Some(_), CoTenantPolicy::All) => present.clone(),
         (Some(total), CoTenantPolicy::Minimal) => {
             let used: u64 = present.iter().filter_map(memory_here).sum();
-            let deficit = need.saturating_sub(total.saturating_sub(used));
+            // What must be freed: declared use beyond what leaves `need` free (declarations
+            // may add up to more than the GPU has).
+            let deficit = need.saturating_add(used).saturating_sub(total);
             let candidates: Vec<Candidate> = present
                 .iter()
                 .map(|y| Candidate {
@@ -310,6 +312,15 @@ mod tests {
         // Under All both go.
         let c = choose(&nodes, &tenants, 20 * GIB, CoTenantPolicy::All).unwrap();
         assert_eq!(c.yields.len(), 2);
+    }
+
+    #[test]
+    fn declarations_adding_up_to_more_than_the_gpu_still_make_room() {
+        // 3 + 6 GiB declared on an 8 GiB GPU; 6 needed: freeing the 6 leaves 5, so both go.
+        let nodes = [node("n0", Some(8))];
+        let tenants = [tenant(&[("n0", 1)], Some(3), 1), tenant(&[("n0", 1)], Some(6), 1)];
+        let c = choose(&nodes, &tenants, 6 * GIB, CoTenantPolicy::Minimal).unwrap();
+        assert_eq!((c.cost, c.yields.len()), (2, 2));
     }
 
     #[test]
