@@ -12,7 +12,7 @@ pub use spec::{
     CoTenantPolicy, CoTenantSpec, CommandCoTenant, GpuSpec, ModelFiles, ModelMemory, ModelSpec, OutputSpec, Precision,
     ResourceSpec, VideoSource, VidiJob, VidiJobSpec, VolumePath, WorkloadKind, WorkloadRef, YIELD_LABEL,
 };
-pub use status::{FailureReason, Outcome, Phase, Segment, SuspendedCoTenant, VidiJobStatus, VidiResult};
+pub use status::{FailureReason, NodeChoice, Outcome, Phase, Segment, SuspendedCoTenant, VidiJobStatus, VidiResult};
 pub use validate::{FieldError, Runtime, parse_quantity, parse_quantity_bytes, validate};
 
 /// Annotation on a co-tenant: the jobs (`namespace/name`, comma-separated) holding it suspended.
@@ -29,6 +29,27 @@ pub const GPU_MEMORY: &str = "vidi.dev/gpu-memory";
 /// Annotation or label on a co-tenant: how much yielding one replica costs (an integer, default
 /// 1); `policy: Minimal` yields the cheapest set.
 pub const YIELD_PRIORITY: &str = "vidi.dev/yield-priority";
+
+/// Annotation or label on a co-tenant: seconds one replica takes to be back after a restore
+/// (default 60); among nodes of equal cost the job goes where the restore is shortest.
+pub const RESTORE_SECONDS: &str = "vidi.dev/restore-seconds";
+/// Node label set by NVIDIA GPU Feature Discovery: the memory of the node's GPU, in MiB.
+pub const GFD_MEMORY_LABEL: &str = "nvidia.com/gpu.memory";
+/// Pod annotation the ReplicaSet controller reads: pods with a lower cost are removed first on a
+/// scale-down.
+pub const POD_DELETION_COST: &str = "controller.kubernetes.io/pod-deletion-cost";
+/// The pod-deletion-cost given to the pods on the chosen node before their workload is scaled
+/// down by their number.
+pub const YIELD_DELETION_COST: i32 = -1000;
+/// Annotation on a co-tenant pod: the job that set its pod-deletion-cost (`namespace/name`).
+pub const MARKED_BY: &str = "vidi.dev/marked-by";
+/// Annotation on a co-tenant held on one node only: the node.
+pub const HOLD_NODE: &str = "vidi.dev/hold-node";
+/// Annotation on a co-tenant held on one node only: the replicas removed.
+pub const REMOVED_REPLICAS: &str = "vidi.dev/removed-replicas";
+/// Annotation on a co-tenant held on one node only: the pods given a pod-deletion-cost
+/// (comma-separated names), whose annotations the restore removes.
+pub const MARKED_PODS: &str = "vidi.dev/marked-pods";
 
 /// The CRD as YAML, exactly as committed in `crds/vidijob.yaml`.
 pub fn crd_yaml() -> Result<String, serde_saphyr::SerializeError> {

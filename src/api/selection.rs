@@ -63,6 +63,17 @@ where
         .unwrap_or(1)
 }
 
+/// Seconds one replica takes to be back: its `vidi.dev/restore-seconds` annotation or label,
+/// `plan::placement::DEFAULT_RESTORE_SECONDS` when it does not say.
+pub fn restore_seconds<'a, M>(annotations: Option<&'a M>, labels: Option<&'a M>) -> u32
+where
+    &'a M: IntoIterator<Item = (&'a String, &'a String)>,
+{
+    mark(annotations, labels, super::RESTORE_SECONDS)
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(crate::plan::placement::DEFAULT_RESTORE_SECONDS)
+}
+
 fn mark<'a, M>(annotations: Option<&'a M>, labels: Option<&'a M>, key: &str) -> Option<String>
 where
     &'a M: IntoIterator<Item = (&'a String, &'a String)>,

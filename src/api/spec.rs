@@ -260,6 +260,12 @@ pub struct GpuSpec {
     /// Docker runtime only: the GPU index or UUID (default: GPU 0).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device: Option<String>,
+    /// Kubernetes: the memory of the GPU on each node of the pool, e.g. `24Gi`, for choosing
+    /// the node where the job disrupts least. Default: each node's `nvidia.com/gpu.memory` label
+    /// (MiB, set by NVIDIA GPU Feature Discovery); a node with neither is taken only under
+    /// `coTenants.policy: All`, after the nodes whose memory is known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<Quantity>,
 }
 
 fn default_gpu_resource() -> String {
@@ -274,6 +280,7 @@ impl Default for GpuSpec {
             tolerations: Vec::new(),
             min_free_memory: None,
             device: None,
+            memory: None,
         }
     }
 }

@@ -126,6 +126,16 @@ pub struct SuspendedCoTenant {
     pub released_in_place: bool,
 }
 
+/// Where the job runs and why.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeChoice {
+    /// The node the Vidi pod is pinned to.
+    pub node: String,
+    /// Why this node: what yields there (or that nothing has to), its cost and the candidates.
+    pub reason: String,
+}
+
 /// One matching moment, in seconds from the start of the video.
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
@@ -221,6 +231,10 @@ pub struct VidiJobStatus {
     /// once a CUDA out-of-memory under `Minimal` made every co-tenant yield.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<super::spec::CoTenantPolicy>,
+    /// The node the job's Vidi pod is pinned to and why (Kubernetes, a GPU pool whose nodes are
+    /// known): chosen when the job leaves the queue.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_choice: Option<NodeChoice>,
     /// The spec generation this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,

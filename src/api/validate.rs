@@ -93,6 +93,15 @@ pub fn validate(spec: &VidiJobSpec, runtime: Runtime) -> Vec<FieldError> {
             Some(_) => {}
         }
     }
+    if let Some(q) = &spec.gpu.memory {
+        match parse_quantity_bytes(q) {
+            Some(0) | None => err(
+                "spec.gpu.memory",
+                format!("expected a positive size such as 24Gi, got {:?}", q.0),
+            ),
+            Some(_) => {}
+        }
+    }
     if spec.gpu.resource_name.trim().is_empty() {
         err(
             "spec.gpu.resourceName",

@@ -235,6 +235,7 @@ pub async fn snapshot(look: Look<'_>) -> Result<Snapshot, DockerError> {
         problems,
         gpu_total_bytes,
         gpu_free_bytes: gpu.as_ref().map(|r| r.free_bytes),
+        placement: Default::default(),
         dry_run,
         now: Timestamp::now(),
     })

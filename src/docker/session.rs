@@ -798,6 +798,15 @@ impl<'s> Run<'s> {
                 Action::StopAttempt { name, .. } => self.stop_attempt(name).await?,
                 // No TTL on a Docker host: the job object is the file, which is the user's.
                 Action::DeleteJob => {}
+                // A Docker host has one GPU and no nodes: the planner never places (its
+                // snapshot has no placement), so these never come.
+                Action::MarkPods { target, .. }
+                | Action::UnmarkPods { target, .. }
+                | Action::HoldOnNode { target, .. } => {
+                    return Err(DockerError::Other(format!(
+                        "a per-node hold of {target} is not a Docker host action"
+                    )));
+                }
             }
         }
         Ok(acted)

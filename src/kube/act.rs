@@ -9,7 +9,10 @@ use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::{Value, json};
 
-use crate::api::{HELD_BY, ORIGINAL_REPLICAS, RELEASED, ReleaseHook, ReleaseMark, ReleaseState, VidiJob, WorkloadKind};
+use crate::api::{
+    HELD_BY, HOLD_NODE, MARKED_BY, MARKED_PODS, ORIGINAL_REPLICAS, POD_DELETION_COST, RELEASED, REMOVED_REPLICAS,
+    ReleaseHook, ReleaseMark, ReleaseState, VidiJob, WorkloadKind, YIELD_DELETION_COST,
+};
 use crate::plan::{Action, CoTenantId, JobKey, Notice, Severity, Subject};
 use crate::release::{self, Call};
 
@@ -65,6 +68,33 @@ pub fn co_tenant_patch(action: &Action, now: Timestamp) -> Option<(&CoTenantId, 
                 }),
             )
         }
+        Action::HoldOnNode {
+            target,
+            holders,
+            original_replicas,
+            replicas,
+            node,
+            marked_pods,
+            revision,
+        } => {
+            let mut annotations = json!({
+                HELD_BY: holder_list(holders),
+                ORIGINAL_REPLICAS: original_replicas.to_string(),
+                HOLD_NODE: node,
+                REMOVED_REPLICAS: (original_replicas - replicas).to_string(),
+                MARKED_PODS: marked_pods.join(","),
+            });
+            if holders.len() == 1 {
+                annotations[HELD_SINCE] = json!(now.to_string());
+            }
+            (
+                target,
+                json!({
+                    "metadata": with_version(revision, json!({"annotations": annotations})),
+                    "spec": {"replicas": replicas},
+                }),
+            )
+        }
         Action::Resuspend { target, revision } => (
             target,
             json!({"metadata": with_version(revision, json!({})), "spec": {"replicas": 0}}),
@@ -84,7 +114,7 @@ pub fn co_tenant_patch(action: &Action, now: Timestamp) -> Option<(&CoTenantId, 
         } => (
             target,
             json!({
-                "metadata": with_version(revision, json!({"annotations": {HELD_BY: null, ORIGINAL_REPLICAS: null, HELD_SINCE: null, RELEASED: null}})),
+                "metadata": with_version(revision, json!({"annotations": {HELD_BY: null, ORIGINAL_REPLICAS: null, HELD_SINCE: null, RELEASED: null, HOLD_NODE: null, REMOVED_REPLICAS: null, MARKED_PODS: null}})),
                 "spec": {"replicas": replicas},
             }),
         ),
@@ -124,7 +154,7 @@ pub fn co_tenant_patch(action: &Action, now: Timestamp) -> Option<(&CoTenantId, 
         } => (
             target,
             json!({
-                "metadata": with_version(revision, json!({"annotations": {HELD_BY: null, ORIGINAL_REPLICAS: null, HELD_SINCE: null, RELEASED: null}})),
+                "metadata": with_version(revision, json!({"annotations": {HELD_BY: null, ORIGINAL_REPLICAS: null, HELD_SINCE: null, RELEASED: null, HOLD_NODE: null, REMOVED_REPLICAS: null, MARKED_PODS: null}})),
                 "spec": {"replicas": replicas},
             }),
         ),
@@ -168,6 +198,35 @@ pub(super) async fn resume_call(target: &CoTenantId, hook: &ReleaseHook, call: b
             what: format!("resuming {target}"),
             source: e,
         })
+}
+
+/// Removes the pod-deletion-cost and the mark from these pods of `target` (in its namespace).
+pub(super) async fn unmark_pods(client: &Client, target: &CoTenantId, pods: &[String]) -> Result<(), Error> {
+    let patch = json!({"metadata": {"annotations": {POD_DELETION_COST: null, MARKED_BY: null}}});
+    patch_pods(client, target, pods, &patch).await
+}
+
+/// Merge-patches each pod of `target` named in `pods`; a pod already gone is skipped (a marked
+/// pod is meant to go).
+async fn patch_pods(client: &Client, target: &CoTenantId, pods: &[String], patch: &Value) -> Result<(), Error> {
+    let api: Api<Pod> = Api::namespaced(client.clone(), &target.namespace);
+    let params = PatchParams {
+        field_manager: Some(MANAGER.into()),
+        ..Default::default()
+    };
+    for name in pods {
+        match api.patch(name, &params, &Patch::Merge(patch)).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(source) => {
+                return Err(Error::Write {
+                    what: format!("pod {}/{name}", target.namespace),
+                    source,
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 impl Actor<'_> {
@@ -245,15 +304,30 @@ impl Actor<'_> {
                         self.metrics.count_co_tenant_write(action, held_since, now);
                     }
                 }
+                Action::MarkPods { target, pods, holder } => {
+                    let patch = json!({"metadata": {"annotations": {
+                        POD_DELETION_COST: YIELD_DELETION_COST.to_string(),
+                        MARKED_BY: holder.to_string(),
+                    }}});
+                    patch_pods(self.client, target, pods, &patch).await?;
+                }
+                Action::UnmarkPods { target, pods } => unmark_pods(self.client, target, pods).await?,
                 Action::Hold { .. }
                 | Action::HoldInPlace { .. }
                 | Action::FallBack { .. }
+                | Action::HoldOnNode { .. }
                 | Action::Resuspend { .. }
                 | Action::Release { .. }
                 | Action::Restore { .. } => {
                     if let Some((target, patch)) = co_tenant_patch(action, now) {
                         let held_since = self.held_since(target);
-                        patch_workload(self.client, target, patch).await?;
+                        // A KEDA-scaled Deployment is paused and resumed through its ScaledObject.
+                        match super::keda::for_workload(self.stores, target)
+                            .and_then(|so| super::keda::patch(&so, action, now).map(|p| (so, p)))
+                        {
+                            Some((so, patch)) => super::keda::apply(self.client, &so, &patch).await?,
+                            None => patch_workload(self.client, target, patch).await?,
+                        }
                         self.metrics.count_co_tenant_write(action, held_since, now);
                     }
                 }
@@ -264,7 +338,12 @@ impl Actor<'_> {
                     min_free_bytes,
                 } => {
                     let left = deadline_left(job, now);
-                    let pod = pod::build(job, self.defaults, name, *attempt, *precision, *min_free_bytes, left);
+                    let mut pod = pod::build(job, self.defaults, name, *attempt, *precision, *min_free_bytes, left);
+                    // The node chosen when the job left the queue (recorded in the status before
+                    // any attempt is created).
+                    if let Some(choice) = job.status.as_ref().and_then(|s| s.node_choice.as_ref()) {
+                        pod::pin(&mut pod, &choice.node);
+                    }
                     let pods: Api<Pod> = Api::namespaced(self.client.clone(), &ns);
                     match pods
                         .create(
@@ -348,7 +427,8 @@ pub fn event(job: &VidiJob, notice: &Notice) -> Event {
         },
     });
     let action = match notice.reason.as_str() {
-        "Suspended" => "Suspend",
+        "Suspended" | "YieldingWhole" => "Suspend",
+        "NodeChosen" => "ChooseNode",
         "CoTenantFought" => "Resuspend",
         "Released" => "Release",
         "Restored" | "OriginalReplicasLost" => "Restore",

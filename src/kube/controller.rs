@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::{Node, PersistentVolumeClaim, Pod};
 use kube::runtime::Controller;
 use kube::runtime::events::Reporter;
 use kube::{Api, Client};
@@ -138,12 +139,49 @@ pub async fn run(
         observe::no_keys,
         &mut tasks.0,
     );
+    // Nodes (cluster-scoped) and autoscalers: read when a job chooses its node, never a trigger.
+    let (nodes, _) = feed(
+        |_| Api::<Node>::all(watch.clone()),
+        &Scope::All,
+        0,
+        trim_managed_fields,
+        super::placement::node_keys,
+        &mut tasks.0,
+    );
+    let (autoscalers, _) = feed(
+        scoped::<HorizontalPodAutoscaler>(&watch),
+        &scope,
+        0,
+        trim_managed_fields,
+        observe::autoscaler_keys,
+        &mut tasks.0,
+    );
+    // KEDA's ScaledObjects, only where the API server serves them.
+    let scaled_objects = if super::keda::served(&client).await {
+        tracing::info!("KEDA's API is served: ScaledObject targets yield through KEDA's pause");
+        Some(
+            feed(
+                scoped::<super::keda::ScaledObject>(&watch),
+                &scope,
+                0,
+                trim_managed_fields,
+                super::keda::keys,
+                &mut tasks.0,
+            )
+            .0,
+        )
+    } else {
+        None
+    };
     let stores = Stores {
         jobs,
         deployments,
         statefulsets,
         pods,
         claims,
+        nodes,
+        autoscalers,
+        scaled_objects,
     };
     if let Ok(mut slot) = jobs_cache.lock() {
         *slot = Some(stores.jobs.clone());
@@ -181,6 +219,12 @@ pub async fn run(
                     && s.statefulsets.listed().await
                     && s.pods.listed().await
                     && s.claims.listed().await
+                    && s.nodes.listed().await
+                    && s.autoscalers.listed().await
+                    && match &s.scaled_objects {
+                        Some(c) => c.listed().await,
+                        None => true,
+                    }
             };
             tokio::pin!(all);
             // Say which caches a slow start waits for, every few seconds.

@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::{ContainerStatus, PersistentVolumeClaim, Pod};
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::{ContainerStatus, Node, PersistentVolumeClaim, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ManagedFieldsEntry, ObjectMeta};
 use kube::ResourceExt;
 use kube::core::{Selector, SelectorExt};
@@ -34,6 +35,12 @@ pub struct Stores {
     pub statefulsets: Cache<StatefulSet>,
     pub pods: Cache<Pod>,
     pub claims: Cache<PersistentVolumeClaim>,
+    /// Nodes, for choosing where a job runs (cluster-wide).
+    pub nodes: Cache<Node>,
+    /// HorizontalPodAutoscalers, to know which co-tenants an autoscaler manages.
+    pub autoscalers: Cache<HorizontalPodAutoscaler>,
+    /// KEDA ScaledObjects, when the API server serves them (`None`: no KEDA handling at all).
+    pub scaled_objects: Option<Cache<super::keda::ScaledObject>>,
 }
 
 impl Stores {
@@ -47,6 +54,12 @@ impl Stores {
             ("statefulsets", self.statefulsets.is_listed()),
             ("pods", self.pods.is_listed()),
             ("persistentvolumeclaims", self.claims.is_listed()),
+            ("nodes", self.nodes.is_listed()),
+            ("horizontalpodautoscalers", self.autoscalers.is_listed()),
+            (
+                "scaledobjects",
+                self.scaled_objects.as_ref().is_none_or(|c| c.is_listed()),
+            ),
         ];
         listed.into_iter().filter(|(_, ok)| !ok).map(|(name, _)| name).collect()
     }
@@ -147,6 +160,11 @@ pub fn holders_of_pod(stores: &Stores, pod: &Pod) -> Vec<ObjectRef<VidiJob>> {
     jobs
 }
 
+/// HorizontalPodAutoscalers are indexed by namespace.
+pub fn autoscaler_keys(hpa: &HorizontalPodAutoscaler) -> Vec<String> {
+    vec![namespace_key(&hpa.namespace().unwrap_or_default())]
+}
+
 /// Claims are looked up by name only.
 pub fn no_keys<K>(_: &K) -> Vec<String> {
     Vec::new()
@@ -204,11 +222,11 @@ pub fn co_tenant_namespaces(job: &VidiJob) -> Vec<String> {
 }
 
 /// One workload, whatever its kind.
-struct Workload<'a> {
-    kind: WorkloadKind,
-    meta: &'a ObjectMeta,
-    replicas: i32,
-    pod_selector: Option<&'a LabelSelector>,
+pub(super) struct Workload<'a> {
+    pub(super) kind: WorkloadKind,
+    pub(super) meta: &'a ObjectMeta,
+    pub(super) replicas: i32,
+    pub(super) pod_selector: Option<&'a LabelSelector>,
 }
 
 fn workloads<'a>(
@@ -253,7 +271,7 @@ fn last_scaled_by(meta: &ObjectMeta) -> Option<String> {
 
 /// The cached objects of `ns` that may match `selector`: those under its rarest matchLabels pair,
 /// else the whole namespace. The caller still applies the whole selector.
-fn candidates<K>(cache: &Cache<K>, ns: &str, selector: Option<&LabelSelector>) -> Vec<Arc<K>>
+pub(super) fn candidates<K>(cache: &Cache<K>, ns: &str, selector: Option<&LabelSelector>) -> Vec<Arc<K>>
 where
     K: kube::runtime::reflector::Lookup + Clone + 'static,
     K::DynamicType: Eq + std::hash::Hash + Clone,
@@ -281,7 +299,7 @@ fn live_pods(pods: &Cache<Pod>, namespace: &str, selector: Option<&LabelSelector
         .count() as u32
 }
 
-fn pod_phase(pod: &Pod) -> Option<&str> {
+pub(super) fn pod_phase(pod: &Pod) -> Option<&str> {
     pod.status.as_ref()?.phase.as_deref()
 }
 
@@ -423,6 +441,8 @@ pub fn snapshot(job: &VidiJob, stores: &Stores, dry_run: bool, now: Timestamp) -
         .map(|other| rival(other))
         .collect();
 
+    super::keda::overlay(stores, &mut co_tenants);
+    let placement = super::placement::observe(job, stores, &all, &co_tenants);
     Snapshot {
         runtime: Runtime::Kubernetes,
         job: JobView {
@@ -439,6 +459,7 @@ pub fn snapshot(job: &VidiJob, stores: &Stores, dry_run: bool, now: Timestamp) -
         problems,
         gpu_total_bytes: None,
         gpu_free_bytes: None,
+        placement,
         dry_run,
         now,
     }
@@ -448,11 +469,14 @@ pub fn snapshot(job: &VidiJob, stores: &Stores, dry_run: bool, now: Timestamp) -
 pub fn held_co_tenants(stores: &Stores) -> Vec<CoTenant> {
     let deployments = stores.deployments.state();
     let sets = stores.statefulsets.state();
-    workloads(&deployments, &sets)
+    let mut all: Vec<CoTenant> = workloads(&deployments, &sets)
         .iter()
-        .filter(|w| !holders(w.meta).is_empty())
         .map(|w| co_tenant(w, Selection::HeldOnly, &stores.pods))
-        .collect()
+        .collect();
+    // KEDA-scaled ones carry their marks on their ScaledObject.
+    super::keda::overlay(stores, &mut all);
+    all.retain(|c| !c.holders.is_empty());
+    all
 }
 
 /// Another job of the same pool, as the queue sees it.

@@ -226,3 +226,49 @@ pub fn build(
         status: None,
     }
 }
+
+/// Pins the pod to `node` with a required node affinity on the node's name (`matchFields`
+/// `metadata.name`, as the DaemonSet controller does): the scheduler still places it, so taints,
+/// resources and the pool's nodeSelector are still checked, and a node that cannot take it leaves
+/// it Pending with the scheduler's reason instead of failing at the kubelet as `nodeName` would.
+/// The node's name, not its `kubernetes.io/hostname` label, which need not be equal to it.
+pub fn pin(pod: &mut Pod, node: &str) {
+    use k8s_openapi::api::core::v1::{Affinity, NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm};
+    let Some(spec) = pod.spec.as_mut() else { return };
+    spec.affinity = Some(Affinity {
+        node_affinity: Some(NodeAffinity {
+            required_during_scheduling_ignored_during_execution: Some(NodeSelector {
+                node_selector_terms: vec![NodeSelectorTerm {
+                    match_fields: Some(vec![NodeSelectorRequirement {
+                        key: "metadata.name".into(),
+                        operator: "In".into(),
+                        values: Some(vec![node.to_string()]),
+                    }]),
+                    match_expressions: None,
+                }],
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+}
+
+/// The node a pod is pinned to by `pin`, if any.
+pub fn pinned_node(pod: &Pod) -> Option<&str> {
+    let terms = &pod
+        .spec
+        .as_ref()?
+        .affinity
+        .as_ref()?
+        .node_affinity
+        .as_ref()?
+        .required_during_scheduling_ignored_during_execution
+        .as_ref()?
+        .node_selector_terms;
+    terms
+        .iter()
+        .flat_map(|t| t.match_fields.iter().flatten())
+        .find(|r| r.key == "metadata.name" && r.operator == "In")
+        .and_then(|r| r.values.as_ref()?.first())
+        .map(String::as_str)
+}

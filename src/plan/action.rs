@@ -89,6 +89,30 @@ pub enum Action {
         replicas: i32,
         revision: Option<String>,
     },
+    /// Before a node hold (Kubernetes Deployments): give these pods of `target` a low
+    /// `controller.kubernetes.io/pod-deletion-cost` and the mark `vidi.dev/marked-by: holder`,
+    /// so the scale-down that follows removes exactly them. Idempotent.
+    MarkPods {
+        target: CoTenantId,
+        pods: Vec<String>,
+        holder: JobKey,
+    },
+    /// Removes the pod-deletion-cost and the mark from these pods of `target` (those that still
+    /// exist). Comes before the restore that drops the hold's record of them.
+    UnmarkPods { target: CoTenantId, pods: Vec<String> },
+    /// One write, like `Hold` but removing only the replicas on `node`: replicas set to
+    /// `replicas` (original − removed), holders and original replicas recorded, and with them the
+    /// node hold (node, replicas removed, pods marked) that the restore undoes. Written again,
+    /// unchanged, when something scales the workload back up while held.
+    HoldOnNode {
+        target: CoTenantId,
+        holders: Vec<JobKey>,
+        original_replicas: i32,
+        replicas: i32,
+        node: String,
+        marked_pods: Vec<String>,
+        revision: Option<String>,
+    },
     /// Create the attempt's pod (or container) named `name`. Creating an existing one is a no-op.
     StartAttempt {
         attempt: u32,

@@ -5,6 +5,7 @@ pub mod conditions;
 mod lifecycle;
 pub mod names;
 pub mod outcome;
+pub mod placement;
 pub mod precision;
 pub mod queue;
 mod snapshot;

@@ -180,6 +180,9 @@ pub struct Snapshot {
     /// Free memory of the GPU now, when the runtime can measure it (Docker, through NVML):
     /// what `coTenants.policy: Minimal` makes up the rest of.
     pub gpu_free_bytes: Option<u64>,
+    /// Nodes of the GPU pool and where the co-tenants' pods run (Kubernetes); empty on a Docker
+    /// host.
+    pub placement: super::placement::Placement,
     /// Report what would happen; change nothing.
     pub dry_run: bool,
     pub now: Timestamp,

@@ -129,7 +129,7 @@ impl Metrics {
     /// (`held_since`: when its current hold began, if known).
     pub fn count_co_tenant_write(&self, action: &Action, held_since: Option<Timestamp>, now: Timestamp) {
         match action {
-            Action::Hold { .. } | Action::HoldInPlace { .. } => {
+            Action::Hold { .. } | Action::HoldInPlace { .. } | Action::HoldOnNode { .. } => {
                 self.suspends.inc();
             }
             Action::Restore { .. } | Action::Resume { .. } => {

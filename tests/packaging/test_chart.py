@@ -177,6 +177,7 @@ def test_custom_render_has_the_expected_objects(custom_render):
     assert kinds == sorted(
         ["ServiceAccount", "Deployment", "Service", "ServiceMonitor", "PodDisruptionBudget"]
         + ["Role", "RoleBinding"] * 3  # team-a, team-b, leader election
+        + ["ClusterRole", "ClusterRoleBinding"]  # nodes, cluster-scoped
     )
 
 
@@ -204,7 +205,19 @@ def test_custom_deployment_args(custom_render):
 def test_namespaced_roles_carry_exactly_the_generated_rules(custom_render, rbac_rules):
     objs = objects(custom_render)
     roles = {(r["metadata"]["namespace"], r["metadata"]["name"]): r for r in by_kind(objs, "Role")}
-    assert not by_kind(objs, "ClusterRole") and not by_kind(objs, "ClusterRoleBinding")
+    # Only nodes (cluster-scoped, read-only) need a ClusterRole.
+    node_rules = [r for r in rbac_rules if "nodes" in r["resources"]]
+    assert node_rules and all(set(r["verbs"]) <= {"get", "list", "watch"} for r in node_rules)
+    [cluster_role] = by_kind(objs, "ClusterRole")
+    assert cluster_role["metadata"]["name"] == "vidi-vidi-operator-nodes"
+    assert cluster_role["rules"] == node_rules
+    [cluster_binding] = by_kind(objs, "ClusterRoleBinding")
+    assert cluster_binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "ClusterRole",
+        "name": "vidi-vidi-operator-nodes",
+    }
+    assert cluster_binding["subjects"] == [{"kind": "ServiceAccount", "name": "vidi-vidi-operator", "namespace": NAMESPACE}]
     for ns in ["team-a", "team-b"]:
         assert roles[(ns, "vidi-vidi-operator")]["rules"] == rbac_rules
     lease_rules = [r for r in rbac_rules if "coordination.k8s.io" in r["apiGroups"]]

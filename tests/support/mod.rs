@@ -217,6 +217,7 @@ pub fn job(name: &str) -> Snap {
         problems: Vec::new(),
         gpu_total_bytes: None,
         gpu_free_bytes: None,
+        placement: Default::default(),
         dry_run: false,
         now: t(100),
     })
@@ -355,6 +356,22 @@ pub fn writes(d: &Decision) -> Vec<String> {
                 Action::CallRelease { target, .. } => format!("call-release {}", co_name(target)),
                 Action::FallBack { target, .. } => format!("fall-back {}", co_name(target)),
                 Action::Resume { target, call, .. } => format!("resume {} call={call}", co_name(target)),
+                Action::HoldOnNode {
+                    target,
+                    holders,
+                    original_replicas,
+                    replicas,
+                    node,
+                    marked_pods,
+                    ..
+                } => format!(
+                    "hold {} on {node} orig={original_replicas} to={replicas} marked=[{}] by={}",
+                    co_name(target),
+                    marked_pods.join(","),
+                    keys(holders)
+                ),
+                Action::MarkPods { target, pods, .. } => format!("mark {} [{}]", co_name(target), pods.join(",")),
+                Action::UnmarkPods { target, pods } => format!("unmark {} [{}]", co_name(target), pods.join(",")),
                 Action::Resuspend { target, .. } => format!("resuspend {}", co_name(target)),
                 Action::Release { target, holders, .. } => format!("release {} by={}", co_name(target), keys(holders)),
                 Action::Restore { target, replicas, .. } => format!("restore {} to={replicas}", co_name(target)),

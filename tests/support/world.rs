@@ -271,6 +271,7 @@ impl World {
             problems,
             gpu_total_bytes: self.gpu_total_bytes,
             gpu_free_bytes: self.gpu_free_bytes,
+            placement: Default::default(),
             dry_run: self.dry_run,
             now: self.now,
         }
@@ -574,6 +575,12 @@ impl World {
                     }
                 }
                 Action::Notify(n) => self.events.push((k.clone(), n.clone())),
+                // This world has no nodes (its snapshots carry no placement).
+                Action::MarkPods { target, .. }
+                | Action::UnmarkPods { target, .. }
+                | Action::HoldOnNode { target, .. } => {
+                    self.fail(format!("{k}: a per-node write to {target} in a world without nodes"))
+                }
                 // Kubernetes: the delete sets deletionTimestamp; the finalizer keeps the job until
                 // a decision says `released`.
                 Action::DeleteJob => {

@@ -76,6 +76,20 @@ app.kubernetes.io/part-of: vidi-operator
 {{- toYaml $rules }}
 {{- end }}
 
+{{/* The subset of the generated rules on cluster-scoped nodes. */}}
+{{- define "vidi-operator.nodeRules" -}}
+{{- $out := list }}
+{{- range (.Files.Get "files/rbac-rules.yaml" | fromYamlArray) }}
+{{- if has "nodes" .resources }}
+{{- $out = append $out . }}
+{{- end }}
+{{- end }}
+{{- if not $out }}
+{{- fail "files/rbac-rules.yaml has no rule on nodes" }}
+{{- end }}
+{{- toYaml $out }}
+{{- end }}
+
 {{/* The subset of the generated rules for leader-election Leases. */}}
 {{- define "vidi-operator.leaseRules" -}}
 {{- $out := list }}

@@ -40,8 +40,9 @@ impl<'a> Plan<'a> {
             Outcome::Suspended => {
                 self.st.phase = Phase::Pending;
                 self.st.outcome = None;
-                // A resumed job chooses whom to yield afresh.
+                // A resumed job chooses whom to yield, and where, afresh.
                 self.st.policy = None;
+                self.st.node_choice = None;
                 // activeDeadlineSeconds counts "from leaving the queue": a resumed job leaves it
                 // again with a fresh clock (as a resumed Kubernetes Job resets its startTime),
                 // instead of failing at once for the time it spent suspended.

@@ -67,6 +67,24 @@ impl<'a> Plan<'a> {
     /// `policy: Minimal` the chosen ones (this decision's choice, else the holds in place).
     pub(super) fn targets(&self) -> Vec<usize> {
         let selected = self.selected();
+        if let Some(node) = self.chosen_node() {
+            // On a chosen node: this decision's choice, else the holds in place, and under `All`
+            // also whatever runs on that node now.
+            let all = self.st.policy != Some(CoTenantPolicy::Minimal);
+            let on_node = |i: usize| {
+                let id = &self.view[i].id;
+                all && self
+                    .s
+                    .placement
+                    .pods
+                    .iter()
+                    .any(|p| &p.co_tenant == id && p.node == node && !p.terminating)
+            };
+            return match &self.chosen {
+                Some(chosen) => selected.into_iter().filter(|i| chosen.contains(i)).collect(),
+                None => selected.into_iter().filter(|&i| self.holds(i) || on_node(i)).collect(),
+            };
+        }
         if self.st.policy != Some(CoTenantPolicy::Minimal) {
             return selected;
         }
@@ -104,14 +122,15 @@ impl<'a> Plan<'a> {
     pub(super) fn keep_suspended(&mut self) {
         for i in self.targets() {
             if !self.holds(i) {
-                self.hold(i);
+                self.hold_target(i);
             }
         }
         self.keep_released();
         for i in self.held() {
             let c = &self.view[i];
             // Held in place: it keeps running by design.
-            if c.replicas > 0 && c.released.is_none() {
+            let floor = self.held_floor(i);
+            if c.replicas > floor && c.released.is_none() {
                 let by = c.last_scaled_by.as_deref().unwrap_or("something else");
                 let message = format!(
                     "{} was scaled to {} by {by} while VidiJob {} holds it; suspending it again (it will be restored to {})",
@@ -121,17 +140,21 @@ impl<'a> Plan<'a> {
                     c.original_replicas.unwrap_or(0)
                 );
                 let id = c.id.clone();
-                self.actions.push(Action::Resuspend {
-                    target: id.clone(),
-                    revision: c.revision.clone(),
-                });
+                if self.is_node_hold(i) {
+                    self.rehold_on_node(i);
+                } else {
+                    self.actions.push(Action::Resuspend {
+                        target: id.clone(),
+                        revision: c.revision.clone(),
+                    });
+                }
                 self.notify_about(
                     Severity::Warning,
                     "CoTenantFought",
                     message,
                     Some(Subject::CoTenant(id)),
                 );
-                self.view[i].replicas = 0;
+                self.view[i].replicas = floor;
             }
         }
     }
@@ -215,6 +238,8 @@ impl<'a> Plan<'a> {
             let c = &mut self.view[i];
             c.replicas = replicas;
             c.original_replicas = None;
+            let id = c.id.clone();
+            self.node_holds.retain(|h| h.co_tenant != id);
         } else {
             let message = format!("released {}; still held by {}", c.id, list(&holders));
             self.actions.push(Action::Release {

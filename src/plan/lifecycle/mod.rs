@@ -14,7 +14,7 @@ use super::action::{Action, Decision, Notice, Severity, Subject};
 use super::outcome::{AttemptEnd, Retry, classify};
 use super::precision;
 use super::queue::{Turn, turn};
-use super::snapshot::{Attempt, AttemptState, CoTenant, JobKey, Selection, Snapshot};
+use super::snapshot::{Attempt, AttemptState, CoTenant, CoTenantId, JobKey, Selection, Snapshot};
 use super::{conditions, names};
 
 mod attempts;
@@ -22,6 +22,7 @@ mod ending;
 mod holds;
 mod in_place;
 mod minimal;
+mod nodes;
 mod queueing;
 mod running;
 
@@ -51,6 +52,8 @@ struct Plan<'a> {
     /// Under `policy: Minimal`, the co-tenants chosen to yield in this decision (indices into
     /// `view`); later decisions take the holds as the choice.
     chosen: Option<Vec<usize>>,
+    /// Holds that removed one node's replicas: as observed, then as this decision leaves them.
+    node_holds: Vec<crate::plan::placement::NodeHold>,
 }
 
 impl<'a> Plan<'a> {
@@ -66,10 +69,12 @@ impl<'a> Plan<'a> {
             requeue: None,
             released: false,
             chosen: None,
+            node_holds: s.placement.node_holds.clone(),
         }
     }
 
     fn finish(mut self) -> Decision {
+        self.unmark_stale();
         self.st.suspended = self.held_list();
         if let (Some(start), Some(end)) = (&self.st.start_time, &self.st.completion_time) {
             let secs = end.0.duration_since(start.0).as_secs().max(0) as u64;

@@ -14,7 +14,7 @@ impl<'a> Plan<'a> {
             Turn::Go => {
                 self.st.phase = Phase::Suspending;
                 self.st.policy = Some(self.s.job.spec.co_tenants.policy);
-                if self.st.policy == Some(CoTenantPolicy::Minimal) {
+                if !self.choose_node() && self.st.policy == Some(CoTenantPolicy::Minimal) {
                     self.choose_minimal();
                 }
                 self.st.pool = Some(crate::plan::queue::pool_key(&self.s.job.spec));
@@ -32,7 +32,7 @@ impl<'a> Plan<'a> {
                 let joinable: Vec<usize> = self
                     .targets()
                     .into_iter()
-                    .filter(|&i| !self.view[i].holders.is_empty() && !self.holds(i))
+                    .filter(|&i| !self.view[i].holders.is_empty() && !self.holds(i) && !self.is_node_hold(i))
                     .collect();
                 for i in joinable {
                     self.hold(i);
@@ -84,6 +84,8 @@ impl<'a> Plan<'a> {
     pub(super) fn queue(&mut self, blocker: JobKey, position: usize, what: &str) {
         let entering = self.st.phase != Phase::Queued;
         self.st.phase = Phase::Queued;
+        // The node is chosen when the job leaves the queue.
+        self.st.node_choice = None;
         let priority = match self.s.job.spec.priority {
             0 => String::new(),
             p => format!(" (priority {p})"),
@@ -97,28 +99,36 @@ impl<'a> Plan<'a> {
     }
 
     pub(super) fn dry_run(&mut self) {
-        if self.s.job.spec.co_tenants.policy == CoTenantPolicy::Minimal {
-            self.st.policy = Some(CoTenantPolicy::Minimal);
+        self.st.policy = Some(self.s.job.spec.co_tenants.policy);
+        if !self.choose_node() && self.st.policy == Some(CoTenantPolicy::Minimal) {
             self.choose_minimal();
         }
-        let targets = self.targets();
-        let list: Vec<String> = targets
-            .iter()
-            .map(|&i| {
+        let list: Vec<String> = self
+            .targets()
+            .into_iter()
+            .map(|i| {
                 let c = &self.view[i];
                 match &c.release_hook {
                     // As `hold_in_place` would: one replica, not held scaled down already.
                     Some(hook) if c.replicas == 1 && (c.holders.is_empty() || c.released.is_some()) => {
                         format!("{} (1 replica, released in place: POST {})", c.id, hook.url)
                     }
-                    _ => format!("{} ({} replicas)", c.id, c.replicas),
+                    _ => format!("{} ({})", c.id, self.yield_summary(i)),
                 }
             })
             .collect();
+        // A dry run records no choice.
+        let on = self
+            .st
+            .node_choice
+            .take()
+            .map(|c| format!(" on node {}", c.node))
+            .unwrap_or_default();
+        self.st.node = None;
         let p = precision::first(self.s.job.spec.model.precision, self.s.gpu_total_bytes);
         let need = precision::min_free_bytes(&self.s.job.spec, p);
         let message = format!(
-            "dry run: would suspend {}; would run Vidi at {p} once {} of GPU memory is free",
+            "dry run: would suspend {}; would run Vidi{on} at {p} once {} of GPU memory is free",
             if list.is_empty() {
                 "nothing".to_string()
             } else {

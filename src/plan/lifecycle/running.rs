@@ -18,20 +18,17 @@ impl<'a> Plan<'a> {
         let waiting: Vec<String> = self
             .targets()
             .into_iter()
-            .filter(|&i| self.view[i].live_pods > 0 && self.view[i].released.is_none())
+            .filter(|&i| self.pods_in_the_way(i) > 0 && self.view[i].released.is_none())
             .map(|i| {
                 let c = &self.view[i];
+                let live = self.pods_in_the_way(i);
                 let noun = if c.id.kind == crate::api::WorkloadKind::Command {
                     "process"
                 } else {
                     "pod"
                 };
-                format!(
-                    "{} {noun}{} of {}",
-                    c.live_pods,
-                    if c.live_pods == 1 { "" } else { "s" },
-                    c.id
-                )
+                let on = self.node_hold(i).map(|h| format!(" on {}", h.node)).unwrap_or_default();
+                format!("{live} {noun}{} of {}{on}", if live == 1 { "" } else { "s" }, c.id)
             })
             .collect();
         let releasing = self.releases_pending();

@@ -41,18 +41,61 @@ impl KubeletState {
         self.planned.remove(uid);
     }
 
-    /// The node a pod with this nodeSelector lands on; None when no configured node fits.
+    /// The node a pod with this nodeSelector (and required node affinity) lands on; None when no
+    /// configured node fits.
     fn pick_node(&self, pod: &Value) -> Option<String> {
+        self.fitting_nodes(pod.get("spec").unwrap_or(&Value::Null))
+            .into_iter()
+            .next()
+    }
+
+    /// The configured nodes a pod spec fits, in order: its nodeSelector and its required node
+    /// affinity (`matchExpressions` and `matchFields` on `metadata.name`, operators In and
+    /// NotIn; terms ORed). Without configured nodes, [`crate::DEFAULT_NODE`].
+    pub(crate) fn fitting_nodes(&self, spec: &Value) -> Vec<String> {
         if self.nodes.is_empty() {
-            return Some(crate::DEFAULT_NODE.to_string());
+            return vec![crate::DEFAULT_NODE.to_string()];
         }
-        let sel = pod.pointer("/spec/nodeSelector").and_then(Value::as_object);
+        let sel = spec.get("nodeSelector").and_then(Value::as_object);
+        let terms = spec
+            .pointer("/affinity/nodeAffinity/requiredDuringSchedulingIgnoredDuringExecution/nodeSelectorTerms")
+            .and_then(Value::as_array);
+        let requirement_holds = |r: &Value, value: Option<&str>| {
+            let values: Vec<&str> = r
+                .get("values")
+                .and_then(Value::as_array)
+                .map(|v| v.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            match r.get("operator").and_then(Value::as_str) {
+                Some("In") => value.is_some_and(|v| values.contains(&v)),
+                Some("NotIn") => value.is_none_or(|v| !values.contains(&v)),
+                Some("Exists") => value.is_some(),
+                Some("DoesNotExist") => value.is_none(),
+                _ => false,
+            }
+        };
         self.nodes
             .iter()
-            .find(|(_, labels)| {
+            .filter(|(_, labels)| {
                 sel.is_none_or(|sel| sel.iter().all(|(k, v)| labels.get(k).map(String::as_str) == v.as_str()))
             })
+            .filter(|(name, labels)| {
+                terms.is_none_or(|terms| {
+                    terms.iter().any(|t| {
+                        let exprs = t.get("matchExpressions").and_then(Value::as_array);
+                        let fields = t.get("matchFields").and_then(Value::as_array);
+                        exprs.into_iter().flatten().all(|r| {
+                            let key = r.get("key").and_then(Value::as_str).unwrap_or_default();
+                            requirement_holds(r, labels.get(key).map(String::as_str))
+                        }) && fields.into_iter().flatten().all(|r| {
+                            r.get("key").and_then(Value::as_str) == Some("metadata.name")
+                                && requirement_holds(r, Some(name.as_str()))
+                        })
+                    })
+                })
+            })
             .map(|(n, _)| n.clone())
+            .collect()
     }
 }
 
@@ -509,13 +552,29 @@ impl State {
             .cloned()
             .collect();
         let template = owner.pointer("/spec/template").cloned().unwrap_or_else(|| json!({}));
-        let node = self
-            .kubelet
-            .nodes
-            .first()
-            .map(|n| n.0.clone())
-            .unwrap_or_else(|| crate::DEFAULT_NODE.into());
-        let make_pod = |pod_name: Option<String>| -> Value {
+        // Replicas spread over the nodes their template fits (fewest of this workload's pods
+        // first, then the order the nodes were added), as a topology spread would.
+        let fitting = self.kubelet.fitting_nodes(template.get("spec").unwrap_or(&Value::Null));
+        let mut per_node: BTreeMap<String, usize> = fitting.iter().map(|n| (n.clone(), 0)).collect();
+        for (_, p) in &active {
+            if let Some(n) = p.pointer("/spec/nodeName").and_then(Value::as_str)
+                && let Some(count) = per_node.get_mut(n)
+            {
+                *count += 1;
+            }
+        }
+        let mut next_node = || -> String {
+            let Some(node) = fitting
+                .iter()
+                .min_by_key(|n| per_node.get(*n).copied().unwrap_or(0))
+                .cloned()
+            else {
+                return crate::DEFAULT_NODE.to_string();
+            };
+            *per_node.entry(node.clone()).or_default() += 1;
+            node
+        };
+        let make_pod = |pod_name: Option<String>, node: String| -> Value {
             let mut meta = json!({
                 "namespace": ns,
                 "labels": template.pointer("/metadata/labels").cloned().unwrap_or_else(|| json!({})),
@@ -542,7 +601,7 @@ impl State {
             for i in 0..replicas {
                 let pod_name = format!("{name}-{i}");
                 if !pods.iter().any(|(pk, _)| pk.3 == pod_name)
-                    && let Ok(pod) = self.create(pods_res, &ns, make_pod(Some(pod_name)), true)
+                    && let Ok(pod) = self.create(pods_res, &ns, make_pod(Some(pod_name), next_node()), true)
                 {
                     candidates.push(key(pods_res, &ns, meta_str(&pod, "name").unwrap_or_default()));
                 }
@@ -558,14 +617,25 @@ impl State {
             }
         } else if active.len() < replicas {
             for _ in active.len()..replicas {
-                if let Ok(pod) = self.create(pods_res, &ns, make_pod(None), true) {
+                if let Ok(pod) = self.create(pods_res, &ns, make_pod(None, next_node()), true) {
                     candidates.push(key(pods_res, &ns, meta_str(&pod, "name").unwrap_or_default()));
                 }
             }
         } else if active.len() > replicas {
+            // As the ReplicaSet controller ranks running, ready pods: the lowest
+            // controller.kubernetes.io/pod-deletion-cost goes first, then the newest.
+            let cost = |p: &Value| {
+                p.pointer("/metadata/annotations/controller.kubernetes.io~1pod-deletion-cost")
+                    .and_then(Value::as_str)
+                    .and_then(|c| c.trim().parse::<i32>().ok())
+                    .unwrap_or(0)
+            };
             active.sort_by(|a, b| {
                 let ts = |p: &Value| meta_str(p, "creationTimestamp").unwrap_or_default().to_string();
-                ts(&b.1).cmp(&ts(&a.1)).then(b.0.3.cmp(&a.0.3))
+                cost(&a.1)
+                    .cmp(&cost(&b.1))
+                    .then(ts(&b.1).cmp(&ts(&a.1)))
+                    .then(b.0.3.cmp(&a.0.3))
             });
             let extra = active.len() - replicas;
             for (pk, _) in active.iter().take(extra) {

@@ -84,6 +84,14 @@ impl Gvr {
     pub fn statefulsets() -> Self {
         Self::new("apps", "v1", "statefulsets")
     }
+    /// core/v1 nodes (cluster-scoped)
+    pub fn nodes() -> Self {
+        Self::new("", "v1", "nodes")
+    }
+    /// autoscaling/v2 horizontalpodautoscalers
+    pub fn hpas() -> Self {
+        Self::new("autoscaling", "v2", "horizontalpodautoscalers")
+    }
     /// coordination.k8s.io/v1 leases
     pub fn leases() -> Self {
         Self::new("coordination.k8s.io", "v1", "leases")
@@ -430,6 +438,35 @@ impl Kubelet {
     pub fn add_node(&self, name: &str, labels: &[(&str, &str)]) {
         let labels = labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         self.shared.lock().kubelet.nodes.push((name.into(), labels));
+    }
+    /// Adds a GPU node as NVIDIA's device plugin and GPU Feature Discovery present it: a Node
+    /// object labelled `nvidia.com/gpu.memory: <memory_mib>` (plus `labels`) offering one
+    /// `nvidia.com/gpu`, on which pods are then scheduled (see [`Kubelet::add_node`]).
+    pub fn add_gpu_node(&self, name: &str, labels: &[(&str, &str)], memory_mib: u64) -> Result<Value, ApiError> {
+        let mut all: serde_json::Map<String, Value> = labels.iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
+        all.insert("kubernetes.io/hostname".into(), json!(name));
+        all.insert("nvidia.com/gpu.memory".into(), json!(memory_mib.to_string()));
+        let node = json!({
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {"name": name, "labels": all},
+            "status": {
+                "capacity": {"nvidia.com/gpu": "1", "cpu": "16", "memory": "128Gi"},
+                "allocatable": {"nvidia.com/gpu": "1", "cpu": "16", "memory": "128Gi"},
+            },
+        });
+        let res = lookup(&self.shared, &Gvr::nodes())?;
+        let created = self.shared.with(|st| st.create(&res, "", node, true))?;
+        let mut node_labels: Vec<(String, String)> =
+            labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        node_labels.push(("kubernetes.io/hostname".into(), name.into()));
+        node_labels.push(("nvidia.com/gpu.memory".into(), memory_mib.to_string()));
+        self.shared
+            .lock()
+            .kubelet
+            .nodes
+            .push((name.into(), node_labels.into_iter().collect()));
+        Ok(created)
     }
     /// Switches the kubelet on or off (on by default). Off: job pods stay as created.
     pub fn set_enabled(&self, on: bool) {

@@ -263,6 +263,14 @@ impl State {
             ("", "v1", "nodes", "Node", false, true),
             ("apps", "v1", "deployments", "Deployment", true, true),
             ("apps", "v1", "statefulsets", "StatefulSet", true, true),
+            (
+                "autoscaling",
+                "v2",
+                "horizontalpodautoscalers",
+                "HorizontalPodAutoscaler",
+                true,
+                true,
+            ),
             ("events.k8s.io", "v1", "events", "Event", true, false),
             ("coordination.k8s.io", "v1", "leases", "Lease", true, false),
             (

@@ -373,3 +373,103 @@ async fn simulators_catch_up_after_compaction_and_toggles() {
         .unwrap();
     api.wait_for(|v| running(v, "tts") == 0, T).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gpu_nodes_spread_replicas_pin_by_affinity_and_scale_down_by_deletion_cost() {
+    let api = standin().await;
+    let kubelet = api.kubelet();
+    for n in ["gpu-1", "gpu-2", "gpu-3"] {
+        kubelet.add_gpu_node(n, &[("pool", "a")], 24576).unwrap();
+    }
+    let node = api.get(&Gvr::nodes(), "", "gpu-2").unwrap();
+    assert_eq!(node["metadata"]["labels"]["nvidia.com/gpu.memory"], "24576");
+    assert_eq!(node["status"]["allocatable"]["nvidia.com/gpu"], "1");
+
+    // Three replicas: one per node.
+    api.create(&Gvr::deployments(), "ns", workload("Deployment", "tts", 3))
+        .unwrap();
+    let nodes_of = |v: &kube_standin::View<'_>| {
+        let mut n: Vec<String> = pods_of(v, "tts")
+            .iter()
+            .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+            .map(|p| p["spec"]["nodeName"].as_str().unwrap_or_default().to_string())
+            .collect();
+        n.sort();
+        n
+    };
+    api.wait_for(|v| nodes_of(v) == ["gpu-1", "gpu-2", "gpu-3"], T)
+        .await
+        .unwrap();
+
+    // The pod a plain scale-down would keep longest (all are equally new: the highest name goes
+    // first) gets the lowest deletion cost: a scale-down by one removes it instead.
+    let (keep_by_default, node) = api
+        .wait_until(
+            |v| {
+                pods_of(v, "tts")
+                    .into_iter()
+                    .map(|p| {
+                        (
+                            p["metadata"]["name"].as_str().unwrap_or_default().to_string(),
+                            p["spec"]["nodeName"].as_str().unwrap_or_default().to_string(),
+                        )
+                    })
+                    .min()
+            },
+            T,
+        )
+        .await
+        .unwrap();
+    api.patch_json(
+        &Gvr::pods(),
+        "ns",
+        &keep_by_default,
+        json!({"metadata": {"annotations": {"controller.kubernetes.io/pod-deletion-cost": "-1000"}}}),
+    )
+    .unwrap();
+    api.patch_json(&Gvr::deployments(), "ns", "tts", json!({"spec": {"replicas": 2}}))
+        .unwrap();
+    api.wait_for(
+        |v| {
+            let left = nodes_of(v);
+            left.len() == 2 && !left.contains(&node)
+        },
+        T,
+    )
+    .await
+    .unwrap();
+    assert!(
+        api.get(&Gvr::pods(), "ns", &keep_by_default)
+            .is_none_or(|p| !p["metadata"]["deletionTimestamp"].is_null())
+    );
+
+    // A pod pinned by required node affinity on the node's name lands there.
+    let mut pinned = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "pinned"},
+        "spec": {"containers": [{"name": "main", "image": "vidi"}],
+                 "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+                     {"matchFields": [{"key": "metadata.name", "operator": "In", "values": ["gpu-3"]}]}]}}}}});
+    api.create(&Gvr::pods(), "ns", pinned.clone()).unwrap();
+    api.wait_for(
+        |v| {
+            v.get(&Gvr::pods(), "ns", "pinned")
+                .is_some_and(|p| p["spec"]["nodeName"] == "gpu-3")
+        },
+        T,
+    )
+    .await
+    .unwrap();
+    // No node of that name: unschedulable.
+    pinned["metadata"]["name"] = json!("nowhere");
+    pinned["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+        [0]["matchFields"][0]["values"] = json!(["gpu-9"]);
+    api.create(&Gvr::pods(), "ns", pinned).unwrap();
+    api.wait_for(
+        |v| {
+            v.get(&Gvr::pods(), "ns", "nowhere")
+                .is_some_and(|p| p["status"]["conditions"][0]["reason"] == "Unschedulable")
+        },
+        T,
+    )
+    .await
+    .unwrap();
+}
