@@ -478,13 +478,14 @@ impl World {
                 Action::CallRelease { target, .. } => {
                     let c = self.co_mut(target).clone();
                     // Recorded before it is made (crash safety).
-                    if !c
-                        .co
-                        .released
-                        .as_ref()
-                        .is_some_and(|m| m.state == ReleaseState::Requested)
-                    {
-                        self.fail(format!("{k}: CallRelease of {target} without a Requested release mark"));
+                    let Some(mark) = c.co.released.as_ref() else {
+                        self.fail(format!("{k}: CallRelease of {target} without a release mark"));
+                    };
+                    // A plan from a lagging view may ask again after the answer was recorded: the
+                    // adapters read the co-tenant afresh and call only while the mark still says
+                    // Requested, so this is no call at all.
+                    if mark.state != ReleaseState::Requested {
+                        continue;
                     }
                     self.calls.push(format!("release {}", target.name));
                     let w = self.co_mut(target);
