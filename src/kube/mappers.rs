@@ -20,8 +20,10 @@ pub(super) fn within(own: &Option<String>, refs: Vec<ObjectRef<VidiJob>>) -> Vec
     }
 }
 
-/// Jobs that hold this workload (its `held-by` mark) or may select it (unfinished jobs that
-/// look for co-tenants in its namespace, from the jobs' index).
+/// Jobs that hold this workload (its `held-by` mark) or may select it: unfinished jobs that look
+/// for co-tenants in its namespace, found in the jobs' index under one of the workload's own
+/// labels (or under the namespace, for selectors that require no label). Cost: the jobs of
+/// those keys, not every job of the namespace.
 pub(super) fn interested_jobs(
     stores: &Stores,
     meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
@@ -33,10 +35,14 @@ pub(super) fn interested_jobs(
         .into_iter()
         .map(|k| ObjectRef::new(&k.name).within(&k.namespace))
         .collect();
-    for job in stores.jobs.indexed(&observe::selecting_key(&ns)) {
-        let r = ObjectRef::from_obj(&*job);
-        if !jobs.contains(&r) && observe::co_tenant_selector(&job).is_some_and(|s| s.matches(labels)) {
-            jobs.push(r);
+    let keys = std::iter::once(observe::selecting_key(&ns))
+        .chain(labels.iter().map(|(k, v)| observe::selecting_label_key(&ns, k, v)));
+    for key in keys {
+        for job in stores.jobs.indexed(&key) {
+            let r = ObjectRef::from_obj(&*job);
+            if !jobs.contains(&r) && observe::co_tenant_selector(&job).is_some_and(|s| s.matches(labels)) {
+                jobs.push(r);
+            }
         }
     }
     jobs

@@ -80,9 +80,32 @@ pub fn held_key(job: &JobKey) -> String {
     format!("held:{job}")
 }
 
-/// Index key: unfinished jobs that look for co-tenants in this namespace.
+/// Index key: unfinished jobs that look for co-tenants in this namespace with a selector that
+/// requires no label (only expressions): every change there may concern them.
 pub fn selecting_key(ns: &str) -> String {
     format!("selecting:{ns}")
+}
+
+/// Index key: unfinished jobs that look for co-tenants in this namespace with a selector that
+/// requires `k=v`. A change of a workload wakes only the jobs under its own labels' keys.
+pub fn selecting_label_key(ns: &str, k: &str, v: &str) -> String {
+    format!("selecting:{ns}/{k}={v}")
+}
+
+/// The one key a job is found under for co-tenants of `ns`: one label its selector requires
+/// (any one will do, since a workload it matches carries them all), preferring one other than
+/// the opt-in label, which every co-tenant carries; else the namespace-wide key.
+fn selecting_keys_of(job: &VidiJob, ns: &str) -> String {
+    let selector = crate::api::selection::effective(job.spec.co_tenants.selector.as_ref());
+    let required = selector.match_labels.unwrap_or_default();
+    let pair = required
+        .iter()
+        .find(|(k, _)| k.as_str() != YIELD_LABEL)
+        .or_else(|| required.iter().next());
+    match pair {
+        Some((k, v)) => selecting_label_key(ns, k, v),
+        None => selecting_key(ns),
+    }
 }
 
 /// Index key: jobs waiting (Pending, Queued) in this GPU pool.
@@ -181,7 +204,7 @@ pub fn job_keys(job: &VidiJob) -> Vec<String> {
         return keys;
     }
     let namespaces = co_tenant_namespaces(job);
-    keys.extend(namespaces.iter().map(|ns| selecting_key(ns)));
+    keys.extend(namespaces.iter().map(|ns| selecting_keys_of(job, ns)));
     keys.push(unfinished_key(&pool));
     if matches!(phase, Phase::Pending | Phase::Queued) {
         keys.push(waiting_key(&pool));
@@ -692,4 +715,42 @@ fn waiting_reason(pod: &Pod) -> Option<String> {
                     .unwrap_or_else(|| c.reason.clone().unwrap_or_default())
             )
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(selector: serde_json::Value) -> VidiJob {
+        let mut spec = serde_json::json!({
+            "video": {"url": "https://x/v.mp4"}, "query": "q", "model": {"weights": {"claimName": "w"}},
+        });
+        if !selector.is_null() {
+            spec["coTenants"] = serde_json::json!({"selector": selector});
+        }
+        match serde_json::from_value(serde_json::json!({
+            "apiVersion": "vidi.dev/v1alpha1", "kind": "VidiJob",
+            "metadata": {"name": "j", "namespace": "media"}, "spec": spec,
+        })) {
+            Ok(j) => j,
+            Err(e) => panic!("a job: {e}"),
+        }
+    }
+
+    #[test]
+    fn a_job_is_found_under_one_label_its_selector_requires_preferring_one_not_every_co_tenant_has() {
+        assert_eq!(
+            selecting_keys_of(&job(serde_json::Value::Null), "media"),
+            selecting_label_key("media", YIELD_LABEL, "true")
+        );
+        let pool = serde_json::json!({"matchLabels": {YIELD_LABEL: "true", "gpu-node": "node-7"}});
+        assert_eq!(
+            selecting_keys_of(&job(pool), "media"),
+            selecting_label_key("media", "gpu-node", "node-7")
+        );
+        let expressions = serde_json::json!({"matchExpressions": [{"key": "app", "operator": "Exists"}]});
+        assert_eq!(selecting_keys_of(&job(expressions), "media"), selecting_key("media"));
+        // Every unfinished job has its key per namespace it selects in.
+        assert!(job_keys(&job(serde_json::Value::Null)).contains(&selecting_label_key("media", YIELD_LABEL, "true")));
+    }
 }
