@@ -40,7 +40,16 @@ fn main() -> ExitCode {
         let _ = Cli::command().print_help();
         return ExitCode::SUCCESS;
     };
-    let runtime = match tokio::runtime::Runtime::new() {
+    // The controller runs on one thread: its work is short reconciles between API round trips,
+    // and on a multi-threaded runtime waking idle workers for each of them (futex and scheduler
+    // switches) cost more CPU than the reconciles themselves (benches/controller.rs). The Docker
+    // host and GPU commands keep the multi-threaded runtime (NVML and engine calls).
+    let runtime = if matches!(command, Command::Run(_)) {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
+    } else {
+        tokio::runtime::Runtime::new()
+    };
+    let runtime = match runtime {
         Ok(r) => r,
         Err(e) => return report(&anyhow::Error::new(e).context("starting the async runtime")),
     };
