@@ -683,7 +683,11 @@ async fn bench() {
     println!(
         "  operator CPU while measuring: {cpu_measuring:.2} s over {measure_secs:.1} s wall ({} jobs): {cpu_ms_per_job:.1} ms per job lifecycle, target <= {CPU_TARGET_MS} ms  {}",
         samples.len(),
-        if cpu_ms_per_job <= CPU_TARGET_MS { "met" } else { "MISSED" }
+        if cpu_ms_per_job <= CPU_TARGET_MS {
+            "met"
+        } else {
+            "MISSED"
+        }
     );
     println!(
         "  the watched objects as compact JSON: jobs {:.0} KiB, pods {:.0} KiB, deployments {:.0} KiB",

@@ -7,6 +7,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 
 use futures::StreamExt;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::{Node, Pod, PodSpec};
 use kube::Api;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -344,9 +346,21 @@ where
     (Cache { stores, listed, index }, subs)
 }
 
-/// Drops what the caches never read: managedFields (often the largest part of an object).
+/// kubectl's copy of the whole object, which `kubectl apply` leaves on everything it applies.
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+fn drop_last_applied<K: kube::Resource>(obj: &mut K) {
+    if let Some(annotations) = obj.meta_mut().annotations.as_mut() {
+        annotations.remove(LAST_APPLIED);
+    }
+}
+
+/// Drops what the caches never read: managedFields (often the largest part of an object) and
+/// kubectl's last-applied copy. Every write the operator makes is a patch, so nothing trimmed
+/// here is ever written back.
 pub fn trim_managed_fields<K: kube::Resource>(obj: &mut K) {
     obj.meta_mut().managed_fields = None;
+    drop_last_applied(obj);
 }
 
 /// Keeps only the managedFields entries that own `spec.replicas`: the operator reads them to
@@ -354,5 +368,42 @@ pub fn trim_managed_fields<K: kube::Resource>(obj: &mut K) {
 pub fn trim_to_replica_managers<K: kube::Resource>(obj: &mut K) {
     if let Some(fields) = obj.meta_mut().managed_fields.as_mut() {
         fields.retain(super::observe::sets_spec_replicas);
+    }
+    drop_last_applied(obj);
+}
+
+/// Pods: of the spec only the node it runs on is read (containers, volumes and env are most
+/// of a pod, and a cluster has many more pods than jobs).
+pub fn trim_pod(pod: &mut Pod) {
+    trim_managed_fields(pod);
+    if let Some(spec) = pod.spec.as_mut() {
+        *spec = PodSpec {
+            node_name: spec.node_name.take(),
+            ..Default::default()
+        };
+    }
+}
+
+/// Deployments: replicas, selector and marks are read, never the pod template.
+pub fn trim_deployment(d: &mut Deployment) {
+    trim_to_replica_managers(d);
+    d.spec.template = Default::default();
+}
+
+/// StatefulSets: as Deployments, and their volume claim templates.
+pub fn trim_statefulset(s: &mut StatefulSet) {
+    trim_to_replica_managers(s);
+    s.spec.template = Default::default();
+    s.spec.volume_claim_templates = None;
+}
+
+/// Nodes: labels, capacity, allocatable and conditions are read; not the list of every image
+/// the node holds (often the largest part of a Node).
+pub fn trim_node(node: &mut Node) {
+    trim_managed_fields(node);
+    if let Some(status) = node.status.as_mut() {
+        status.images = None;
+        status.volumes_attached = None;
+        status.volumes_in_use = None;
     }
 }

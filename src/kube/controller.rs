@@ -16,7 +16,7 @@ use crate::api::VidiJob;
 use crate::telemetry::{Health, Metrics};
 
 use super::Error;
-use super::cache::{Cache, Scope, feed, trim_managed_fields, trim_to_replica_managers};
+use super::cache::{Cache, Scope, feed, trim_deployment, trim_managed_fields, trim_node, trim_pod, trim_statefulset};
 use super::events::Recorders;
 use super::mappers::{interested_jobs, jobs_waiting_on_pod, waiting_peers, within};
 use super::observe::{self, MANAGER, Stores};
@@ -111,7 +111,7 @@ pub async fn run(
         scoped::<Deployment>(&watch),
         &scope,
         controllers,
-        trim_to_replica_managers,
+        trim_deployment,
         observe::deployment_keys,
         &mut tasks.0,
     );
@@ -119,7 +119,7 @@ pub async fn run(
         scoped::<StatefulSet>(&watch),
         &scope,
         controllers,
-        trim_to_replica_managers,
+        trim_statefulset,
         observe::statefulset_keys,
         &mut tasks.0,
     );
@@ -127,7 +127,7 @@ pub async fn run(
         scoped::<Pod>(&watch),
         &scope,
         controllers,
-        trim_managed_fields,
+        trim_pod,
         observe::pod_keys,
         &mut tasks.0,
     );
@@ -144,7 +144,7 @@ pub async fn run(
         |_| Api::<Node>::all(watch.clone()),
         &Scope::All,
         0,
-        trim_managed_fields,
+        trim_node,
         super::placement::node_keys,
         &mut tasks.0,
     );

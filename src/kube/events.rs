@@ -5,7 +5,7 @@
 //! whole controller therefore cost O(every Event of the last 6 minutes) per Event (5,000 of them
 //! at 1,000 jobs: a tenth of the controller's CPU) and held them all in memory. An Event's key
 //! includes the object it is about, so a Recorder per job folds exactly the same Events while
-//! sweeping only that job's; it is dropped once its job has ended.
+//! sweeping only that job's; it is dropped once its job has ended, and while it waits in the queue.
 use std::collections::HashMap;
 use std::sync::Mutex;
 

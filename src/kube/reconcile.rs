@@ -10,7 +10,7 @@ use kube::runtime::reflector::ObjectRef;
 use kube::{Api, ResourceExt};
 use tracing::{Instrument, info_span};
 
-use crate::api::VidiJob;
+use crate::api::{Phase, VidiJob};
 use crate::plan::{self, Decision};
 use crate::telemetry::ErrorLabels;
 
@@ -139,7 +139,9 @@ async fn step(job: &VidiJob, ctx: &Context) -> Result<Requeue, Error> {
         }
         return Err(Error::StillReleasing);
     }
-    if decision.status.phase.is_terminal() {
+    // Ended, or waiting its turn (which can take long, for thousands of jobs): nothing to fold
+    // its Events into for now.
+    if decision.status.phase.is_terminal() || matches!(decision.status.phase, Phase::Pending | Phase::Queued) {
         ctx.recorders.forget(&ObjectRef::from_obj(job));
     }
     Ok(requeue(&decision))

@@ -487,7 +487,8 @@ impl World {
                         .as_ref()
                         .is_some_and(|m| m.state == ReleaseState::Requested)
                     {
-                        self.trace.push(format!("  {target}: no Requested mark any more; no call"));
+                        self.trace
+                            .push(format!("  {target}: no Requested mark any more; no call"));
                         continue;
                     }
                     self.calls.push(format!("release {}", target.name));
