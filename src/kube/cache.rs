@@ -82,8 +82,10 @@ struct IndexMaps<K: reflector::Lookup + Clone + 'static>
 where
     K::DynamicType: Eq + std::hash::Hash + Clone,
 {
-    by_object: HashMap<ObjectRef<K>, Vec<String>>,
-    by_key: HashMap<String, HashSet<ObjectRef<K>>>,
+    /// One `Arc` per object and per key string, shared by both maps: at 10,000 jobs the index
+    /// holds some 100,000 memberships.
+    by_object: HashMap<Arc<ObjectRef<K>>, Vec<Arc<str>>>,
+    by_key: HashMap<Arc<str>, HashSet<Arc<ObjectRef<K>>>>,
 }
 
 impl<K> Index<K>
@@ -101,20 +103,29 @@ where
         }
     }
 
-    fn put(maps: &mut IndexMaps<K>, r: ObjectRef<K>, keys: Vec<String>) {
+    fn put(maps: &mut IndexMaps<K>, mut r: ObjectRef<K>, keys: Vec<String>) {
         Self::take(maps, &r);
-        for k in &keys {
-            maps.by_key.entry(k.clone()).or_default().insert(r.clone());
+        // The uid and resourceVersion play no part in lookups (nor in an ObjectRef's equality).
+        r.extra = Default::default();
+        let r = Arc::new(r);
+        let mut shared = Vec::with_capacity(keys.len());
+        for k in keys {
+            let key: Arc<str> = match maps.by_key.get_key_value(k.as_str()) {
+                Some((existing, _)) => existing.clone(),
+                None => Arc::from(k),
+            };
+            maps.by_key.entry(key.clone()).or_default().insert(r.clone());
+            shared.push(key);
         }
-        maps.by_object.insert(r, keys);
+        maps.by_object.insert(r, shared);
     }
 
     fn take(maps: &mut IndexMaps<K>, r: &ObjectRef<K>) {
         for k in maps.by_object.remove(r).unwrap_or_default() {
-            if let Some(set) = maps.by_key.get_mut(&k) {
+            if let Some(set) = maps.by_key.get_mut(&*k) {
                 set.remove(r);
                 if set.is_empty() {
-                    maps.by_key.remove(&k);
+                    maps.by_key.remove(&*k);
                 }
             }
         }
@@ -152,7 +163,7 @@ where
             .map(|m| {
                 m.by_key
                     .get(key)
-                    .map(|s| s.iter().cloned().collect())
+                    .map(|s| s.iter().map(|r| (**r).clone()).collect())
                     .unwrap_or_default()
             })
             .unwrap_or_default()
