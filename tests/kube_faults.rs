@@ -190,15 +190,23 @@ async fn scenario(fault: Fault, point: Point) {
     history.gather(&api);
     check_invariants(&what, &history.changes);
 
-    // The fault really met the operator.
-    let after = &api.access_records()[history.injected_at..];
-    let met = match fault {
-        Fault::ConflictFirstWrites => after.iter().any(|r| r.code == 409),
-        Fault::Unavailable => after.iter().any(|r| r.code == 503),
-        Fault::WatchesGone | Fault::WatchesDropped => after.iter().any(|r| r.access.verb == "watch"),
-        Fault::Slow => !after.is_empty(),
+    // The fault really met the operator. A watch ended late in the job's life may be opened
+    // again only after the job is done (the watcher backs off after an error), so that evidence
+    // is waited for.
+    let met = |records: &[kube_standin::AccessRecord]| {
+        let after = &records[history.injected_at.min(records.len())..];
+        match fault {
+            Fault::ConflictFirstWrites => after.iter().any(|r| r.code == 409),
+            Fault::Unavailable => after.iter().any(|r| r.code == 503),
+            Fault::WatchesGone | Fault::WatchesDropped => after.iter().any(|r| r.access.verb == "watch"),
+            Fault::Slow => !after.is_empty(),
+        }
     };
-    assert!(met, "{what}: the operator never met the fault");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !met(&api.access_records()) && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(met(&api.access_records()), "{what}: the operator never met the fault");
 }
 
 fn unmarked(d: &Value) -> bool {
