@@ -51,30 +51,12 @@ fn main() -> ExitCode {
     };
     let runtime = match runtime {
         Ok(r) => r,
-        Err(e) => return report(&anyhow::Error::new(e).context("starting the async runtime")),
+        Err(e) => return cli::report(&anyhow::Error::new(e).context("starting the async runtime")),
     };
     match runtime.block_on(run(command)) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => report(&e),
+        Err(e) => cli::report(&e),
     }
-}
-
-/// Prints an error once, in one format: `error: <what>`, then `  caused by: <why>` for each cause
-/// that adds something to what was already said. Never a backtrace: these are the user's errors
-/// (`RUST_BACKTRACE` is for panics).
-fn report(e: &anyhow::Error) -> ExitCode {
-    use std::io::Write as _;
-    let mut said = e.to_string();
-    let mut text = format!("error: {said}\n");
-    for cause in e.chain().skip(1) {
-        let c = cause.to_string();
-        if !said.contains(&c) {
-            text.push_str(&format!("  caused by: {c}\n"));
-            said.push_str(&c);
-        }
-    }
-    let _ = std::io::stderr().lock().write_all(text.as_bytes());
-    ExitCode::FAILURE
 }
 
 async fn run(command: Command) -> anyhow::Result<()> {

@@ -1,6 +1,5 @@
 //! `kubectl-vidi`: the `kubectl vidi` plugin (kubectl runs any `kubectl-<name>` on PATH as
 //! `kubectl <name>`). A thin command line over `vidi_operator::plugin`.
-use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -9,6 +8,10 @@ use anyhow::Context as _;
 use clap::{CommandFactory as _, Parser, Subcommand};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use vidi_operator::plugin::{self, Namespaces};
+
+#[path = "../cli/output.rs"]
+mod output;
+use output::{OutputFormat, print_as, report};
 
 /// Exit code of `wait` when the timeout passes first (as `gpu gate`'s timeout).
 const EXIT_TIMEOUT: u8 = 4;
@@ -40,15 +43,7 @@ struct Global {
     context: Option<String>,
     /// Output format.
     #[arg(short = 'o', long, global = true, value_enum, default_value = "table")]
-    output: Format,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-enum Format {
-    /// For people: aligned columns or lines.
-    Table,
-    Json,
-    Yaml,
+    output: OutputFormat,
 }
 
 #[derive(Subcommand)]
@@ -108,14 +103,14 @@ async fn run(g: &Global, command: Command) -> anyhow::Result<ExitCode> {
                 Namespaces::One(one()?)
             };
             let report = plugin::status::status(&client, &namespaces, name.as_deref(), jiff::Timestamp::now()).await?;
-            if report.jobs.is_empty() && g.output == Format::Table {
+            if report.jobs.is_empty() && g.output == OutputFormat::Table {
                 // As kubectl: nothing on stdout, a note on stderr, and no error.
                 match &namespaces {
                     Namespaces::One(ns) => eprintln!("No VidiJobs found in namespace {ns}."),
                     Namespaces::All => eprintln!("No VidiJobs found."),
                 }
             } else {
-                print(g.output, &report, || report.table())?;
+                print_as(g.output, &report, || report.table())?;
             }
         }
         Command::Wait { name, timeout } => {
@@ -127,7 +122,7 @@ async fn run(g: &Global, command: Command) -> anyhow::Result<ExitCode> {
                 }
                 r => r?,
             };
-            print(g.output, &done, || done.table())?;
+            print_as(g.output, &done, || done.table())?;
             if !done.succeeded() {
                 return Ok(ExitCode::FAILURE);
             }
@@ -135,20 +130,20 @@ async fn run(g: &Global, command: Command) -> anyhow::Result<ExitCode> {
         Command::Logs { name, attempt, follow } => {
             let ns = one()?;
             if follow {
-                if g.output != Format::Table {
+                if g.output != OutputFormat::Table {
                     anyhow::bail!("--follow streams plain text; -o json|yaml needs no --follow");
                 }
                 let mut out = std::io::stdout();
                 plugin::logs::follow(&client, &ns, &name, attempt, &mut out).await?;
             } else {
                 let logs = plugin::logs::logs(&client, &ns, &name, attempt).await?;
-                print(g.output, &logs, || logs.text())?;
+                print_as(g.output, &logs, || logs.text())?;
             }
         }
         Command::Result { name } => {
             let ns = one()?;
             let result = plugin::result::result(&client, &ns, &name).await?;
-            print(g.output, &result, || result.table())?;
+            print_as(g.output, &result, || result.table())?;
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -178,34 +173,4 @@ async fn connect(g: &Global) -> anyhow::Result<(kube::Client, String)> {
     let namespace = config.default_namespace.clone();
     let client = kube::Client::try_from(config).context("building the kube client")?;
     Ok((client, namespace))
-}
-
-/// Prints a report as its table, JSON or YAML; a reader that went away is not an error.
-fn print(format: Format, value: &impl serde::Serialize, table: impl FnOnce() -> String) -> anyhow::Result<()> {
-    let text = match format {
-        Format::Table => table(),
-        Format::Json => serde_json::to_string_pretty(value).context("encoding JSON")? + "\n",
-        Format::Yaml => serde_saphyr::to_string(value).context("encoding YAML")?,
-    };
-    let mut out = std::io::stdout().lock();
-    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
-        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(anyhow::Error::new(e).context("writing to stdout")),
-        _ => Ok(()),
-    }
-}
-
-/// The same error format as `vidi-operator`: `error: <what>`, then `  caused by: <why>` for
-/// each cause that adds something; never a backtrace.
-fn report(e: &anyhow::Error) -> ExitCode {
-    let mut said = e.to_string();
-    let mut text = format!("error: {said}\n");
-    for cause in e.chain().skip(1) {
-        let c = cause.to_string();
-        if !said.contains(&c) {
-            text.push_str(&format!("  caused by: {c}\n"));
-            said.push_str(&c);
-        }
-    }
-    let _ = std::io::stderr().lock().write_all(text.as_bytes());
-    ExitCode::FAILURE
 }
