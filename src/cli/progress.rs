@@ -313,27 +313,10 @@ impl Live {
                     }
                 }
             }
-            Event::CoTenantStopping { co_tenant, .. } => {
-                let pb = self.spinner(
-                    spinner_style("{spinner:.cyan} {msg} {elapsed}").with_key("elapsed", elapsed_key),
-                    e.to_string(),
-                );
-                if let Some(old) = st.co_tenants.insert(co_tenant.clone(), pb) {
-                    old.finish_and_clear();
-                    self.multi.remove(&old);
-                }
-            }
-            Event::CoTenantStarting { co_tenant, .. } => {
-                let pb = self.spinner(
-                    spinner_style("{spinner:.cyan} {msg} {elapsed}").with_key("elapsed", elapsed_key),
-                    e.to_string(),
-                );
-                if let Some(old) = st.co_tenants.insert(co_tenant.clone(), pb) {
-                    old.finish_and_clear();
-                    self.multi.remove(&old);
-                }
-            }
-            Event::CoTenantReleasing { co_tenant, .. } => {
+            // A co-tenant's step begins: one spinner per co-tenant, replacing its previous one.
+            Event::CoTenantStopping { co_tenant, .. }
+            | Event::CoTenantStarting { co_tenant, .. }
+            | Event::CoTenantReleasing { co_tenant, .. } => {
                 let pb = self.spinner(
                     spinner_style("{spinner:.cyan} {msg} {elapsed}").with_key("elapsed", elapsed_key),
                     e.to_string(),
