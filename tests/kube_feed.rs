@@ -10,8 +10,9 @@ use kube::Api;
 use kube::runtime::reflector::ObjectRef;
 use kube_standin::{Gvr, Standin};
 use serde_json::json;
+use tokio::task::JoinHandle;
 use vidi_operator::kube::Scope;
-use vidi_operator::kube::cache::{SUBSCRIBER_BUFFER, feed, trim_managed_fields};
+use vidi_operator::kube::cache::{Cache, SUBSCRIBER_BUFFER, Subscriptions, feed, trim_managed_fields};
 use vidi_operator::kube::observe::{label_key, pod_keys};
 
 const NS: &str = "media";
@@ -32,15 +33,14 @@ async fn standin() -> Standin {
     api
 }
 
-#[tokio::test]
-async fn every_subscriber_hears_applies_and_deletions_after_the_cache_and_index_have_them() {
-    let api = standin().await;
+/// A feed of the namespace's pods with `subscribers` subscriptions, once it has listed.
+async fn pod_feed(api: &Standin, subscribers: usize) -> (Cache<Pod>, Subscriptions<Pod>, Vec<JoinHandle<()>>) {
     let client = api.client();
     let mut tasks = Vec::new();
-    let (cache, mut subs) = feed(
+    let (cache, subs) = feed(
         |_| Api::<Pod>::namespaced(client.clone(), NS),
         &Scope::Namespaces(vec![NS.into()]),
-        2,
+        subscribers,
         trim_managed_fields,
         pod_keys,
         &mut tasks,
@@ -49,6 +49,13 @@ async fn every_subscriber_hears_applies_and_deletions_after_the_cache_and_index_
         tokio::time::timeout(WAIT, cache.listed()).await.unwrap_or(false),
         "never listed"
     );
+    (cache, subs, tasks)
+}
+
+#[tokio::test]
+async fn every_subscriber_hears_applies_and_deletions_after_the_cache_and_index_have_them() {
+    let api = standin().await;
+    let (cache, mut subs, tasks) = pod_feed(&api, 2).await;
     let mut a = subs[0][0].take().unwrap_or_else(|| panic!("first subscription"));
     let mut b = subs[0][1].take().unwrap_or_else(|| panic!("second subscription"));
     if let Err(e) = api.create(&Gvr::pods(), NS, pod("p1")) {
@@ -79,20 +86,7 @@ async fn every_subscriber_hears_applies_and_deletions_after_the_cache_and_index_
 #[tokio::test]
 async fn a_stalled_subscriber_holds_the_watch_back_instead_of_queueing() {
     let api = standin().await;
-    let client = api.client();
-    let mut tasks = Vec::new();
-    let (cache, mut subs) = feed(
-        |_| Api::<Pod>::namespaced(client.clone(), NS),
-        &Scope::Namespaces(vec![NS.into()]),
-        1,
-        trim_managed_fields,
-        pod_keys,
-        &mut tasks,
-    );
-    assert!(
-        tokio::time::timeout(WAIT, cache.listed()).await.unwrap_or(false),
-        "never listed"
-    );
+    let (cache, mut subs, tasks) = pod_feed(&api, 1).await;
     let mut stalled = subs[0][0].take().unwrap_or_else(|| panic!("subscription"));
     let total = 4 * SUBSCRIBER_BUFFER;
     for i in 0..total {
