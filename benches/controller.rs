@@ -64,7 +64,15 @@ fn busy_pools() -> usize {
 }
 const FINISHED_PER_POOL: usize = 8;
 const QUEUED_PER_BUSY_POOL: usize = 9;
-const ROUNDS: usize = 2;
+/// Measured jobs per idle pool, one after the other (`VIDI_BENCH_ROUNDS`, default 2): more rounds,
+/// less noise in the CPU per lifecycle.
+fn rounds() -> usize {
+    std::env::var("VIDI_BENCH_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(2)
+}
 /// How long a deleted co-tenant pod stays terminating (simulated, excluded from the numbers).
 const POD_TERMINATION: Duration = Duration::from_millis(30);
 /// How long a Vidi pod runs (simulated, excluded from the numbers).
@@ -390,6 +398,43 @@ struct Stats {
 }
 
 /// Median (mean of the middle two for even n) and nearest-rank p99.
+/// The operator's requests while measuring (the stand-in's own writes, such as the kubelet's, are
+/// not requests), by verb, resource and answer; and the changes of the kinds it watches, which its
+/// watches delivered.
+fn traffic(
+    api: &Standin,
+    since: u64,
+) -> (
+    std::collections::BTreeMap<String, usize>,
+    std::collections::BTreeMap<String, usize>,
+    std::collections::BTreeMap<String, usize>,
+) {
+    let mut requests = std::collections::BTreeMap::new();
+    for r in api.access_records() {
+        let a = &r.access;
+        let sub = if a.subresource.is_empty() {
+            String::new()
+        } else {
+            format!("/{}", a.subresource)
+        };
+        *requests
+            .entry(format!("{} {}{sub} {}", a.verb, a.resource, r.code))
+            .or_insert(0) += 1;
+    }
+    let mut watched = std::collections::BTreeMap::new();
+    let mut reasons = std::collections::BTreeMap::new();
+    for c in api.changes_since(since) {
+        if c.resource != "events" {
+            *watched.entry(c.resource.clone()).or_insert(0) += 1;
+        }
+        if c.resource == "events" && c.event == "ADDED" {
+            let reason = c.object["reason"].as_str().unwrap_or_default();
+            *reasons.entry(reason.to_string()).or_insert(0) += 1;
+        }
+    }
+    (requests, watched, reasons)
+}
+
 fn stats(mut v: Vec<Duration>) -> Stats {
     v.sort();
     let n = v.len();
@@ -554,11 +599,13 @@ async fn bench() {
     eprintln!("  operator idle after {settle_secs:.1} s");
     let background_jobs = busy.len() + finished.len() + queued.len();
     let rss_loaded = proc_kib(pid, "VmRSS:").unwrap_or(0);
+    api.clear_access_log();
+    let rv_measure = api.resource_version();
     let cpu_before = proc_cpu_seconds(pid).unwrap_or(0.0);
     eprintln!(
         "background ready: {background_jobs} jobs; operator VmRSS {:.2} MiB; measuring {} jobs one at a time",
         mib(rss_loaded),
-        ROUNDS * (pools() - busy_pools())
+        rounds() * (pools() - busy_pools())
     );
 
     // Measured jobs, one at a time so each interval is latency, not queueing behind another.
@@ -566,7 +613,7 @@ async fn bench() {
     let measure_start = Instant::now();
     let mut samples = Vec::new();
     let mut failures = Vec::new();
-    for round in 0..ROUNDS {
+    for round in 0..rounds() {
         for pool in busy_pools()..pools() {
             let name = format!("m-{pool}-{round}");
             let rv0 = api.resource_version();
@@ -597,6 +644,12 @@ async fn bench() {
                         c.object["spec"]["replicas"],
                         held_by(&c.object)
                     );
+                    if c.resource == "vidijobs" && std::env::var_os("VIDI_BENCH_TRACE_STATUS").is_some() {
+                        eprintln!("             status {}", c.object["status"]);
+                    }
+                    if c.resource == "events" && std::env::var_os("VIDI_BENCH_TRACE_STATUS").is_some() {
+                        eprintln!("             {} {}", c.object["reason"], c.object["note"]);
+                    }
                 }
             }
             match intervals(&api.changes_since(rv0), &name, pool) {
@@ -617,6 +670,7 @@ async fn bench() {
     let rss_peak_measuring = sampler.stop();
     let cpu_measuring = proc_cpu_seconds(pid).unwrap_or(0.0) - cpu_before;
     let rss_end = proc_kib(pid, "VmRSS:").unwrap_or(0);
+    let (requests, watched, reasons) = traffic(&api, rv_measure);
     let hwm = proc_kib(pid, "VmHWM:").unwrap_or(0);
     let json_kib = |gvr: &Gvr| -> (usize, f64) {
         let objs = api.list(gvr, Some(NS));
@@ -696,6 +750,24 @@ async fn bench() {
     println!(
         "  Events the operator published (kube's Recorder caches each for 6 min): {events_total}, {events_json_kib:.0} KiB as JSON"
     );
+    let lifecycles = samples.len() as f64;
+    let per = |counts: &std::collections::BTreeMap<String, usize>| -> Value {
+        counts
+            .iter()
+            .map(|(k, n)| (k.clone(), json!(*n as f64 / lifecycles)))
+            .collect()
+    };
+    let line = |counts: &std::collections::BTreeMap<String, usize>| -> String {
+        let total: usize = counts.values().sum();
+        let parts: Vec<String> = counts
+            .iter()
+            .map(|(k, n)| format!("{k} {:.2}", *n as f64 / lifecycles))
+            .collect();
+        format!("{:.2} ({})", total as f64 / lifecycles, parts.join(", "))
+    };
+    println!("  operator requests per job lifecycle: {}", line(&requests));
+    println!("  changes it watched per job lifecycle: {}", line(&watched));
+    println!("  Events created per job lifecycle, by reason: {}", line(&reasons));
     println!("total bench time {:.1?}", total_start.elapsed());
 
     let report = json!({
@@ -721,6 +793,9 @@ async fn bench() {
         "operator_cpu_seconds_measuring": cpu_measuring,
         "operator_cpu_ms_per_lifecycle": cpu_ms_per_job,
         "measuring_wall_seconds": measure_secs,
+        "operator_requests_per_lifecycle": per(&requests),
+        "watched_changes_per_lifecycle": per(&watched),
+        "events_created_per_lifecycle": per(&reasons),
         "targets": {"median_ms": MEDIAN_TARGET_MS, "p99_ms": P99_TARGET_MS, "rss_mib": rss_target, "cpu_ms_per_lifecycle": CPU_TARGET_MS},
     });
     let out = target.join(format!("bench-controller-x{}.json", scale()));
