@@ -522,9 +522,16 @@ struct Watch {
     rx: tokio::sync::watch::Receiver<u64>,
 }
 
+/// One watch event as kube-apiserver writes it: `type` before `object` (Go's field order). A
+/// map serialized in key order would put `object` first, which makes a client's decoder buffer
+/// the whole object before it knows the event's type: work no real API server asks of it.
 fn line(etype: &str, object: Value) -> Bytes {
-    let mut v = serde_json::to_vec(&json!({"type": etype, "object": object})).unwrap_or_default();
-    v.push(b'\n');
+    let mut v = Vec::with_capacity(256);
+    v.extend_from_slice(b"{\"type\":");
+    let _ = serde_json::to_writer(&mut v, etype);
+    v.extend_from_slice(b",\"object\":");
+    let _ = serde_json::to_writer(&mut v, &object);
+    v.extend_from_slice(b"}\n");
     Bytes::from(v)
 }
 
