@@ -19,6 +19,7 @@ use crate::release::{self, Call};
 use super::Error;
 use super::observe::MANAGER;
 use super::pod::{self, PodDefaults};
+use super::seen::{Writes, Wrote};
 
 /// What the actions need besides the job.
 pub struct Actor<'a> {
@@ -27,6 +28,8 @@ pub struct Actor<'a> {
     pub recorder: Recorder,
     pub defaults: &'a PodDefaults,
     pub metrics: &'a crate::telemetry::Metrics,
+    /// What this reconcile wrote, for the wait until the caches show it.
+    pub writes: &'a Writes,
 }
 
 fn holder_list(holders: &[JobKey]) -> String {
@@ -179,9 +182,14 @@ pub(super) async fn patch_workload(client: &Client, target: &CoTenantId, patch: 
             .map(|_| ()),
         WorkloadKind::Container | WorkloadKind::Command => return Err(Error::Unsupported(target.to_string())),
     };
-    result.map_err(|source| Error::Write {
-        what: target.to_string(),
-        source,
+    result.map_err(|source| match source {
+        kube::Error::Api(e) if e.code == 409 => Error::Conflict {
+            what: target.to_string(),
+        },
+        source => Error::Write {
+            what: target.to_string(),
+            source,
+        },
     })
 }
 
@@ -290,6 +298,31 @@ impl Actor<'_> {
         annotations?.get(HELD_SINCE)?.parse().ok()
     }
 
+    /// The version a co-tenant write lands on: the one it is guarded by, else the cached one.
+    fn version_before(&self, target: &CoTenantId, patch: &Value) -> Option<String> {
+        if let Some(rv) = patch.pointer("/metadata/resourceVersion").and_then(Value::as_str) {
+            return Some(rv.to_string());
+        }
+        let (name, ns) = (&target.name, &target.namespace);
+        match target.kind {
+            WorkloadKind::Deployment => self
+                .stores
+                .deployments
+                .get(&ObjectRef::new(name).within(ns))?
+                .metadata
+                .resource_version
+                .clone(),
+            WorkloadKind::StatefulSet => self
+                .stores
+                .statefulsets
+                .get(&ObjectRef::new(name).within(ns))?
+                .metadata
+                .resource_version
+                .clone(),
+            WorkloadKind::Container | WorkloadKind::Command => None,
+        }
+    }
+
     /// Applies `actions` for `job` in order; stops at the first failure.
     pub async fn apply(&self, job: &VidiJob, actions: &[Action], now: Timestamp) -> Result<(), Error> {
         let ns = job.namespace().unwrap_or_default();
@@ -300,7 +333,12 @@ impl Actor<'_> {
                     resume_call(target, hook, *call).await?;
                     if let Some((target, patch)) = co_tenant_patch(action, now) {
                         let held_since = self.held_since(target);
+                        let before = self.version_before(target, &patch);
                         patch_workload(self.client, target, patch).await?;
+                        self.writes.push(Wrote::Workload {
+                            target: target.clone(),
+                            before,
+                        });
                         self.metrics.count_co_tenant_write(action, held_since, now);
                     }
                 }
@@ -326,7 +364,14 @@ impl Actor<'_> {
                             .and_then(|so| super::keda::patch(&so, action, now).map(|p| (so, p)))
                         {
                             Some((so, patch)) => super::keda::apply(self.client, &so, &patch).await?,
-                            None => patch_workload(self.client, target, patch).await?,
+                            None => {
+                                let before = self.version_before(target, &patch);
+                                patch_workload(self.client, target, patch).await?;
+                                self.writes.push(Wrote::Workload {
+                                    target: target.clone(),
+                                    before,
+                                });
+                            }
                         }
                         self.metrics.count_co_tenant_write(action, held_since, now);
                     }
@@ -355,7 +400,9 @@ impl Actor<'_> {
                         )
                         .await
                     {
-                        Ok(_) => {}
+                        Ok(_) => self.writes.push(Wrote::PodCreated {
+                            pod: ObjectRef::new(name).within(&ns),
+                        }),
                         Err(kube::Error::Api(e)) if e.code == 409 => {}
                         Err(source) => {
                             return Err(Error::Write {

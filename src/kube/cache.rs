@@ -50,6 +50,8 @@ where
     /// overwrites: a waiter could then sleep until its timeout).
     listed: Vec<watch::Receiver<bool>>,
     index: Arc<Index<K>>,
+    /// Bumped after every change a store applied: what [`Cache::seen`] waits on.
+    applied: Arc<watch::Sender<u64>>,
 }
 
 impl<K: reflector::Lookup + Clone + 'static> Clone for Cache<K>
@@ -61,6 +63,7 @@ where
             stores: self.stores.clone(),
             listed: self.listed.clone(),
             index: self.index.clone(),
+            applied: self.applied.clone(),
         }
     }
 }
@@ -211,6 +214,30 @@ where
         true
     }
 
+    /// Waits until the cached `key` (None once it is gone) passes `done`, for at most `within`;
+    /// whether it did. A reconcile waits so for its own writes: the next plan then starts from
+    /// a view that has them, rather than replanning them from a view that lags (a 409, or an
+    /// Event published twice).
+    pub async fn seen(
+        &self,
+        key: &ObjectRef<K>,
+        done: impl Fn(Option<&K>) -> bool,
+        within: std::time::Duration,
+    ) -> bool {
+        // Subscribed before the first look: a change applied in between still wakes this waiter.
+        let mut applied = self.applied.subscribe();
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if done(self.get(key).as_deref()) {
+                return true;
+            }
+            match tokio::time::timeout_at(deadline, applied.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) | Err(_) => return false,
+            }
+        }
+    }
+
     /// The cached objects indexed under `key`.
     pub fn indexed(&self, key: &str) -> Vec<Arc<K>> {
         self.index.get(key).iter().filter_map(|r| self.get(r)).collect()
@@ -268,6 +295,7 @@ where
     let mut listed = Vec::new();
     let mut subs = Vec::new();
     let index = Arc::new(Index::new(keys));
+    let applied = Arc::new(watch::channel(0u64).0);
     for ns in scope.parts() {
         let (store, writer) = reflector::store();
         let (lists, listed_rx) = watch::channel(false);
@@ -298,11 +326,20 @@ where
                 event
             });
         let reader = store.clone();
+        let bump = applied.clone();
         // The store as it was when a re-list began: what is missing from the list was deleted
         // while no watch ran, and no Delete event will say so.
         let mut before: Option<Vec<Arc<K>>> = None;
         let stream = reflector::reflector(writer, events)
             .default_backoff()
+            .inspect(move |event| {
+                if matches!(
+                    event,
+                    Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_) | watcher::Event::InitDone)
+                ) {
+                    bump.send_modify(|n| *n = n.wrapping_add(1));
+                }
+            })
             .map(move |event| match event {
                 // The store's own Arc: the object is held once, however many subscribers read it.
                 Ok(watcher::Event::Apply(o)) => Ok(vec![
@@ -354,7 +391,15 @@ where
         listed.push(listed_rx);
         subs.push(receivers.into_iter().map(Some).collect());
     }
-    (Cache { stores, listed, index }, subs)
+    (
+        Cache {
+            stores,
+            listed,
+            index,
+            applied,
+        },
+        subs,
+    )
 }
 
 /// kubectl's copy of the whole object, which `kubectl apply` leaves on everything it applies.

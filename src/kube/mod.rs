@@ -12,6 +12,7 @@ mod placement;
 pub mod pod;
 pub mod rbac;
 mod reconcile;
+mod seen;
 mod status;
 mod sweep;
 
@@ -56,19 +57,25 @@ pub enum Error {
     /// cleanup whose status did not land for a finished one.
     #[error("the job changed since it was read; planning again")]
     Replan,
+    /// A co-tenant changed since the plan read it (its resourceVersion guard refused the write);
+    /// not a failure: the job is planned again from the newer version.
+    #[error("{what} changed since it was read; planning again")]
+    Conflict { what: String },
 }
 
 impl Error {
     /// Every `error` label value, so each series exists (at 0) before its first error: a rate
     /// over it then works from the start, and a scrape shows every name the dashboard uses.
-    pub const METRIC_LABELS: [&'static str; 7] = [
+    pub const METRIC_LABELS: [&'static str; 9] = [
         "Write",
+        "Hook",
         "Read",
         "Serialize",
         "Finalizer",
         "Unsupported",
         "StillReleasing",
         "Replan",
+        "Conflict",
     ];
 
     pub fn metric_label(&self) -> &'static str {
@@ -81,6 +88,7 @@ impl Error {
             Error::Unsupported(_) => "Unsupported",
             Error::StillReleasing => "StillReleasing",
             Error::Replan => "Replan",
+            Error::Conflict { .. } => "Conflict",
         }
     }
 }
