@@ -47,7 +47,11 @@ fn happy_path_goes_through_every_phase_and_restores_exactly() {
     assert!(d.status.start_time.is_some());
     assert_eq!(d.status.suspended.len(), 2);
     assert_eq!(d.status.suspended[0].original_replicas, 2);
-    assert_eq!(notice(&d, "Started").map(|n| n.0), Some(Severity::Normal));
+    assert!(
+        notice(&d, "Started").is_none(),
+        "a job that never waited starts with its Suspended Events"
+    );
+    assert_eq!(notice(&d, "Suspended").map(|n| n.0), Some(Severity::Normal));
     assert_eq!(w.co("ns/cosy").replicas, 0);
     assert_eq!(w.co("ns/cosy").original_replicas, Some(2));
 
@@ -60,14 +64,13 @@ fn happy_path_goes_through_every_phase_and_restores_exactly() {
         Some("waiting for 2 pods of Deployment ns/cosy, 1 pod of Deployment ns/comfy to stop")
     );
 
-    // Pods gone: Running is recorded first, the pod is created on the next look.
+    // Pods gone: Running and the first attempt are recorded in one status; the adapter creates
+    // the pod once that status has landed.
     w.drain();
     let d = w.reconcile("a");
     assert_eq!(d.status.phase, Phase::Running);
-    assert!(writes(&d).is_empty(), "{:?}", writes(&d));
     assert_eq!(d.status.precision, Some(Precision::Fp16));
     assert!(d.requeue_after.is_some());
-    let d = w.reconcile("a");
     assert_eq!(writes(&d), ["start 1 a-vidi-1 fp16"]);
     assert_eq!(d.status.attempts, 1);
     assert_eq!(d.status.pod_name.as_deref(), Some("a-vidi-1"));
@@ -102,8 +105,15 @@ fn happy_path_goes_through_every_phase_and_restores_exactly() {
     assert_eq!(result.segments.len(), 2);
     assert_eq!(result.summary, "2 segments: 00:01:05-00:01:12, 00:03:00-00:03:04");
     assert_eq!(result.precision, Some(Precision::Fp16));
-    assert!(notice(&d, "Answered").is_some());
-    assert!(notice(&d, "Succeeded").is_some());
+    // The answer and the end, in one Event when they come in one decision.
+    assert!(notice(&d, "Answered").is_none());
+    assert_eq!(
+        notice(&d, "Succeeded").map(|n| n.1),
+        Some(
+            "finished; every co-tenant restored; Vidi answered: 2 segments: 00:01:05-00:01:12, 00:03:00-00:03:04"
+                .to_string()
+        )
+    );
     assert_eq!(cond(&d.status, "Complete"), "True");
     assert_eq!(cond(&d.status, "Ready"), "True");
     assert_eq!(cond(&d.status, "Failed"), "False");
@@ -120,6 +130,40 @@ fn happy_path_goes_through_every_phase_and_restores_exactly() {
     let d = w.reconcile("a");
     assert!(writes(&d).is_empty());
     assert_eq!(d.status.phase, Phase::Succeeded);
+}
+
+#[test]
+fn the_first_waiting_message_stands_for_five_seconds_then_follows_each_pod() {
+    // Left the queue at t=10, waiting for two co-tenants' pods.
+    let first = "waiting for 1 pod of Deployment ns/cosy, 1 pod of Deployment ns/comfy to stop";
+    let waiting = || {
+        job("a")
+            .suspending()
+            .status(|st| st.message = Some(first.into()))
+            .co(deploy("cosy").held(&["a"], 1).pods(1))
+            .co(deploy("comfy").held(&["a"], 1))
+    };
+    // comfy's pod stopped 2 s in: no status change for it, and a look again at the 5 s mark.
+    let d = waiting().now(12).plan();
+    assert_eq!(d.status.phase, Phase::Suspending);
+    assert_eq!(
+        d.status.message.as_deref(),
+        Some(first),
+        "no write for a pod that stopped at once"
+    );
+    assert_eq!(d.requeue_after, Some(std::time::Duration::from_secs(3)));
+    // Still waiting at 5 s: the message says exactly what is left.
+    let d = waiting().now(15).plan();
+    assert_eq!(
+        d.status.message.as_deref(),
+        Some("waiting for 1 pod of Deployment ns/cosy to stop")
+    );
+    // The first message of a wait is always written (here: none yet).
+    let d = waiting().status(|st| st.message = None).now(11).plan();
+    assert_eq!(
+        d.status.message.as_deref(),
+        Some("waiting for 1 pod of Deployment ns/cosy to stop")
+    );
 }
 
 #[test]
@@ -142,7 +186,12 @@ fn waits_for_co_tenant_pods_before_starting() {
     let s = job("a").suspending().co(deploy("cosy").held(&["a"], 1));
     let d = s.plan();
     assert_eq!(d.status.phase, Phase::Running);
-    assert!(writes(&d).is_empty(), "Running is recorded before the pod exists");
+    assert_eq!(
+        d.status.attempts, 1,
+        "the attempt is recorded with Running, before the pod exists"
+    );
+    assert_eq!(writes(&d), ["start 1 a-vidi-1 fp16"]);
+    // A crash after that status, before the pod: the next look creates it.
     let d = job("a").running().co(deploy("cosy").held(&["a"], 1)).plan();
     assert_eq!(writes(&d), ["start 1 a-vidi-1 fp16"]);
 }
@@ -244,11 +293,15 @@ fn a_crash_after_starting_a_retry_grants_no_extra_retry() {
         .add_job("a", 1, spec_from(serde_json::json!({"backoffLimit": 1})));
     start(&mut w, "a");
     w.finish("a", finished(1));
-    // The retry's pod is created, then the operator dies before writing failures=1.
+    // The retry's pod exists while the status still says failures=0 (the adapters write the
+    // status before creating the pod; a status that lags, or one restored from a backup, can
+    // still show this).
     let k = key("a");
+    let before = w.job("a").status.clone();
     let d = plan::next(&w.snapshot(&k));
     assert_eq!(writes(&d), ["start 2 a-vidi-2 fp16"]);
-    w.apply(&k, &d, Some(d.actions.len()));
+    w.apply(&k, &d, None);
+    w.job_mut("a").status = before;
     assert_eq!(w.job("a").status.failures, 0);
     w.finish("a", finished(1));
     let d = w.reconcile("a");
@@ -552,7 +605,12 @@ fn three_jobs_for_one_gpu_run_oldest_first_and_restore_once_after_the_last() {
             Some(n) => {
                 assert_eq!(writes(&d), [format!("release ns/cosy by=ns/{n}")]);
                 assert_eq!(w.co("ns/cosy").replicas, 0, "stays down between jobs");
-                w.reconcile(n);
+                let d = w.reconcile(n);
+                assert_eq!(
+                    notice(&d, "Started").map(|n| n.0),
+                    Some(Severity::Normal),
+                    "{n} left the queue"
+                );
             }
             None => assert_eq!(writes(&d), ["restore ns/cosy to=2"]),
         }
@@ -870,7 +928,7 @@ fn invalid_specs_fail_naming_the_field_and_suspend_nothing() {
     // allowNone: a selector that matches nothing is fine.
     let d = job("a").with_spec(|s| s.co_tenants.allow_none = true).plan();
     assert_eq!(d.status.phase, Phase::Running);
-    assert!(writes(&d).is_empty());
+    assert_eq!(writes(&d), ["start 1 a-vidi-1 fp16"]);
     // A problem the adapter found (a missing claim) is reported the same way.
     let mut s = job("a").co(deploy("cosy"));
     s.0.problems.push(vidi_operator::api::FieldError::new(
@@ -1051,7 +1109,7 @@ fn minimal_yields_the_cheapest_set_that_covers_the_need() {
         .co(with_memory(deploy("big"), Some(10), 5))
         .plan();
     assert_eq!(d.status.phase, Phase::Running, "{:?}", d.status.message);
-    assert!(writes(&d).is_empty(), "{:?}", writes(&d));
+    assert_eq!(writes(&d), ["start 1 a-vidi-1 fp16"], "nothing else yields");
 }
 
 #[test]
@@ -1171,7 +1229,6 @@ fn suspend_mid_run_stops_restores_and_returns_to_pending() {
         ["hold ns/cosy orig=2 by=ns/a", "hold ns/comfy orig=1 by=ns/a"]
     );
     w.drain();
-    w.reconcile("a");
     let d = w.reconcile("a");
     assert_eq!(writes(&d), ["start 1 a-vidi-1 fp16"]);
 }
@@ -1364,13 +1421,13 @@ fn notices_about_a_co_tenant_or_an_attempt_name_it_as_their_subject() {
         subjects(&d, "Suspended"),
         [Some(Subject::CoTenant(cosy)), Some(Subject::CoTenant(comfy))]
     );
+    w.drain();
+    let d = w.reconcile("a");
     assert_eq!(
-        subjects(&d, "Started"),
+        subjects(&d, "Starting"),
         [None],
         "a notice about the job alone has no subject"
     );
-    w.drain();
-    w.reconcile("a");
     w.reconcile("a");
     w.run_pod("a");
     w.finish("a", finished(1));

@@ -71,15 +71,16 @@ fn a_free_node_means_no_write_to_any_co_tenant() {
     tts.replicas = 2;
     s.0.co_tenants[0] = tts;
     let d = s.plan();
-    // Nothing to suspend and nothing to wait for: straight to Running.
+    // Nothing to suspend and nothing to wait for: straight to Running and the first attempt.
     assert_eq!(d.status.phase, Phase::Running);
     assert_eq!(chosen(&d).as_deref(), Some("gpu-2"));
     assert_eq!(d.status.node.as_deref(), Some("gpu-2"));
-    assert_eq!(writes(&d), Vec::<String>::new(), "nothing yields");
+    assert_eq!(writes(&d), vec!["start 1 a-vidi-1 fp16".to_string()], "nothing yields");
     let (sev, msg) = notice(&d, "NodeChosen").expect("a NodeChosen event");
     assert_eq!(sev, Severity::Normal);
     assert!(msg.contains("nothing has to yield"), "{msg}");
-    // The next look starts Vidi, still without touching a co-tenant.
+    // A crash before the pod was created: the next look creates it, still without touching a
+    // co-tenant.
     let next = s.status(|st| *st = d.status.clone()).plan();
     assert_eq!(writes(&next), vec!["start 1 a-vidi-1 fp16".to_string()]);
 }
@@ -196,7 +197,10 @@ fn a_crash_between_marking_and_scaling_down_leaves_no_mark_behind() {
     });
     let d = s.plan();
     assert_eq!(chosen(&d).as_deref(), Some("gpu-4"));
-    assert_eq!(writes(&d), vec!["unmark ns/tts [tts-c]".to_string()]);
+    assert_eq!(
+        writes(&d),
+        vec!["unmark ns/tts [tts-c]".to_string(), "start 1 a-vidi-1 fp16".to_string()]
+    );
     // The same node chosen again: the mark is reused, not removed.
     s.0.placement.nodes.pop();
     let d = s.plan();

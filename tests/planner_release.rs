@@ -138,7 +138,6 @@ fn memory_not_freed_falls_back_and_retries_at_the_same_precision() {
     assert_eq!(d.status.phase, Phase::Suspending);
     assert_eq!(d.status.attempts, 2);
     w.drain();
-    w.reconcile("a");
     let d = w.reconcile("a");
     assert!(writes(&d).iter().any(|l| l.starts_with("start 2 ")), "{:?}", writes(&d));
     assert_eq!(w.job("a").status.precision, precision, "same precision");

@@ -794,7 +794,15 @@ impl<'s> Run<'s> {
                     name,
                     precision,
                     min_free_bytes,
-                } => self.start_attempt(*attempt, name, *precision, *min_free_bytes).await?,
+                } => {
+                    // As on Kubernetes, an attempt starts once the status that records it (and
+                    // Running) is saved.
+                    if self.journal.status != decision.status {
+                        self.journal.status = decision.status.clone();
+                        self.save()?;
+                    }
+                    self.start_attempt(*attempt, name, *precision, *min_free_bytes).await?
+                }
                 Action::StopAttempt { name, .. } => self.stop_attempt(name).await?,
                 // No TTL on a Docker host: the job object is the file, which is the user's.
                 Action::DeleteJob => {}

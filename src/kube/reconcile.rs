@@ -18,6 +18,7 @@ use super::Error;
 use super::act::Actor;
 use super::controller::{Context, FINALIZER};
 use super::observe;
+use super::seen::{self, Writes, Wrote};
 use super::status::write_status;
 
 /// How soon a reconcile whose status write met a newer version plans again (the watch usually
@@ -41,14 +42,26 @@ pub(super) async fn reconcile(job: Arc<VidiJob>, ctx: Arc<Context>) -> Result<Re
         }
         let jobs: Api<VidiJob> = Api::namespaced(ctx.client.clone(), &ns);
         use kube::runtime::finalizer::Error as F;
-        match finalizer(&jobs, FINALIZER, job, |event| async {
+        // kube's helper adds a missing finalizer and returns: the next reconcile is the job's
+        // next version, which should be the one with the finalizer.
+        let adding = (!job.finalizers().iter().any(|f| f == FINALIZER) && job.metadata.deletion_timestamp.is_none())
+            .then(|| Wrote::Job {
+                job: ObjectRef::from_obj(&*job),
+                before: job.metadata.resource_version.clone(),
+            });
+        let result = finalizer(&jobs, FINALIZER, job, |event| async {
             match event {
                 Finalizer::Apply(job) => step(&job, &ctx).await,
                 Finalizer::Cleanup(job) => step(&job, &ctx).await,
             }
         })
-        .await
-        {
+        .await;
+        if let (Some(wrote), Ok(_)) = (adding, &result) {
+            let writes = Writes::default();
+            writes.push(wrote);
+            seen::caught_up(&ctx.stores, &writes).await;
+        }
+        match result {
             Ok(requeue) => Ok(requeue),
             Err(F::ApplyFailed(e) | F::CleanupFailed(e)) => Err(e),
             // The job went away meanwhile (its finalizer was the last one): nothing left to do.
@@ -56,6 +69,8 @@ pub(super) async fn reconcile(job: Arc<VidiJob>, ctx: Arc<Context>) -> Result<Re
                 tracing::debug!("the job is gone");
                 Ok(Requeue::await_change())
             }
+            // Added from a view that lagged (kube's patch tests the list it read): plan again.
+            Err(F::AddFinalizer(kube::Error::Api(e))) if e.code == 422 || e.code == 409 => Err(Error::Replan),
             Err(other) => Err(Error::Finalizer(Box::new(other))),
         }
     }
@@ -109,12 +124,14 @@ async fn step(job: &VidiJob, ctx: &Context) -> Result<Requeue, Error> {
     let mut snapshot = observe::snapshot(job, &ctx.stores, false, now);
     recent_pod(job, ctx, &mut snapshot).await?;
     let decision = plan::next(&snapshot);
+    let writes = Writes::default();
     let actor = Actor {
         client: &ctx.client,
         stores: &ctx.stores,
         recorder: ctx.recorders.of(&ObjectRef::from_obj(job)),
         defaults: &ctx.settings.pods,
         metrics: &ctx.metrics,
+        writes: &writes,
     };
     // A Vidi pod is created only once the status that records its attempt (number, precision,
     // pod name) has landed: a plan from a job version that is no longer current must not start
@@ -126,12 +143,24 @@ async fn step(job: &VidiJob, ctx: &Context) -> Result<Requeue, Error> {
         .partition(|a| matches!(a, plan::Action::StartAttempt { .. }));
     actor.apply(job, &rest, now).await?;
     let old = job.status.clone().unwrap_or_default();
-    if decision.status != old && !write_status(ctx, job, &old, &decision.status).await? {
-        // The job changed since this plan's view of it (often: the cache has not caught up with
-        // the previous status write yet). Plan again from the newer version.
-        return Err(Error::Replan);
+    if decision.status != old {
+        if !write_status(ctx, job, &old, &decision.status).await? {
+            // The job changed since this plan's view of it. Plan again from the newer version.
+            return Err(Error::Replan);
+        }
+        writes.push(Wrote::Job {
+            job: ObjectRef::from_obj(job),
+            before: job.metadata.resource_version.clone(),
+        });
     }
-    actor.apply(job, &starts, now).await?;
+    if !starts.is_empty() {
+        // The pod is built from the status just written (the node chosen, the deadline's start).
+        let mut recorded = job.clone();
+        recorded.status = Some(decision.status.clone());
+        actor.apply(&recorded, &starts, now).await?;
+    }
+    // The next plan starts from a view that has these writes.
+    seen::caught_up(&ctx.stores, &writes).await;
     if snapshot.job.deleting {
         if decision.released {
             ctx.recorders.forget(&ObjectRef::from_obj(job));
@@ -157,7 +186,7 @@ fn requeue(decision: &Decision) -> Requeue {
 pub(super) fn error_policy(_job: Arc<VidiJob>, error: &Error, ctx: Arc<Context>) -> Requeue {
     match error {
         Error::StillReleasing => Requeue::requeue(Duration::from_secs(2)),
-        Error::Replan => {
+        Error::Replan | Error::Conflict { .. } => {
             tracing::debug!("{error}");
             Requeue::requeue(STATUS_CONFLICT_RETRY)
         }

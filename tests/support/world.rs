@@ -372,9 +372,9 @@ impl World {
         c.co.revision = Some((r + 1).to_string());
     }
 
-    /// Applies `d` for job `k` like an adapter: actions in order, then the status. With
-    /// `crash_after = Some(n)` only the first `n` actions are applied and the status is not
-    /// written (the operator died). Panics when a write breaks an invariant.
+    /// Applies `d` for job `k` like an adapter: actions in order, then the status, then the
+    /// attempts it starts. With `crash_after = Some(n)` only the first `n` actions (starts
+    /// excluded) are applied and neither the status nor a start (the operator died). Panics when a write breaks an invariant.
     pub fn apply(&mut self, k: &JobKey, d: &Decision, crash_after: Option<usize>) -> Applied {
         let summary = super::writes(d).join("; ");
         let upto = crash_after.map_or(d.actions.len(), |n| n.min(d.actions.len()));
@@ -390,7 +390,11 @@ impl World {
             }
         ));
         let mut written: BTreeSet<CoTenantId> = BTreeSet::new();
-        for action in &d.actions[..upto] {
+        // Like the adapters, an attempt is started only once the decision's status is written.
+        let (starts, actions): (Vec<&Action>, Vec<&Action>) =
+            d.actions.iter().partition(|a| matches!(a, Action::StartAttempt { .. }));
+        let upto = upto.min(actions.len());
+        for action in &actions[..upto] {
             if let Some(target) = target_of(action)
                 && !written.insert(target.clone())
             {
@@ -614,6 +618,17 @@ impl World {
         }
         if let Some(j) = self.jobs.iter_mut().find(|j| j.key == *k) {
             j.status = d.status.clone();
+        }
+        for start in starts {
+            if let Action::StartAttempt {
+                attempt,
+                name,
+                precision,
+                ..
+            } = start
+            {
+                self.start(k, *attempt, name, *precision);
+            }
         }
         if !self.planned_from_stale_view {
             self.check_status_matches(k);

@@ -21,11 +21,17 @@ impl<'a> Plan<'a> {
             Outcome::Succeeded => {
                 self.st.phase = Phase::Succeeded;
                 self.st.completion_time = Some(Time(self.s.now));
-                self.notify(
-                    Severity::Normal,
-                    "Succeeded",
-                    "finished; every co-tenant restored".into(),
-                );
+                // Vidi's answer, when it came in this same decision, is told with the end: one
+                // Event rather than two a few milliseconds apart.
+                let answered = self
+                    .actions
+                    .iter()
+                    .position(|a| matches!(a, Action::Notify(n) if n.reason == "Answered"));
+                let message = match answered.map(|i| self.actions.remove(i)) {
+                    Some(Action::Notify(n)) => format!("finished; every co-tenant restored; {}", n.message),
+                    _ => "finished; every co-tenant restored".into(),
+                };
+                self.notify(Severity::Normal, "Succeeded", message);
             }
             Outcome::Failed => {
                 self.st.phase = Phase::Failed;

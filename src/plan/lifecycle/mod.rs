@@ -28,7 +28,10 @@ mod running;
 
 /// A look again while a job is active, in case an event was missed.
 const RESYNC: Duration = Duration::from_secs(300);
-/// The look again that creates the first pod once Running is recorded.
+/// How long after leaving the queue the "waiting for" message stays as first written (see
+/// `suspending`).
+const WAIT_NEWS_AFTER: Duration = Duration::from_secs(5);
+/// The look again after Running is recorded while an attempt of the current number still exists.
 const START_DELAY: Duration = Duration::from_secs(1);
 /// The look again before a deleted job lets go, when its status lists a hold the view lacks.
 const RELEASE_RECHECK: Duration = Duration::from_secs(2);

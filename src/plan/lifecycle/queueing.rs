@@ -12,6 +12,7 @@ impl<'a> Plan<'a> {
         }
         match turn(self.place(), &self.s.rivals) {
             Turn::Go => {
+                let was_queued = self.st.phase == Phase::Queued;
                 self.st.phase = Phase::Suspending;
                 self.st.policy = Some(self.s.job.spec.co_tenants.policy);
                 if !self.choose_node() && self.st.policy == Some(CoTenantPolicy::Minimal) {
@@ -21,11 +22,15 @@ impl<'a> Plan<'a> {
                 self.st.waiting_for = None;
                 self.st.start_time.get_or_insert(Time(self.s.now));
                 self.st.message = Some("suspending co-tenants".into());
-                self.notify(
-                    Severity::Normal,
-                    "Started",
-                    "left the queue; suspending the GPU's co-tenants".into(),
-                );
+                // A job that never waited says it started with its first Suspended (or
+                // Starting) Event.
+                if was_queued {
+                    self.notify(
+                        Severity::Normal,
+                        "Started",
+                        "left the queue; suspending the GPU's co-tenants".into(),
+                    );
+                }
             }
             Turn::Next { active } => {
                 // Join holds already in place, so the co-tenants stay down between the two jobs.

@@ -40,21 +40,53 @@ impl<'a> Plan<'a> {
             if !releasing.is_empty() {
                 parts.push(format!("{} to answer its release call", releasing.join(", ")));
             }
-            self.st.message = Some(format!("waiting for {}", parts.join(" and ")));
+            let message = format!("waiting for {}", parts.join(" and "));
+            // Right after leaving the queue, each pod that stops is no news worth a status write
+            // of its own (most stop within a second): the first "waiting for" message stands
+            // until WAIT_NEWS_AFTER has passed, then follows every change again.
+            let since = self
+                .st
+                .start_time
+                .as_ref()
+                .map(|t| self.s.now.as_second() - t.0.as_second());
+            let quiet = since.filter(|&s| s >= 0 && s < WAIT_NEWS_AFTER.as_secs() as i64);
+            match quiet {
+                Some(s)
+                    if self
+                        .st
+                        .message
+                        .as_deref()
+                        .is_some_and(|m| m.starts_with("waiting for ")) =>
+                {
+                    let left = Duration::from_secs((WAIT_NEWS_AFTER.as_secs() as i64 - s).max(1) as u64);
+                    self.requeue = Some(self.requeue.map_or(left, |r| r.min(left)));
+                }
+                _ => self.st.message = Some(message),
+            }
             self.requeue_for_deadline();
             return;
         }
-        // Record Running first and create the pod on the next reconcile (`running` creates a
-        // missing attempt). A Vidi pod then exists only while the persisted phase tells rivals
-        // that the pool is taken: a crash between creating the pod and writing this status can
-        // no longer let an older job that was skipped (suspended) start beside it (invariant 3).
+        // Running and the first attempt are recorded in one status write. The adapters create
+        // the Vidi pod only once that status has landed (`StartAttempt` runs after the status
+        // write), so a Vidi pod exists only while the persisted phase tells rivals that the pool
+        // is taken: a crash in between leaves a Running job without its pod, which `running`
+        // creates (invariant 3).
         self.st.phase = Phase::Running;
         self.st.precision = Some(precision::first(
             self.s.job.spec.model.precision,
             self.s.gpu_total_bytes,
         ));
         self.st.message = Some("co-tenants suspended; starting Vidi".into());
-        self.requeue = Some(START_DELAY);
+        let number = self.current_number().max(1);
+        if self.s.attempts.iter().any(|a| a.number == number) {
+            // An attempt of this number exists already (a view that lags, or a resumed job's
+            // old pod): `running` looks at it on the next pass, never in a decision that may
+            // have written holds already.
+            self.requeue = Some(START_DELAY);
+            return;
+        }
+        let precision = self.st.precision.unwrap_or(Precision::Fp16);
+        self.start_attempt(number, precision);
     }
 
     pub(super) fn running(&mut self) {
@@ -82,7 +114,9 @@ impl<'a> Plan<'a> {
             return self.start_attempt(number, precision);
         };
         self.st.pod_name = Some(attempt.name.clone());
-        if attempt.node.is_some() {
+        // The node is recorded once Vidi runs there (or is held up there): a pod merely scheduled
+        // is no news worth a status write of its own.
+        if attempt.node.is_some() && !matches!(attempt.state, AttemptState::Pending { waiting: None }) {
             self.st.node = attempt.node.clone();
         }
         if let Some(report) = attempt
@@ -100,7 +134,8 @@ impl<'a> Plan<'a> {
             AttemptState::Pending { waiting } => {
                 self.st.message = Some(match waiting {
                     Some(why) => format!("Vidi attempt {number} is pending: {why}"),
-                    None => format!("Vidi attempt {number} is starting ({precision})"),
+                    // As `start_attempt` said: a pod that is simply starting changes nothing.
+                    None => format!("starting Vidi attempt {number} at {precision}"),
                 });
                 self.requeue_for_deadline();
             }
