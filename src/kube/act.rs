@@ -20,6 +20,7 @@ use super::Error;
 use super::observe::MANAGER;
 use super::pod::{self, PodDefaults};
 use super::seen::{Writes, Wrote};
+use super::write;
 
 /// What the actions need besides the job.
 pub struct Actor<'a> {
@@ -171,15 +172,10 @@ pub(super) async fn patch_workload(client: &Client, target: &CoTenantId, patch: 
         ..Default::default()
     };
     let merge = Patch::Merge(&patch);
+    let (ns, name) = (&target.namespace, &target.name);
     let result = match target.kind {
-        WorkloadKind::Deployment => Api::<Deployment>::namespaced(client.clone(), &target.namespace)
-            .patch(&target.name, &params, &merge)
-            .await
-            .map(|_| ()),
-        WorkloadKind::StatefulSet => Api::<StatefulSet>::namespaced(client.clone(), &target.namespace)
-            .patch(&target.name, &params, &merge)
-            .await
-            .map(|_| ()),
+        WorkloadKind::Deployment => write::patch::<Deployment, _>(client, ns, name, &params, &merge).await,
+        WorkloadKind::StatefulSet => write::patch::<StatefulSet, _>(client, ns, name, &params, &merge).await,
         WorkloadKind::Container | WorkloadKind::Command => return Err(Error::Unsupported(target.to_string())),
     };
     result.map_err(|source| match source {
@@ -217,13 +213,12 @@ pub(super) async fn unmark_pods(client: &Client, target: &CoTenantId, pods: &[St
 /// Merge-patches each pod of `target` named in `pods`; a pod already gone is skipped (a marked
 /// pod is meant to go).
 async fn patch_pods(client: &Client, target: &CoTenantId, pods: &[String], patch: &Value) -> Result<(), Error> {
-    let api: Api<Pod> = Api::namespaced(client.clone(), &target.namespace);
     let params = PatchParams {
         field_manager: Some(MANAGER.into()),
         ..Default::default()
     };
     for name in pods {
-        match api.patch(name, &params, &Patch::Merge(patch)).await {
+        match write::patch::<Pod, _>(client, &target.namespace, name, &params, &Patch::Merge(patch)).await {
             Ok(_) => {}
             Err(kube::Error::Api(e)) if e.code == 404 => {}
             Err(source) => {
@@ -389,17 +384,11 @@ impl Actor<'_> {
                     if let Some(choice) = job.status.as_ref().and_then(|s| s.node_choice.as_ref()) {
                         pod::pin(&mut pod, &choice.node);
                     }
-                    let pods: Api<Pod> = Api::namespaced(self.client.clone(), &ns);
-                    match pods
-                        .create(
-                            &PostParams {
-                                field_manager: Some(MANAGER.into()),
-                                ..Default::default()
-                            },
-                            &pod,
-                        )
-                        .await
-                    {
+                    let params = PostParams {
+                        field_manager: Some(MANAGER.into()),
+                        ..Default::default()
+                    };
+                    match write::create(self.client, &ns, &params, &pod).await {
                         Ok(_) => self.writes.push(Wrote::PodCreated {
                             pod: ObjectRef::new(name).within(&ns),
                         }),

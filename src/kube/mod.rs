@@ -15,6 +15,7 @@ mod reconcile;
 mod seen;
 mod status;
 mod sweep;
+mod write;
 
 pub use act::HELD_SINCE;
 pub use cache::Scope;

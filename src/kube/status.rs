@@ -1,6 +1,6 @@
 //! Status writes: a merge patch guarded by the resourceVersion the plan was made from.
+use kube::ResourceExt;
 use kube::api::{Patch, PatchParams};
-use kube::{Api, ResourceExt};
 use serde_json::{Value, json};
 
 use crate::api::{VidiJob, VidiJobStatus};
@@ -25,7 +25,6 @@ pub(super) async fn write_status(
         }
     }
     let ns = job.namespace().unwrap_or_default();
-    let jobs: Api<VidiJob> = Api::namespaced(ctx.client.clone(), &ns);
     let params = PatchParams {
         field_manager: Some(MANAGER.into()),
         ..Default::default()
@@ -34,7 +33,9 @@ pub(super) async fn write_status(
         "metadata": {"resourceVersion": job.metadata.resource_version},
         "status": body,
     });
-    match jobs.patch_status(&job.name_any(), &params, &Patch::Merge(patch)).await {
+    match super::write::patch_status::<VidiJob, _>(&ctx.client, &ns, &job.name_any(), &params, &Patch::Merge(patch))
+        .await
+    {
         Ok(_) => Ok(true),
         Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
         Err(source) => Err(Error::Write {
