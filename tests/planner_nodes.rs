@@ -4,7 +4,7 @@ mod support;
 
 use vidi_operator::api::{CoTenantPolicy, NodeChoice, Phase, WorkloadKind};
 use vidi_operator::plan::placement::{Autoscaled, CoTenantPod, GpuNode, NodeHold, Placement};
-use vidi_operator::plan::{CoTenant, JobKey, Severity};
+use vidi_operator::plan::{AttemptState, CoTenant, JobKey, Severity};
 
 use support::*;
 
@@ -139,13 +139,14 @@ fn suspending_waits_only_for_the_pods_on_the_chosen_node() {
     assert_eq!(d.status.phase, Phase::Running);
 }
 
-/// `s` with job `a` holding `tts` on gpu-2 (3 → 2), tts-c marked, Vidi finished with `code`.
-fn held_and_finished(code: i32, tts_c_survived: bool) -> Snap {
-    let (s, tts, _) = spread();
-    let mut held = tts.clone().replicas(2).pods(2);
+/// `s` with job `a` Running (policy All) on gpu-2 with attempt 1 `attempt`, holding `held` (tts as
+/// the view shows it, originally 3) there: one replica removed, tts-c marked.
+fn holding_tts_on_gpu2(s: Snap, held: CoTenant, attempt: AttemptState) -> Snap {
+    let id = held.id.clone();
+    let mut held = held;
     held.holders = [key("a")].into();
     held.original_replicas = Some(3);
-    let mut s = s.running().attempt(1, finished(code)).status(|st| {
+    let mut s = s.running().attempt(1, attempt).status(|st| {
         st.policy = Some(CoTenantPolicy::All);
         st.node_choice = Some(NodeChoice {
             node: "gpu-2".into(),
@@ -154,11 +155,18 @@ fn held_and_finished(code: i32, tts_c_survived: bool) -> Snap {
     });
     s.0.co_tenants[0] = held;
     s.0.placement.node_holds = vec![NodeHold {
-        co_tenant: tts.id.clone(),
+        co_tenant: id,
         node: "gpu-2".into(),
         removed: 1,
         marked_pods: vec!["tts-c".into()],
     }];
+    s
+}
+
+/// `s` with job `a` holding `tts` on gpu-2 (3 → 2), tts-c marked, Vidi finished with `code`.
+fn held_and_finished(code: i32, tts_c_survived: bool) -> Snap {
+    let (s, tts, _) = spread();
+    let mut s = holding_tts_on_gpu2(s, tts.replicas(2).pods(2), finished(code));
     if tts_c_survived {
         for p in s.0.placement.pods.iter_mut().filter(|p| p.name == "tts-c") {
             p.marked_by = Some(key("a"));
@@ -275,23 +283,7 @@ fn an_autoscaled_deployment_yields_whole() {
 #[test]
 fn a_node_hold_scaled_back_up_is_scaled_down_to_its_floor_again() {
     let (s, tts, _) = spread();
-    let mut held = tts.clone().replicas(3).pods(2).scaled_by("argocd");
-    held.holders = [key("a")].into();
-    held.original_replicas = Some(3);
-    let mut s = s.running().attempt(1, pending()).status(|st| {
-        st.policy = Some(CoTenantPolicy::All);
-        st.node_choice = Some(NodeChoice {
-            node: "gpu-2".into(),
-            reason: "test".into(),
-        });
-    });
-    s.0.co_tenants[0] = held;
-    s.0.placement.node_holds = vec![NodeHold {
-        co_tenant: tts.id.clone(),
-        node: "gpu-2".into(),
-        removed: 1,
-        marked_pods: vec!["tts-c".into()],
-    }];
+    let mut s = holding_tts_on_gpu2(s, tts.replicas(3).pods(2).scaled_by("argocd"), pending());
     s.0.placement.pods.retain(|p| p.name != "tts-c");
     let d = s.plan();
     assert_eq!(
