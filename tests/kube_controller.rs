@@ -251,6 +251,43 @@ async fn happy_path_suspends_runs_and_restores() {
         assert_eq!(found[0]["related"]["kind"], "Deployment");
     }
 
+    // Each write once: the reconcile after a write plans from caches that have it (`kube::seen`),
+    // so nothing is refused as stale and nothing is written twice.
+    let writes = |verb: &str, resource: &str, subresource: &str| {
+        api.access_records()
+            .iter()
+            .filter(|r| r.is_write() && r.access.verb == verb && r.access.resource == resource)
+            .filter(|r| r.access.subresource == subresource)
+            .map(|r| r.code)
+            .collect::<Vec<u16>>()
+    };
+    let refused: Vec<String> = api
+        .access_records()
+        .iter()
+        .filter(|r| r.is_write() && r.code == 409)
+        .map(|r| {
+            format!(
+                "{} {}/{} {:?}",
+                r.access.verb, r.access.resource, r.access.subresource, r.name
+            )
+        })
+        .collect();
+    assert!(refused.is_empty(), "writes refused as stale: {refused:?}");
+    assert_eq!(
+        writes("patch", "deployments", ""),
+        [200; 4],
+        "suspend and restore each co-tenant once"
+    );
+    assert_eq!(writes("create", "pods", ""), [201], "one Vidi pod");
+    assert_eq!(writes("patch", "vidijobs", ""), [200], "the finalizer, once");
+    // Suspending; Running with attempt 1; running on its node (skipped when the reconcile only
+    // sees the pod after it has ended); Succeeded.
+    let status_writes = writes("patch", "vidijobs", "status");
+    assert!(
+        (3..=4).contains(&status_writes.len()) && status_writes.iter().all(|c| *c == 200),
+        "status writes: {status_writes:?}"
+    );
+
     // Every call the controller made is granted by the chart's RBAC rules, and every rule is used.
     let granted: std::collections::BTreeSet<(String, String, String)> = vidi_operator::kube::rbac::rules()
         .iter()
