@@ -118,3 +118,59 @@ async fn a_stalled_subscriber_holds_the_watch_back_instead_of_queueing() {
         t.abort();
     }
 }
+
+#[tokio::test]
+async fn seen_waits_for_a_change_the_cache_applies_and_gives_up_at_its_limit() {
+    let api = standin().await;
+    let (cache, _subs, tasks) = pod_feed(&api, 0).await;
+    let key = ObjectRef::<Pod>::new("p").within(NS);
+    // Not there, nothing coming: false once the limit has passed, not before.
+    let started = std::time::Instant::now();
+    assert!(!cache.seen(&key, |p| p.is_some(), Duration::from_millis(300)).await);
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    // Created while waiting: seen as soon as the watch delivers it.
+    let waiting = {
+        let cache = cache.clone();
+        let key = key.clone();
+        tokio::spawn(async move { cache.seen(&key, |p| p.is_some(), WAIT).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let created = match api.create(&Gvr::pods(), NS, pod("p")) {
+        Ok(p) => p,
+        Err(e) => panic!("create: {e:?}"),
+    };
+    let started = std::time::Instant::now();
+    assert!(matches!(waiting.await, Ok(true)), "the creation was never seen");
+    assert!(
+        started.elapsed() < WAIT / 2,
+        "seen only at the limit: {:?}",
+        started.elapsed()
+    );
+    let before = created["metadata"]["resourceVersion"].as_str().map(String::from);
+    assert_eq!(
+        cache.get(&key).and_then(|p| p.metadata.resource_version.clone()),
+        before
+    );
+    // A later version: what a guarded write waits for.
+    if let Err(e) = api.patch_as(
+        "someone",
+        &Gvr::pods(),
+        NS,
+        "p",
+        json!({"metadata": {"labels": {"x": "1"}}}),
+    ) {
+        panic!("patch: {e:?}");
+    }
+    let changed = |p: Option<&Pod>| p.is_none_or(|p| p.metadata.resource_version != before);
+    assert!(cache.seen(&key, changed, WAIT).await);
+    assert_eq!(
+        cache
+            .get(&key)
+            .and_then(|p| p.metadata.labels.clone())
+            .unwrap_or_default()["x"],
+        "1"
+    );
+    for t in tasks {
+        t.abort();
+    }
+}
