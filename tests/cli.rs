@@ -128,3 +128,32 @@ fn with_o_json_an_error_is_the_last_json_line_too() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.matches("error:").count(), 1, "{err}");
 }
+
+#[test]
+fn run_refuses_a_metrics_port_already_taken() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a port");
+    let addr = taken.local_addr().expect("its address");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let kubeconfig = dir.path().join("kubeconfig");
+    // A kube context that is never reached: the port is checked before anything talks to it.
+    std::fs::write(
+        &kubeconfig,
+        "apiVersion: v1\nkind: Config\nclusters: [{name: c, cluster: {server: 'http://127.0.0.1:9'}}]\n\
+         users: [{name: u, user: {}}]\ncontexts: [{name: x, context: {cluster: c, user: u}}]\ncurrent-context: x\n",
+    )
+    .expect("kubeconfig");
+    let out = Command::new(BIN)
+        .args(["run", "--metrics-addr", &addr.to_string()])
+        .env("KUBECONFIG", &kubeconfig)
+        .env_remove("VIDI_LEADER_ELECTION")
+        .env_remove("VIDI_METRICS_ADDR")
+        .output()
+        .expect("run vidi-operator");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!("cannot listen on --metrics-addr {addr}")),
+        "{err}"
+    );
+    assert!(!err.contains('\u{1b}'), "no colour codes off a terminal: {err:?}");
+}

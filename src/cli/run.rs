@@ -109,15 +109,21 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     // The controller fills the scrape-time gauges (jobs by phase, holds, queue) from its caches.
     let jobs_cache: Arc<std::sync::Mutex<Option<Cache<VidiJob>>>> = Arc::default();
     let refresh = Arc::new(|| {});
+    // Bound before anything else starts: a port already taken is an error now, not a probe that
+    // fails later; and the log names the port actually bound (`--metrics-addr 127.0.0.1:0`).
+    let listener = tokio::net::TcpListener::bind(args.metrics_addr)
+        .await
+        .with_context(|| format!("cannot listen on --metrics-addr {}", args.metrics_addr))?;
+    let addr = listener.local_addr().unwrap_or(args.metrics_addr);
     let server = tokio::spawn({
-        let (addr, health, metrics) = (args.metrics_addr, health.clone(), metrics.clone());
+        let (health, metrics) = (health.clone(), metrics.clone());
         async move {
-            if let Err(e) = telemetry::serve(addr, health, metrics, refresh).await {
+            if let Err(e) = telemetry::serve_on(listener, health, metrics, refresh).await {
                 tracing::error!(%addr, error = %e, "cannot serve /healthz, /readyz and /metrics");
             }
         }
     });
-    tracing::info!(addr = %args.metrics_addr, "serving /healthz, /readyz and /metrics");
+    tracing::info!(%addr, "serving /healthz, /readyz and /metrics");
 
     let stop = async {
         tokio::select! {

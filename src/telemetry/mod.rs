@@ -18,12 +18,20 @@ pub enum LogFormat {
     Json,
 }
 
+/// Colours only on a terminal: a log redirected to a file or read through `kubectl logs` gets no
+/// escape codes.
+fn colour() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none()
+}
+
 /// Sets up `tracing` (RUST_LOG filters; default info).
 pub fn init_logging(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour())
         .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Json => builder.json().try_init(),
@@ -37,6 +45,7 @@ pub fn init_logging_on_request() {
     if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_default_env() {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(filter)
+            .with_ansi(colour())
             .with_writer(std::io::stderr)
             .try_init();
     }
@@ -63,18 +72,8 @@ struct Endpoints {
     refresh: Arc<dyn Fn() + Send + Sync>,
 }
 
-/// Serves `/healthz`, `/readyz` and `/metrics` on `addr` until the process ends. `refresh` runs
+/// Serves `/healthz`, `/readyz` and `/metrics` on `listener` until the process ends. `refresh` runs
 /// before each scrape (it updates gauges computed from caches).
-pub async fn serve(
-    addr: std::net::SocketAddr,
-    health: Health,
-    metrics: Metrics,
-    refresh: Arc<dyn Fn() + Send + Sync>,
-) -> std::io::Result<()> {
-    serve_on(tokio::net::TcpListener::bind(addr).await?, health, metrics, refresh).await
-}
-
-/// [`serve`] on a listener already bound (tests bind port 0).
 pub async fn serve_on(
     listener: tokio::net::TcpListener,
     health: Health,
