@@ -35,6 +35,7 @@ pub(super) async fn reconcile(job: Arc<VidiJob>, ctx: Arc<Context>) -> Result<Re
             return Ok(Requeue::requeue(Duration::from_millis(500)));
         }
         ctx.metrics.reconciles.inc();
+        tracing::debug!("planning");
         if ctx.settings.dry_run {
             // A dry run writes nothing at all: no finalizer, no status, no Event. It says what it
             // would do in the log.
