@@ -440,10 +440,11 @@ pub fn trim_pod(pod: &mut Pod) {
     }
 }
 
-/// Deployments: replicas, selector and marks are read, never the pod template.
+/// Deployments: replicas, selector and marks are read, never the pod template nor the status.
 pub fn trim_deployment(d: &mut Deployment) {
     trim_to_replica_managers(d);
     d.spec.template = Default::default();
+    d.status = None;
 }
 
 /// StatefulSets: as Deployments, and their volume claim templates.
@@ -451,6 +452,7 @@ pub fn trim_statefulset(s: &mut StatefulSet) {
     trim_to_replica_managers(s);
     s.spec.template = Default::default();
     s.spec.volume_claim_templates = None;
+    s.status = None;
 }
 
 /// Nodes: labels, capacity, allocatable and conditions are read; not the list of every image
