@@ -220,6 +220,28 @@ fn proc_cpu_seconds(pid: u32) -> Option<f64> {
     Some(ticks as f64 / 100.0)
 }
 
+/// The operator's /metrics address, from its log line `serving /healthz, /readyz and /metrics
+/// addr=…` (it binds port 0 and logs the port it got).
+fn metrics_addr(log: &std::path::Path) -> Option<String> {
+    let text = std::fs::read_to_string(log).ok()?;
+    let line = text.lines().find(|l| l.contains("serving /healthz"))?;
+    Some(line.rsplit("addr=").next()?.trim().to_string())
+}
+
+/// `vidi_operator_reconciles_total` from the operator's /metrics.
+fn reconciles(addr: &str) -> Option<f64> {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(addr).ok()?;
+    conn.write_all(b"GET /metrics HTTP/1.0\r\nHost: bench\r\n\r\n").ok()?;
+    let mut text = String::new();
+    conn.read_to_string(&mut text).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("vidi_operator_reconciles_total "))?
+        .trim()
+        .parse()
+        .ok()
+}
+
 fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
 }
@@ -601,6 +623,8 @@ async fn bench() {
     let rss_loaded = proc_kib(pid, "VmRSS:").unwrap_or(0);
     api.clear_access_log();
     let rv_measure = api.resource_version();
+    let metrics = metrics_addr(&target.join("bench-controller-operator.log"));
+    let reconciles_before = metrics.as_deref().and_then(reconciles);
     let cpu_before = proc_cpu_seconds(pid).unwrap_or(0.0);
     eprintln!(
         "background ready: {background_jobs} jobs; operator VmRSS {:.2} MiB; measuring {} jobs one at a time",
@@ -669,6 +693,10 @@ async fn bench() {
     let measure_secs = measure_start.elapsed().as_secs_f64();
     let rss_peak_measuring = sampler.stop();
     let cpu_measuring = proc_cpu_seconds(pid).unwrap_or(0.0) - cpu_before;
+    let reconciles_measuring = match (reconciles_before, metrics.as_deref().and_then(reconciles)) {
+        (Some(before), Some(after)) => Some(after - before),
+        _ => None,
+    };
     let rss_end = proc_kib(pid, "VmRSS:").unwrap_or(0);
     let (requests, watched, reasons) = traffic(&api, rv_measure);
     let hwm = proc_kib(pid, "VmHWM:").unwrap_or(0);
@@ -768,6 +796,11 @@ async fn bench() {
     println!("  operator requests per job lifecycle: {}", line(&requests));
     println!("  changes it watched per job lifecycle: {}", line(&watched));
     println!("  Events created per job lifecycle, by reason: {}", line(&reasons));
+    let reconciles_per = reconciles_measuring.map(|n| n / lifecycles);
+    match reconciles_per {
+        Some(n) => println!("  reconciles per job lifecycle: {n:.2}"),
+        None => println!("  reconciles per job lifecycle: unknown (the operator's /metrics could not be read)"),
+    }
     println!("total bench time {:.1?}", total_start.elapsed());
 
     let report = json!({
@@ -796,6 +829,7 @@ async fn bench() {
         "operator_requests_per_lifecycle": per(&requests),
         "watched_changes_per_lifecycle": per(&watched),
         "events_created_per_lifecycle": per(&reasons),
+        "reconciles_per_lifecycle": reconciles_per,
         "targets": {"median_ms": MEDIAN_TARGET_MS, "p99_ms": P99_TARGET_MS, "rss_mib": rss_target, "cpu_ms_per_lifecycle": CPU_TARGET_MS},
     });
     let out = target.join(format!("bench-controller-x{}.json", scale()));
