@@ -102,10 +102,7 @@ fn dump(api: &Standin) -> String {
     }
     let records = api.access_records();
     for r in records.iter().rev().take(30).rev() {
-        out += &format!(
-            "call {} {}/{} {:?} -> {}\n",
-            r.access.verb, r.access.resource, r.access.subresource, r.name, r.code
-        );
+        out += &format!("call {r}\n");
     }
     out
 }
@@ -265,12 +262,7 @@ async fn happy_path_suspends_runs_and_restores() {
         .access_records()
         .iter()
         .filter(|r| r.is_write() && r.code == 409)
-        .map(|r| {
-            format!(
-                "{} {}/{} {:?}",
-                r.access.verb, r.access.resource, r.access.subresource, r.name
-            )
-        })
+        .map(|r| r.to_string())
         .collect();
     assert!(refused.is_empty(), "writes refused as stale: {refused:?}");
     assert_eq!(

@@ -203,12 +203,7 @@ async fn dry_run_reports_what_would_be_suspended_and_changes_nothing() {
         .access_records()
         .into_iter()
         .filter(|r| r.is_write())
-        .map(|r| {
-            format!(
-                "{} {}/{} {:?}",
-                r.access.verb, r.access.resource, r.access.subresource, r.name
-            )
-        })
+        .map(|r| r.to_string())
         .collect();
     assert!(writes.is_empty(), "a dry run wrote: {writes:?}");
 }

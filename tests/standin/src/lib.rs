@@ -190,6 +190,22 @@ impl AccessRecord {
     }
 }
 
+/// `patch vidijobs/status gpu/m-1 -> 409`: one request as a test failure message shows it.
+impl std::fmt::Display for AccessRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.access.verb, self.access.resource)?;
+        if !self.access.subresource.is_empty() {
+            write!(f, "/{}", self.access.subresource)?;
+        }
+        if let Some(ns) = &self.namespace {
+            write!(f, " {ns}/")?;
+        } else {
+            write!(f, " ")?;
+        }
+        write!(f, "{} -> {}", self.name.as_deref().unwrap_or("*"), self.code)
+    }
+}
+
 /// How one client loses the API (see [`Standin::cut_off`]); other clients are unaffected.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Cut {
