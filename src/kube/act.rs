@@ -278,19 +278,8 @@ impl Actor<'_> {
 
     /// When the co-tenant's current hold began, from its cached `vidi.dev/held-since` mark.
     fn held_since(&self, target: &CoTenantId) -> Option<Timestamp> {
-        let (name, ns) = (&target.name, &target.namespace);
-        let annotations = match target.kind {
-            WorkloadKind::Deployment => {
-                let d = self.stores.deployments.get(&ObjectRef::new(name).within(ns))?;
-                d.metadata.annotations.clone()
-            }
-            WorkloadKind::StatefulSet => {
-                let s = self.stores.statefulsets.get(&ObjectRef::new(name).within(ns))?;
-                s.metadata.annotations.clone()
-            }
-            WorkloadKind::Container | WorkloadKind::Command => None,
-        };
-        annotations?.get(HELD_SINCE)?.parse().ok()
+        self.stores
+            .workload_meta(target, |m| m.annotations.as_ref()?.get(HELD_SINCE)?.parse().ok())
     }
 
     /// The version a co-tenant write lands on: the one it is guarded by, else the cached one.
@@ -298,24 +287,7 @@ impl Actor<'_> {
         if let Some(rv) = patch.pointer("/metadata/resourceVersion").and_then(Value::as_str) {
             return Some(rv.to_string());
         }
-        let (name, ns) = (&target.name, &target.namespace);
-        match target.kind {
-            WorkloadKind::Deployment => self
-                .stores
-                .deployments
-                .get(&ObjectRef::new(name).within(ns))?
-                .metadata
-                .resource_version
-                .clone(),
-            WorkloadKind::StatefulSet => self
-                .stores
-                .statefulsets
-                .get(&ObjectRef::new(name).within(ns))?
-                .metadata
-                .resource_version
-                .clone(),
-            WorkloadKind::Container | WorkloadKind::Command => None,
-        }
+        self.stores.workload_meta(target, |m| m.resource_version.clone())
     }
 
     /// Applies `actions` for `job` in order; stops at the first failure.

@@ -63,6 +63,17 @@ impl Stores {
         ];
         listed.into_iter().filter(|(_, ok)| !ok).map(|(name, _)| name).collect()
     }
+
+    /// `read` of the cached metadata of a Deployment or StatefulSet co-tenant (None for other
+    /// kinds, or when it is not cached).
+    pub fn workload_meta<R>(&self, target: &CoTenantId, read: impl FnOnce(&ObjectMeta) -> Option<R>) -> Option<R> {
+        let (name, ns) = (&target.name, &target.namespace);
+        match target.kind {
+            WorkloadKind::Deployment => read(&self.deployments.get(&ObjectRef::new(name).within(ns))?.metadata),
+            WorkloadKind::StatefulSet => read(&self.statefulsets.get(&ObjectRef::new(name).within(ns))?.metadata),
+            WorkloadKind::Container | WorkloadKind::Command => None,
+        }
+    }
 }
 
 /// Index key: every object of a namespace.
