@@ -406,12 +406,52 @@ async fn an_hpa_managed_deployment_yields_whole_and_comes_back_whole() {
     .await;
 }
 
+/// The pod-deletion-cost of each pod of `app` (None where it has none), and whether any pod
+/// still carries an annotation of the operator's.
+fn costs_and_marks(v: &View<'_>, app: &str) -> (BTreeMap<String, Option<String>>, bool) {
+    let pods = v.list(&Gvr::pods(), Some(NS));
+    let costs = pods
+        .iter()
+        .filter(|p| p["metadata"]["labels"]["app"] == app)
+        .map(|p| {
+            let cost = p["metadata"]["annotations"]["controller.kubernetes.io/pod-deletion-cost"]
+                .as_str()
+                .map(String::from);
+            (p["metadata"]["name"].as_str().unwrap_or_default().to_string(), cost)
+        })
+        .collect();
+    let marked = pods.iter().any(|p| {
+        p["metadata"]["annotations"]
+            .as_object()
+            .is_some_and(|a| a.keys().any(|k| k.starts_with("vidi.dev/")))
+    });
+    (costs, marked)
+}
+
 #[tokio::test]
 async fn a_crash_between_marking_and_scaling_down_leaves_no_annotation_behind() {
     let api = three_nodes().await;
     api.create(&Gvr::deployments(), NS, deployment("tts", NS, 3, true))
         .unwrap();
     settle(&api, "tts spread", |v| pods_of(v, "tts").len() == 3).await;
+    // The owner ranks its pods for scale-downs: each has a pod-deletion-cost of its own.
+    let owners: BTreeMap<String, Option<String>> = api
+        .wait_until(|v| Some(pods_of(v, "tts")), WAIT)
+        .await
+        .unwrap()
+        .into_keys()
+        .enumerate()
+        .map(|(i, p)| (p, Some((7 + i).to_string())))
+        .collect();
+    for (pod, cost) in &owners {
+        api.patch_json(
+            &Gvr::pods(),
+            NS,
+            pod,
+            json!({"metadata": {"annotations": {"controller.kubernetes.io/pod-deletion-cost": cost}}}),
+        )
+        .unwrap();
+    }
     // The pods get their marks; the scale-down that should follow fails (as if the operator
     // died between the two writes), and then the job is deleted.
     for _ in 0..200 {
@@ -419,15 +459,23 @@ async fn a_crash_between_marking_and_scaling_down_leaves_no_annotation_behind() 
     }
     let _op = Operator::start(&api);
     api.create(&Gvr::vidijobs(), NS, job("a")).unwrap();
-    settle(&api, "a pod marked", |v| {
-        v.list(&Gvr::pods(), Some(NS))
-            .iter()
-            .any(|p| p["metadata"]["annotations"]["vidi.dev/marked-by"] == "media/a")
+    // The mark records the owner's cost in the same write.
+    settle(&api, "a pod marked, its own cost recorded", |v| {
+        v.list(&Gvr::pods(), Some(NS)).iter().any(|p| {
+            let (name, a) = (
+                p["metadata"]["name"].as_str().unwrap_or_default(),
+                &p["metadata"]["annotations"],
+            );
+            a["vidi.dev/marked-by"] == "media/a"
+                && a["controller.kubernetes.io/pod-deletion-cost"] == "-1000"
+                && a["vidi.dev/deletion-cost-before"].as_str() == owners.get(name).cloned().flatten().as_deref()
+        })
     })
     .await;
     api.delete(&Gvr::vidijobs(), NS, "a").unwrap();
-    settle(&api, "the job gone and nothing left behind", |v| {
-        v.get(&Gvr::vidijobs(), NS, "a").is_none() && nothing_left_behind(v)
+    // Every pod as it was: the owner's costs back where they were, no mark.
+    settle(&api, "the job gone and every pod as it was", |v| {
+        v.get(&Gvr::vidijobs(), NS, "a").is_none() && costs_and_marks(v, "tts") == (owners.clone(), false)
     })
     .await;
     assert_eq!(api.get(&Gvr::deployments(), NS, "tts").unwrap()["spec"]["replicas"], 3);
@@ -443,22 +491,33 @@ async fn the_start_up_sweep_removes_marks_of_jobs_that_are_gone() {
     api.create(&Gvr::deployments(), NS, deployment("tts", NS, 2, true))
         .unwrap();
     settle(&api, "tts running", |v| pods_of(v, "tts").len() == 2).await;
-    let marked = api
+    let marked_pod = api
         .wait_until(|v| pods_of(v, "tts").into_keys().next(), WAIT)
         .await
         .unwrap();
     api.patch_json(
         &Gvr::pods(),
         NS,
-        &marked,
+        &marked_pod,
         json!({"metadata": {"annotations": {
             "controller.kubernetes.io/pod-deletion-cost": "-1000",
             "vidi.dev/marked-by": "media/gone",
+            "vidi.dev/deletion-cost-before": "3",
         }}}),
     )
     .unwrap();
     let _op = Operator::start(&api);
-    settle(&api, "the mark of the gone job removed", nothing_left_behind).await;
+    settle(
+        &api,
+        "the mark of the gone job removed and the owner's cost back",
+        |v| {
+            let (costs, marked) = costs_and_marks(v, "tts");
+            !marked
+                && costs.get(&marked_pod) == Some(&Some("3".to_string()))
+                && costs.values().filter(|c| c.is_some()).count() == 1
+        },
+    )
+    .await;
     assert_eq!(api.get(&Gvr::deployments(), NS, "tts").unwrap()["spec"]["replicas"], 2);
 }
 

@@ -43,6 +43,9 @@ pub const POD_DELETION_COST: &str = "controller.kubernetes.io/pod-deletion-cost"
 pub const YIELD_DELETION_COST: i32 = -1000;
 /// Annotation on a co-tenant pod: the job that set its pod-deletion-cost (`namespace/name`).
 pub const MARKED_BY: &str = "vidi.dev/marked-by";
+/// Annotation on a marked co-tenant pod: the pod-deletion-cost it had before the mark (absent
+/// when it had none), written with the mark and put back when the mark is removed.
+pub const DELETION_COST_BEFORE: &str = "vidi.dev/deletion-cost-before";
 /// Annotation on a co-tenant held on one node only: the node.
 pub const HOLD_NODE: &str = "vidi.dev/hold-node";
 /// Annotation on a co-tenant held on one node only: the replicas removed.

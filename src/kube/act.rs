@@ -10,8 +10,8 @@ use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::{Value, json};
 
 use crate::api::{
-    HELD_BY, HOLD_NODE, MARKED_BY, MARKED_PODS, ORIGINAL_REPLICAS, POD_DELETION_COST, RELEASED, REMOVED_REPLICAS,
-    ReleaseHook, ReleaseMark, ReleaseState, VidiJob, WorkloadKind, YIELD_DELETION_COST,
+    DELETION_COST_BEFORE, HELD_BY, HOLD_NODE, MARKED_BY, MARKED_PODS, ORIGINAL_REPLICAS, POD_DELETION_COST, RELEASED,
+    REMOVED_REPLICAS, ReleaseHook, ReleaseMark, ReleaseState, VidiJob, WorkloadKind, YIELD_DELETION_COST,
 };
 use crate::plan::{Action, CoTenantId, JobKey, Notice, Severity, Subject};
 use crate::release::{self, Call};
@@ -204,32 +204,82 @@ pub(super) async fn resume_call(target: &CoTenantId, hook: &ReleaseHook, call: b
         })
 }
 
-/// Removes the pod-deletion-cost and the mark from these pods of `target` (in its namespace).
-pub(super) async fn unmark_pods(client: &Client, target: &CoTenantId, pods: &[String]) -> Result<(), Error> {
-    let patch = json!({"metadata": {"annotations": {POD_DELETION_COST: null, MARKED_BY: null}}});
-    patch_pods(client, target, pods, &patch).await
+/// Gives these pods of `target` the low pod-deletion-cost and `holder`'s mark. The same write
+/// records the cost a pod had before (`vidi.dev/deletion-cost-before`), so that removing the mark
+/// puts the owner's cost back. A pod already marked keeps the record of its first mark.
+pub(super) async fn mark_pods(
+    client: &Client,
+    target: &CoTenantId,
+    pods: &[String],
+    holder: &JobKey,
+) -> Result<(), Error> {
+    for name in pods {
+        let Some(pod) = read_pod(client, target, name).await? else {
+            continue;
+        };
+        let before = pod.annotations();
+        let mut marks = serde_json::Map::new();
+        marks.insert(POD_DELETION_COST.into(), YIELD_DELETION_COST.to_string().into());
+        marks.insert(MARKED_BY.into(), holder.to_string().into());
+        if !before.contains_key(MARKED_BY)
+            && let Some(cost) = before.get(POD_DELETION_COST)
+        {
+            marks.insert(DELETION_COST_BEFORE.into(), cost.clone().into());
+        }
+        patch_pod(client, target, &pod, Value::Object(marks)).await?;
+    }
+    Ok(())
 }
 
-/// Merge-patches each pod of `target` named in `pods`; a pod already gone is skipped (a marked
-/// pod is meant to go).
-async fn patch_pods(client: &Client, target: &CoTenantId, pods: &[String], patch: &Value) -> Result<(), Error> {
+/// Removes the mark from these pods of `target` (in its namespace) and puts back the
+/// pod-deletion-cost each had before it (none, if it had none). A pod that is gone or carries no
+/// mark is left alone.
+pub(super) async fn unmark_pods(client: &Client, target: &CoTenantId, pods: &[String]) -> Result<(), Error> {
+    for name in pods {
+        let Some(pod) = read_pod(client, target, name).await? else {
+            continue;
+        };
+        let marks = pod.annotations();
+        if !marks.contains_key(MARKED_BY) {
+            continue;
+        }
+        let cost = marks
+            .get(DELETION_COST_BEFORE)
+            .map_or(Value::Null, |c| c.clone().into());
+        let annotations = json!({POD_DELETION_COST: cost, MARKED_BY: null, DELETION_COST_BEFORE: null});
+        patch_pod(client, target, &pod, annotations).await?;
+    }
+    Ok(())
+}
+
+/// A co-tenant pod as the API has it now (the cache may lag the mark this decision undoes); None
+/// once it is gone (a marked pod is meant to go).
+async fn read_pod(client: &Client, target: &CoTenantId, name: &str) -> Result<Option<Pod>, Error> {
+    Api::<Pod>::namespaced(client.clone(), &target.namespace)
+        .get_opt(name)
+        .await
+        .map_err(|source| Error::Read {
+            what: format!("pod {}/{name}", target.namespace),
+            source,
+        })
+}
+
+/// Merge-patches `annotations` onto `pod`, guarded by the version just read: a pod changed in
+/// between (its owner set another cost) is a conflict, and the next plan reads it again.
+async fn patch_pod(client: &Client, target: &CoTenantId, pod: &Pod, annotations: Value) -> Result<(), Error> {
     let params = PatchParams {
         field_manager: Some(MANAGER.into()),
         ..Default::default()
     };
-    for name in pods {
-        match write::patch::<Pod, _>(client, &target.namespace, name, &params, &Patch::Merge(patch)).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(e)) if e.code == 404 => {}
-            Err(source) => {
-                return Err(Error::Write {
-                    what: format!("pod {}/{name}", target.namespace),
-                    source,
-                });
-            }
-        }
+    let name = pod.name_any();
+    let patch = json!({"metadata": {"annotations": annotations, "resourceVersion": pod.resource_version()}});
+    let what = format!("pod {}/{name}", target.namespace);
+    match write::patch::<Pod, _>(client, &target.namespace, &name, &params, &Patch::Merge(&patch)).await {
+        Ok(()) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 409 => Err(Error::Conflict { what }),
+        Err(source) => Err(Error::Write { what, source }),
     }
-    Ok(())
 }
 
 impl Actor<'_> {
@@ -309,13 +359,7 @@ impl Actor<'_> {
                         self.metrics.count_co_tenant_write(action, held_since, now);
                     }
                 }
-                Action::MarkPods { target, pods, holder } => {
-                    let patch = json!({"metadata": {"annotations": {
-                        POD_DELETION_COST: YIELD_DELETION_COST.to_string(),
-                        MARKED_BY: holder.to_string(),
-                    }}});
-                    patch_pods(self.client, target, pods, &patch).await?;
-                }
+                Action::MarkPods { target, pods, holder } => mark_pods(self.client, target, pods, holder).await?,
                 Action::UnmarkPods { target, pods } => unmark_pods(self.client, target, pods).await?,
                 Action::Hold { .. }
                 | Action::HoldInPlace { .. }
