@@ -463,7 +463,8 @@ async fn logs_across_attempts_one_attempt_and_follow() {
         "{text}"
     );
 
-    // -f follows the latest attempt as it logs, and ends when its container does.
+    // -f --attempt follows that attempt as it logs, and ends when its container does (the job
+    // has not ended).
     api.patch_status(
         &Gvr::pods(),
         NS,
@@ -473,7 +474,7 @@ async fn logs_across_attempts_one_attempt_and_follow() {
     .expect("running");
     api.append_log(NS, "retried-vidi-3", "vidi", "int4\n");
     let mut child = cli
-        .command(&["logs", "-n", NS, "retried", "-f"])
+        .command(&["logs", "-n", NS, "retried", "-f", "--attempt", "3"])
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("spawn");
@@ -492,7 +493,103 @@ async fn logs_across_attempts_one_attempt_and_follow() {
     assert_eq!(seen, "int4\n2 segments\n");
 }
 
-async fn read_until(out: &mut tokio::process::ChildStdout, seen: &mut String, end: &str) {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follow_waits_for_vidi_to_start_and_follows_every_retry_to_the_end() {
+    let api = standin_with_claims(&[]).await;
+    api.kubelet().set_enabled(false);
+    let cli = Cli::new(&api);
+    let j = job_with_status(
+        &api,
+        "later",
+        json!({"phase": "Queued", "message": "behind media/first (1 ahead)"}),
+    );
+    let mut child = cli
+        .command(&["logs", "-n", NS, "later", "-f"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let (mut stdout, mut stderr) = (
+        child.stdout.take().expect("stdout"),
+        child.stderr.take().expect("stderr"),
+    );
+    let (mut seen, mut told) = (String::new(), String::new());
+    // Queued: no pod yet, so it waits and says for what.
+    read_until(
+        &mut stderr,
+        &mut told,
+        "waiting for VidiJob media/later to start Vidi: Queued: behind media/first (1 ahead)\n",
+    )
+    .await;
+    // Its turn: the first attempt's pod, whose gate still waits for free memory.
+    api.patch_status(
+        &Gvr::vidijobs(),
+        NS,
+        "later",
+        json!({"status": {"phase": "Running", "attempts": 1, "podName": "later-vidi-1"}}),
+    )
+    .expect("running");
+    attempt_pod(&api, &j, 1, json!({"waiting": {"reason": "PodInitializing"}}));
+    read_until(&mut stderr, &mut told, "waiting to start: PodInitializing\n").await;
+    assert!(
+        told.contains("waiting for attempt 1's container to start (pod later-vidi-1)"),
+        "{told}"
+    );
+    api.patch_status(
+        &Gvr::pods(),
+        NS,
+        "later-vidi-1",
+        json!({"status": {"containerStatuses": [{"name": "vidi", "state": {"running": {}}}]}}),
+    )
+    .expect("started");
+    api.append_log(NS, "later-vidi-1", "vidi", "fp16\n");
+    read_until(&mut stdout, &mut seen, "fp16\n").await;
+    // The attempt fails; the retry is a new pod, followed under its own header.
+    api.append_log(NS, "later-vidi-1", "vidi", "CUDA out of memory\n");
+    api.patch_status(&Gvr::pods(), NS, "later-vidi-1", json!({"status": {"phase": "Failed", "containerStatuses": [{"name": "vidi", "state": {"terminated": {"exitCode": 3}}}]}}))
+        .expect("failed");
+    read_until(&mut stdout, &mut seen, "CUDA out of memory\n").await;
+    api.patch_status(
+        &Gvr::vidijobs(),
+        NS,
+        "later",
+        json!({"status": {"phase": "Running", "attempts": 2, "podName": "later-vidi-2"}}),
+    )
+    .expect("retrying");
+    attempt_pod(&api, &j, 2, json!({"running": {}}));
+    api.append_log(NS, "later-vidi-2", "vidi", "int8\n2 segments\n");
+    read_until(&mut stdout, &mut seen, "2 segments\n").await;
+    api.patch_status(&Gvr::pods(), NS, "later-vidi-2", json!({"status": {"phase": "Succeeded", "containerStatuses": [{"name": "vidi", "state": {"terminated": {"exitCode": 0}}}]}}))
+        .expect("ended");
+    // The container has ended but the job has not: the follow goes on until it has.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        child.try_wait().expect("child").is_none(),
+        "-f ended before the job did"
+    );
+    api.patch_status(&Gvr::vidijobs(), NS, "later", json!({"status": {"phase": "Succeeded"}}))
+        .expect("succeeded");
+    let status = tokio::time::timeout(WAIT, child.wait())
+        .await
+        .expect("-f ends with the job")
+        .expect("exit");
+    assert_eq!(status.code(), Some(0));
+    assert_eq!(
+        seen,
+        "fp16\nCUDA out of memory\n==> attempt 2 (pod later-vidi-2) <==\nint8\n2 segments\n"
+    );
+
+    // A job that ended without ever starting Vidi has no log to follow: said so, exit 1.
+    job_with_status(&api, "refused", json!({"phase": "Failed", "reason": "BadInput"}));
+    let out = cli.run(&["logs", "-n", NS, "refused", "-f"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "error: VidiJob media/refused has no pod yet (phase Failed)\n"
+    );
+}
+
+async fn read_until(out: &mut (impl tokio::io::AsyncRead + Unpin), seen: &mut String, end: &str) {
     use tokio::io::AsyncReadExt as _;
     let deadline = Instant::now() + WAIT;
     while !seen.ends_with(end) {

@@ -66,7 +66,8 @@ enum Command {
         /// Only this attempt (1, 2, …).
         #[arg(long)]
         attempt: Option<u32>,
-        /// Stream the latest attempt's log (or --attempt's) until its container ends.
+        /// Stream the log as it comes: the latest attempt's and every retry's until the job ends
+        /// (waiting for Vidi to start if it has not), or only --attempt's until its container ends.
         #[arg(short = 'f', long)]
         follow: bool,
     },
@@ -133,8 +134,8 @@ async fn run(g: &Global, command: Command) -> anyhow::Result<ExitCode> {
                 if g.output != OutputFormat::Table {
                     anyhow::bail!("--follow streams plain text; -o json|yaml needs no --follow");
                 }
-                let mut out = std::io::stdout();
-                plugin::logs::follow(&client, &ns, &name, attempt, &mut out).await?;
+                let (mut out, mut progress) = (std::io::stdout(), std::io::stderr());
+                plugin::logs::follow(&client, &ns, &name, attempt, &mut out, &mut progress).await?;
             } else {
                 let logs = plugin::logs::logs(&client, &ns, &name, attempt).await?;
                 print_as(g.output, &logs, || logs.text())?;

@@ -1,5 +1,7 @@
 //! `kubectl vidi logs NAME [--attempt N] [-f]`: the Vidi container's log, attempt by attempt
 //! (each attempt is its own pod, labelled `vidi.dev/job` and `vidi.dev/attempt`).
+use std::time::Duration;
+
 use futures::{AsyncBufReadExt as _, TryStreamExt as _};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{ListParams, LogParams};
@@ -155,19 +157,103 @@ pub async fn logs(client: &Client, namespace: &str, name: &str, attempt: Option<
     })
 }
 
-/// Follows the log of attempt `attempt` (default: the latest) until its container ends, writing
-/// each line to `out` as it comes.
+/// How long `follow` waits for a change of the job before it reads the job again anyway.
+const FOLLOW_RECHECK: Duration = Duration::from_secs(30);
+/// How soon `follow` looks again at a container that has not started, or for a pod that the job's
+/// status already names.
+const FOLLOW_RETRY: Duration = Duration::from_secs(1);
+
+/// Follows the Vidi log, writing each line to `out` as it comes and what it waits for to
+/// `progress` (one line per change).
+///
+/// With `attempt`, only that attempt, until its container ends. Without, the latest attempt, then
+/// every later one (a retry is a new pod, headed `==> attempt N (pod P) <==`), until the job
+/// has ended: a job still queued or suspending its co-tenants is waited for, as is a container
+/// whose GPU gate still waits for free memory.
 pub async fn follow(
     client: &Client,
     namespace: &str,
     name: &str,
     attempt: Option<u32>,
     out: &mut (dyn std::io::Write + Send),
+    progress: &mut (dyn std::io::Write + Send),
 ) -> Result<(), Error> {
-    let job = get_job(client, namespace, name).await?;
-    let Some((_, pod)) = chosen(client, &job, attempt).await?.pop() else {
-        return Ok(());
-    };
+    let mut followed: Option<u32> = None;
+    let mut told = String::new();
+    loop {
+        let job = get_job(client, namespace, name).await?;
+        let next = match attempt {
+            Some(_) if followed.is_some() => return Ok(()),
+            Some(n) => chosen(client, &job, Some(n)).await?.pop(),
+            None => attempt_pods(client, &job)
+                .await?
+                .into_iter()
+                .rfind(|(n, _)| followed.is_none_or(|f| *n > f)),
+        };
+        if let Some((n, pod)) = next {
+            if followed.is_some() {
+                write_line(
+                    out,
+                    &format!("==> attempt {n} (pod {}) <==", pod.name_any()),
+                    namespace,
+                    &pod,
+                )?;
+            }
+            stream_attempt(client, &job, n, &pod, out, progress, &mut told).await?;
+            followed = Some(n);
+            continue;
+        }
+        let status = job.status.clone().unwrap_or_default();
+        if status.phase.is_terminal() {
+            return match followed {
+                Some(_) => Ok(()),
+                None => Err(Error::NoPod {
+                    namespace: namespace.into(),
+                    name: name.into(),
+                    phase: status.phase.to_string(),
+                }),
+            };
+        }
+        let waiting = match &status.message {
+            Some(m) => format!(
+                "waiting for VidiJob {namespace}/{name} to start Vidi: {}: {m}",
+                status.phase
+            ),
+            None => format!("waiting for VidiJob {namespace}/{name} to start Vidi: {}", status.phase),
+        };
+        tell(progress, &mut told, waiting);
+        let started = move |j: &VidiJob| {
+            j.status
+                .as_ref()
+                .is_some_and(|s| s.phase.is_terminal() || s.attempts > followed.unwrap_or(0))
+        };
+        if started(&job) {
+            // The status names an attempt whose pod is not created yet, or not yet listed.
+            tokio::time::sleep(FOLLOW_RETRY).await;
+        } else {
+            let api: Api<VidiJob> = Api::namespaced(client.clone(), namespace);
+            let changed = kube::runtime::wait::await_condition(api, name, move |j: Option<&VidiJob>| {
+                j.is_none_or(|j| started(j) || j.status != job.status)
+            });
+            if let Ok(Err(_)) = tokio::time::timeout(FOLLOW_RECHECK, changed).await {
+                tokio::time::sleep(FOLLOW_RETRY).await;
+            }
+        }
+    }
+}
+
+/// Streams one attempt's log until its container ends. A container that has not started yet is
+/// waited for; one that never will (its pod ended or is gone) is said so in place of its log.
+async fn stream_attempt(
+    client: &Client,
+    job: &VidiJob,
+    attempt: u32,
+    pod: &Pod,
+    out: &mut (dyn std::io::Write + Send),
+    progress: &mut (dyn std::io::Write + Send),
+    told: &mut String,
+) -> Result<(), Error> {
+    let namespace = &job.namespace().unwrap_or_default();
     let pod_name = pod.name_any();
     let api: Api<Pod> = Api::namespaced(client.clone(), namespace);
     let params = LogParams {
@@ -175,21 +261,71 @@ pub async fn follow(
         follow: true,
         ..LogParams::default()
     };
-    let io_error = |source| Error::Log {
-        namespace: namespace.into(),
-        pod: pod_name.clone(),
-        source,
-    };
-    let stream = api.log_stream(&pod_name, &params).await.map_err(|source| Error::Api {
-        what: format!("following the log of pod {namespace}/{pod_name}"),
-        source,
-    })?;
-    let mut lines = stream.lines();
-    while let Some(line) = lines.try_next().await.map_err(io_error)? {
-        match writeln!(out, "{line}").and_then(|()| out.flush()) {
-            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
-            r => r.map_err(io_error)?,
+    let stream = loop {
+        match api.log_stream(&pod_name, &params).await {
+            Ok(stream) => break stream,
+            Err(kube::Error::Api(s)) if s.code == 400 || s.code == 404 => {
+                // Read as the job's pods (a `list`, as the rest of this command reads pods).
+                let now = attempt_pods(client, job)
+                    .await?
+                    .into_iter()
+                    .find(|(_, p)| p.name_any() == pod_name);
+                let ended = now
+                    .as_ref()
+                    .and_then(|(_, p)| p.status.as_ref()?.phase.as_deref())
+                    .is_none_or(|phase| phase == "Succeeded" || phase == "Failed");
+                if ended {
+                    return write_line(out, &format!("(no log: {})", s.message), namespace, pod);
+                }
+                tell(
+                    progress,
+                    told,
+                    format!(
+                        "waiting for attempt {attempt}'s container to start (pod {pod_name}): {}",
+                        s.message
+                    ),
+                );
+                tokio::time::sleep(FOLLOW_RETRY).await;
+            }
+            Err(source) => {
+                return Err(Error::Api {
+                    what: format!("following the log of pod {namespace}/{pod_name}"),
+                    source,
+                });
+            }
         }
+    };
+    let mut lines = stream.lines();
+    while let Some(line) = lines
+        .try_next()
+        .await
+        .map_err(|source| log_error(namespace, pod, source))?
+    {
+        write_line(out, &line, namespace, pod)?;
     }
     Ok(())
+}
+
+/// Writes one line and flushes it; a reader that went away (`| head`) ends the follow quietly.
+fn write_line(out: &mut (dyn std::io::Write + Send), line: &str, namespace: &str, pod: &Pod) -> Result<(), Error> {
+    match writeln!(out, "{line}").and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        r => r.map_err(|source| log_error(namespace, pod, source)),
+    }
+}
+
+fn log_error(namespace: &str, pod: &Pod, source: std::io::Error) -> Error {
+    Error::Log {
+        namespace: namespace.into(),
+        pod: pod.name_any(),
+        source,
+    }
+}
+
+/// Writes `line` to `progress` unless it is what was told last.
+fn tell(progress: &mut (dyn std::io::Write + Send), told: &mut String, line: String) {
+    if *told != line {
+        let _ = writeln!(progress, "{line}");
+        *told = line;
+    }
 }
