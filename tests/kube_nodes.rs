@@ -406,6 +406,57 @@ async fn an_hpa_managed_deployment_yields_whole_and_comes_back_whole() {
     .await;
 }
 
+#[tokio::test]
+async fn a_scale_down_that_removed_a_pod_elsewhere_yields_the_co_tenant_whole_and_restores_it() {
+    let api = three_nodes().await;
+    // As above: gpu-2 is the cheapest node, where tts loses its one replica.
+    api.create(&Gvr::deployments(), NS, deployment("tts", NS, 3, true))
+        .unwrap();
+    api.create(
+        &Gvr::deployments(),
+        NS,
+        deployment_with("comfy", 1, json!({"vidi.dev/yield-priority": "5"}), Some("gpu-1")),
+    )
+    .unwrap();
+    settle(&api, "tts on every node and comfy on gpu-1", |v| {
+        pods_of(v, "tts").len() == 3 && pods_of(v, "comfy").len() == 1
+    })
+    .await;
+    let before = api.wait_until(|v| Some(pods_of(v, "tts")), WAIT).await.unwrap();
+    // tts's pod on gpu-3 is not ready: the ReplicaSet removes it before any pod-deletion-cost.
+    let (unready, _) = before.iter().find(|(_, (n, _))| n == "gpu-3").unwrap();
+    api.patch_status(
+        &Gvr::pods(),
+        NS,
+        unready,
+        json!({"status": {"containerStatuses": [{"name": "tts", "image": "tts", "imageID": "", "ready": false, "restartCount": 0, "state": {"running": {}}}]}}),
+    )
+    .unwrap();
+
+    let _op = Operator::start(&api);
+    api.create(&Gvr::vidijobs(), NS, job("a")).unwrap();
+    settle(&api, "the Vidi pod running on gpu-2", |v| {
+        vidi_pod(v, "a").is_some_and(|p| p["spec"]["nodeName"] == "gpu-2" && p["status"]["phase"] == "Running")
+    })
+    .await;
+    let d = api.get(&Gvr::deployments(), NS, "tts").unwrap();
+    assert_eq!(d["spec"]["replicas"], 0, "tts yields whole\n{}", dump(&api));
+    assert_eq!(d["metadata"]["annotations"]["vidi.dev/original-replicas"], "3");
+    let warned = events(&api)
+        .into_iter()
+        .any(|(reason, note)| reason == "YieldingWhole" && note.contains("kept 1 there"));
+    assert!(warned, "{:?}", events(&api));
+
+    finish_vidi(&api, "a").await;
+    settle(&api, "tts back at 3 with nothing left behind", |v| {
+        v.get(&Gvr::deployments(), NS, "tts")
+            .is_some_and(|d| d["spec"]["replicas"] == 3)
+            && nothing_left_behind(v)
+            && pods_of(v, "tts").len() == 3
+    })
+    .await;
+}
+
 /// The pod-deletion-cost of each pod of `app` (None where it has none), and whether any pod
 /// still carries an annotation of the operator's.
 fn costs_and_marks(v: &View<'_>, app: &str) -> (BTreeMap<String, Option<String>>, bool) {

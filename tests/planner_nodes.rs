@@ -139,6 +139,51 @@ fn suspending_waits_only_for_the_pods_on_the_chosen_node() {
     assert_eq!(d.status.phase, Phase::Running);
 }
 
+#[test]
+fn a_scale_down_that_kept_the_marked_pod_yields_the_co_tenant_whole() {
+    let (s, tts, _) = spread();
+    let first = s.plan();
+    let mut held = tts.clone().replicas(2).pods(2);
+    held.holders = [key("a")].into();
+    held.original_replicas = Some(3);
+    let mut s = s.status(|st| *st = first.status.clone());
+    s.0.co_tenants[0] = held;
+    s.0.placement.node_holds = vec![NodeHold {
+        co_tenant: tts.id.clone(),
+        node: "gpu-2".into(),
+        removed: 1,
+        marked_pods: vec!["tts-c".into()],
+    }];
+    for p in s.0.placement.pods.iter_mut().filter(|p| p.name == "tts-c") {
+        p.marked_by = Some(key("a"));
+    }
+    // The ReplicaSet is still to act: 3 pods live for 2 replicas. Waiting is right.
+    let d = s.plan();
+    assert_eq!(writes(&d), Vec::<String>::new());
+    assert!(notice(&d, "YieldingWhole").is_none());
+    // It removed tts-a on gpu-1 (not ready, so first in its order) and kept the marked tts-c.
+    s.0.placement.pods.retain(|p| p.name != "tts-a");
+    let d = s.plan();
+    assert_eq!(d.status.phase, Phase::Suspending);
+    assert_eq!(writes(&d), vec!["resuspend ns/tts".to_string()]);
+    let (sev, msg) = notice(&d, "YieldingWhole").unwrap();
+    assert_eq!(sev, Severity::Warning);
+    assert!(
+        msg.contains("not only those on gpu-2") && msg.contains("kept 1 there"),
+        "{msg}"
+    );
+    // At 0 while tts-c stops, nothing more is written; once it is gone Vidi starts.
+    s.0.co_tenants[0].replicas = 0;
+    for p in s.0.placement.pods.iter_mut() {
+        p.terminating = true;
+    }
+    let d = s.plan();
+    assert_eq!(writes(&d), Vec::<String>::new());
+    assert!(notice(&d, "YieldingWhole").is_none());
+    s.0.placement.pods.retain(|p| p.co_tenant != tts.id);
+    assert_eq!(s.plan().status.phase, Phase::Running);
+}
+
 /// `s` with job `a` Running (policy All) on gpu-2 with attempt 1 `attempt`, holding `held` (tts as
 /// the view shows it, originally 3) there: one replica removed, tts-c marked.
 fn holding_tts_on_gpu2(s: Snap, held: CoTenant, attempt: AttemptState) -> Snap {

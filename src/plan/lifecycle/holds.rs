@@ -157,6 +157,7 @@ impl<'a> Plan<'a> {
                 self.view[i].replicas = floor;
             }
         }
+        self.yield_whole_where_the_scale_down_missed();
     }
 
     /// Invariant 1: scale to 0, record holder and original replicas, in one write.

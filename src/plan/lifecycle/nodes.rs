@@ -350,4 +350,42 @@ impl<'a> Plan<'a> {
     pub(super) fn is_node_hold(&self, i: usize) -> bool {
         self.node_hold(i).is_some()
     }
+
+    /// A node hold whose scale-down is done while a pod on the node still runs: the ReplicaSet
+    /// controller removes unscheduled, pending and not-ready pods before it looks at
+    /// pod-deletion-cost, so it may have removed a pod elsewhere and kept the marked one. The
+    /// job would wait for that pod forever; the co-tenant yields whole instead (scaled to 0,
+    /// restored to its original count like any hold), with a Warning that says why.
+    pub(super) fn yield_whole_where_the_scale_down_missed(&mut self) {
+        if self.st.phase != Phase::Suspending {
+            return;
+        }
+        for i in self.held() {
+            let Some(h) = self.node_hold(i) else { continue };
+            let floor = self.held_floor(i);
+            let c = &self.view[i];
+            if floor == 0 || c.replicas != floor || c.released.is_some() {
+                continue;
+            }
+            let live: Vec<&CoTenantPod> = self.pods_of(i).filter(|p| !p.terminating).collect();
+            let here = live.iter().filter(|p| p.node == h.node).count();
+            if here == 0 || live.len() > floor as usize {
+                continue;
+            }
+            let (id, node) = (c.id.clone(), h.node.clone());
+            self.actions.push(Action::Resuspend {
+                target: id.clone(),
+                revision: c.revision.clone(),
+            });
+            self.notify_about(
+                Severity::Warning,
+                "YieldingWhole",
+                format!(
+                    "{id} yields all its replicas, not only those on {node}: its scale-down removed pods elsewhere and kept {here} there (a ReplicaSet removes pods that are not ready before it weighs pod-deletion-cost)"
+                ),
+                Some(Subject::CoTenant(id)),
+            );
+            self.view[i].replicas = 0;
+        }
+    }
 }

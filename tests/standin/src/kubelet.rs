@@ -622,8 +622,28 @@ impl State {
                 }
             }
         } else if active.len() > replicas {
-            // As the ReplicaSet controller ranks running, ready pods: the lowest
+            // As the ReplicaSet controller ranks pods: unscheduled first, then pending, then
+            // running but not ready; among equals the lowest
             // controller.kubernetes.io/pod-deletion-cost goes first, then the newest.
+            let rank = |p: &Value| {
+                let ready = p
+                    .pointer("/status/containerStatuses")
+                    .and_then(Value::as_array)
+                    .is_some_and(|cs| !cs.is_empty() && cs.iter().all(|c| c["ready"] == true));
+                if p.pointer("/spec/nodeName")
+                    .and_then(Value::as_str)
+                    .is_none_or(str::is_empty)
+                {
+                    0
+                } else {
+                    match p.pointer("/status/phase").and_then(Value::as_str) {
+                        Some("Pending") => 1,
+                        Some("Unknown") => 2,
+                        _ if !ready => 3,
+                        _ => 4,
+                    }
+                }
+            };
             let cost = |p: &Value| {
                 p.pointer("/metadata/annotations/controller.kubernetes.io~1pod-deletion-cost")
                     .and_then(Value::as_str)
@@ -632,8 +652,9 @@ impl State {
             };
             active.sort_by(|a, b| {
                 let ts = |p: &Value| meta_str(p, "creationTimestamp").unwrap_or_default().to_string();
-                cost(&a.1)
-                    .cmp(&cost(&b.1))
+                rank(&a.1)
+                    .cmp(&rank(&b.1))
+                    .then(cost(&a.1).cmp(&cost(&b.1)))
                     .then(ts(&b.1).cmp(&ts(&a.1)))
                     .then(b.0.3.cmp(&a.0.3))
             });
