@@ -26,6 +26,10 @@
 //! `VIDI_BENCH_SCALE=10` multiplies the scene by ten: 10,000 VidiJobs, 1,000 pools, 2,000 co-tenant
 //! Deployments (1,000 measured lifecycles).
 //!
+//! After the run, the kube-rs floor (`benches/floor`: what a patch, an Event and a watched change
+//! cost a bare kube client on this machine right now) is priced for the lifecycle's own counts of
+//! requests and changes, and printed next to the operator's CPU.
+//!
 //! `cargo bench --bench controller`; JSON in `target/bench-controller-x<scale>.json`, the operator's log
 //! in `target/bench-controller-operator.log`. `VIDI_BENCH_VERBOSE=1` prints every sample,
 //! `VIDI_BENCH_TRACE=1` the stand-in's write history of the first measured jobs.
@@ -33,6 +37,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+
+mod floor;
 
 use kube::CustomResourceExt;
 use kube_standin::{Change, Gvr, PodOutcome, Standin, View};
@@ -81,6 +87,8 @@ const VIDI_RUN: Duration = Duration::from_millis(20);
 const MEDIAN_TARGET_MS: f64 = 15.0;
 const P99_TARGET_MS: f64 = 50.0;
 const CPU_TARGET_MS: f64 = 5.0;
+/// Patches, Events and watched changes of the kube-rs floor measured after the run.
+const FLOOR_N: u64 = 500;
 
 /// Operator memory: 64 MiB at 1,000 jobs, 160 MiB at 10,000.
 fn rss_target_mib() -> u64 {
@@ -710,6 +718,9 @@ async fn bench() {
     let (_, deployments_json_kib) = json_kib(&Gvr::deployments());
     let (events_total, events_json_kib) = json_kib(&Gvr::events());
     drop(operator);
+    // The prices of this moment on this machine: the CPU target is in ms, and these VMs differ by
+    // several times in what a request costs (docs/performance.md).
+    let prices = tokio::task::block_in_place(|| floor::measure(&api, "floor", FLOOR_N));
 
     for f in &failures {
         eprintln!("unusable sample: {f}");
@@ -796,6 +807,23 @@ async fn bench() {
     println!("  operator requests per job lifecycle: {}", line(&requests));
     println!("  changes it watched per job lifecycle: {}", line(&watched));
     println!("  Events created per job lifecycle, by reason: {}", line(&reasons));
+    let total = |counts: &std::collections::BTreeMap<String, usize>| counts.values().sum::<usize>() as f64 / lifecycles;
+    let events_sent = requests
+        .iter()
+        .filter(|(k, _)| k.starts_with("create events "))
+        .map(|(_, n)| *n)
+        .sum::<usize>() as f64
+        / lifecycles;
+    let echoed = total(&requests) - events_sent;
+    let others = (total(&watched) - echoed).max(0.0);
+    let floor_ms = prices.lifecycle_ms(echoed, events_sent, others);
+    println!(
+        "  kube-rs floor of this lifecycle, measured right after ({FLOOR_N} of each): {echoed:.1} echoed writes x {:.1} µs + {events_sent:.1} Events x {:.1} µs + {others:.1} changes by others x {:.1} µs = {floor_ms:.2} ms; the operator's CPU is {:.2}x that",
+        prices.patch_us,
+        prices.event_us,
+        prices.watched_us,
+        cpu_ms_per_job / floor_ms
+    );
     let reconciles_per = reconciles_measuring.map(|n| n / lifecycles);
     match reconciles_per {
         Some(n) => println!("  reconciles per job lifecycle: {n:.2}"),
@@ -830,6 +858,10 @@ async fn bench() {
         "watched_changes_per_lifecycle": per(&watched),
         "events_created_per_lifecycle": per(&reasons),
         "reconciles_per_lifecycle": reconciles_per,
+        "kube_floor": {
+            "n_each": FLOOR_N, "patch_us": prices.patch_us, "event_us": prices.event_us, "watched_us": prices.watched_us,
+            "lifecycle_ms": floor_ms, "operator_cpu_over_floor": cpu_ms_per_job / floor_ms,
+        },
         "targets": {"median_ms": MEDIAN_TARGET_MS, "p99_ms": P99_TARGET_MS, "rss_mib": rss_target, "cpu_ms_per_lifecycle": CPU_TARGET_MS},
     });
     let out = target.join(format!("bench-controller-x{}.json", scale()));
