@@ -3,7 +3,9 @@
 //! and a crash between recording and calling.
 mod support;
 
-use vidi_operator::api::{FailureReason, Phase, Precision, ReleaseHook, ReleasePreset, ReleaseState};
+use vidi_operator::api::{
+    FailureReason, Phase, Precision, ReleaseHook, ReleasePreset, ReleaseState, WorkloadKind, WorkloadRef,
+};
 use vidi_operator::plan::{Action, Severity};
 
 use support::world::{Applied, World};
@@ -147,6 +149,36 @@ fn memory_not_freed_falls_back_and_retries_at_the_same_precision() {
     let d = w.reconcile("a");
     assert!(notice(&d, "PrecisionLowered").is_some(), "{:?}", notices(&d));
     assert!(notice(&d, "ReleaseFellBack").is_none());
+}
+
+#[test]
+fn memory_not_freed_after_an_edit_the_job_may_not_run_fails_and_resumes_without_falling_back() {
+    let mut w = world();
+    w.add_co("other", "private", 1, false);
+    to_running(&mut w);
+    // The job is edited to name a workload of another namespace that has not opted in.
+    w.edit("a", |s| {
+        s.co_tenants.refs = vec![WorkloadRef {
+            kind: WorkloadKind::Deployment,
+            name: "private".into(),
+            namespace: Some("other".into()),
+            release: None,
+        }]
+    });
+    w.finish("a", gate_timeout());
+    let d = w.reconcile("a");
+    // One write per co-tenant: vllm resumed (the call, then its marks), never scaled to 0 first.
+    assert!(
+        !writes(&d).iter().any(|l| l.starts_with("fall-back")),
+        "{:?}",
+        writes(&d)
+    );
+    assert_eq!(d.status.phase, Phase::Failed);
+    assert_eq!(d.status.reason, Some(FailureReason::InvalidSpec));
+    w.drain();
+    w.settle_all(10);
+    assert_eq!(w.calls.last().map(String::as_str), Some("resume vllm"));
+    w.check_all_restored();
 }
 
 #[test]

@@ -178,6 +178,14 @@ impl<'a> Plan<'a> {
         if in_place.is_empty() {
             return false;
         }
+        // A spec edited meanwhile into one this job may not run ends it here, resuming what it
+        // released: falling back first would write those co-tenants twice in this decision (to 0,
+        // then back), and skip the resume call.
+        let errors = self.admission_errors();
+        if !errors.is_empty() {
+            self.fail_invalid(errors);
+            return true;
+        }
         let reason = format!("attempt {number} did not get its GPU memory after an in-place release ({why})");
         for &i in &in_place {
             self.fall_back(i, &reason);
