@@ -503,6 +503,13 @@ async fn follow_waits_for_vidi_to_start_and_follows_every_retry_to_the_end() {
         "later",
         json!({"phase": "Queued", "message": "behind media/first (1 ahead)"}),
     );
+    // Without -f there is nothing to show yet.
+    let out = cli.run(&["logs", "-n", NS, "later"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "error: VidiJob media/later has no pod yet (phase Queued)\n"
+    );
     let mut child = cli
         .command(&["logs", "-n", NS, "later", "-f"])
         .stdout(std::process::Stdio::piped())
@@ -549,17 +556,21 @@ async fn follow_waits_for_vidi_to_start_and_follows_every_retry_to_the_end() {
     api.patch_status(&Gvr::pods(), NS, "later-vidi-1", json!({"status": {"phase": "Failed", "containerStatuses": [{"name": "vidi", "state": {"terminated": {"exitCode": 3}}}]}}))
         .expect("failed");
     read_until(&mut stdout, &mut seen, "CUDA out of memory\n").await;
+    // Two more attempts come before the follow looks again: the second ended already, the
+    // third runs. Each is followed in turn, none skipped.
+    attempt_pod(&api, &j, 2, json!({"terminated": {"exitCode": 3, "reason": "Error"}}));
+    api.append_log(NS, "later-vidi-2", "vidi", "int8\nCUDA out of memory\n");
+    attempt_pod(&api, &j, 3, json!({"running": {}}));
     api.patch_status(
         &Gvr::vidijobs(),
         NS,
         "later",
-        json!({"status": {"phase": "Running", "attempts": 2, "podName": "later-vidi-2"}}),
+        json!({"status": {"phase": "Running", "attempts": 3, "podName": "later-vidi-3"}}),
     )
     .expect("retrying");
-    attempt_pod(&api, &j, 2, json!({"running": {}}));
-    api.append_log(NS, "later-vidi-2", "vidi", "int8\n2 segments\n");
+    api.append_log(NS, "later-vidi-3", "vidi", "int4\n2 segments\n");
     read_until(&mut stdout, &mut seen, "2 segments\n").await;
-    api.patch_status(&Gvr::pods(), NS, "later-vidi-2", json!({"status": {"phase": "Succeeded", "containerStatuses": [{"name": "vidi", "state": {"terminated": {"exitCode": 0}}}]}}))
+    api.patch_status(&Gvr::pods(), NS, "later-vidi-3", json!({"status": {"phase": "Succeeded", "containerStatuses": [{"name": "vidi", "state": {"terminated": {"exitCode": 0}}}]}}))
         .expect("ended");
     // The container has ended but the job has not: the follow goes on until it has.
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -576,7 +587,7 @@ async fn follow_waits_for_vidi_to_start_and_follows_every_retry_to_the_end() {
     assert_eq!(status.code(), Some(0));
     assert_eq!(
         seen,
-        "fp16\nCUDA out of memory\n==> attempt 2 (pod later-vidi-2) <==\nint8\n2 segments\n"
+        "fp16\nCUDA out of memory\n==> attempt 2 (pod later-vidi-2) <==\nint8\nCUDA out of memory\n==> attempt 3 (pod later-vidi-3) <==\nint4\n2 segments\n"
     );
 
     // A job that ended without ever starting Vidi has no log to follow: said so, exit 1.
@@ -585,7 +596,7 @@ async fn follow_waits_for_vidi_to_start_and_follows_every_retry_to_the_end() {
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(
         String::from_utf8_lossy(&out.stderr),
-        "error: VidiJob media/refused has no pod yet (phase Failed)\n"
+        "error: VidiJob media/refused has no pod (it ended Failed before Vidi started)\n"
     );
 }
 

@@ -95,10 +95,12 @@ async fn chosen(client: &Client, job: &VidiJob, attempt: Option<u32>) -> Result<
     let name = job.name_any();
     let pods = attempt_pods(client, job).await?;
     if pods.is_empty() {
+        let phase = job.status.as_ref().map(|s| s.phase).unwrap_or_default();
         return Err(Error::NoPod {
             namespace,
             name,
-            phase: job.status.as_ref().map(|s| s.phase).unwrap_or_default().to_string(),
+            phase: phase.to_string(),
+            ended: phase.is_terminal(),
         });
     }
     match attempt {
@@ -185,10 +187,14 @@ pub async fn follow(
         let next = match attempt {
             Some(_) if followed.is_some() => return Ok(()),
             Some(n) => chosen(client, &job, Some(n)).await?.pop(),
-            None => attempt_pods(client, &job)
-                .await?
-                .into_iter()
-                .rfind(|(n, _)| followed.is_none_or(|f| *n > f)),
+            // The latest attempt first; after it, each later one in turn (none skipped).
+            None => {
+                let mut pods = attempt_pods(client, &job).await?.into_iter();
+                match followed {
+                    None => pods.next_back(),
+                    Some(f) => pods.find(|(n, _)| *n > f),
+                }
+            }
         };
         if let Some((n, pod)) = next {
             if followed.is_some() {
@@ -211,6 +217,7 @@ pub async fn follow(
                     namespace: namespace.into(),
                     name: name.into(),
                     phase: status.phase.to_string(),
+                    ended: true,
                 }),
             };
         }

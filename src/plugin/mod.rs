@@ -33,11 +33,16 @@ pub enum Error {
         attempt: u32,
         found: String,
     },
-    #[error("VidiJob {namespace}/{name} has no pod yet (phase {phase})")]
+    #[error(
+        "VidiJob {namespace}/{name} has no pod {}",
+        if *.ended { format!("(it ended {phase} before Vidi started)") } else { format!("yet (phase {phase})") }
+    )]
     NoPod {
         namespace: String,
         name: String,
         phase: String,
+        /// The job has ended: no pod will come.
+        ended: bool,
     },
     #[error("VidiJob {namespace}/{name} has no result: it is {phase}{why}")]
     NoResult {
