@@ -418,8 +418,19 @@ async fn a_scale_down_that_removed_a_pod_elsewhere_yields_the_co_tenant_whole_an
         deployment_with("comfy", 1, json!({"vidi.dev/yield-priority": "5"}), Some("gpu-1")),
     )
     .unwrap();
-    settle(&api, "tts on every node and comfy on gpu-1", |v| {
-        pods_of(v, "tts").len() == 3 && pods_of(v, "comfy").len() == 1
+    let ready = |p: &Value| {
+        p["status"]["phase"] == "Running"
+            && p["status"]["containerStatuses"]
+                .as_array()
+                .is_some_and(|cs| !cs.is_empty() && cs.iter().all(|c| c["ready"] == true))
+    };
+    settle(&api, "tts ready on every node and comfy on gpu-1", |v| {
+        let tts: Vec<Value> = v
+            .list(&Gvr::pods(), Some(NS))
+            .into_iter()
+            .filter(|p| p["metadata"]["labels"]["app"] == "tts")
+            .collect();
+        tts.len() == 3 && tts.iter().all(ready) && pods_of(v, "comfy").len() == 1
     })
     .await;
     let before = api.wait_until(|v| Some(pods_of(v, "tts")), WAIT).await.unwrap();
@@ -432,6 +443,10 @@ async fn a_scale_down_that_removed_a_pod_elsewhere_yields_the_co_tenant_whole_an
         json!({"status": {"containerStatuses": [{"name": "tts", "image": "tts", "imageID": "", "ready": false, "restartCount": 0, "state": {"running": {}}}]}}),
     )
     .unwrap();
+    settle(&api, "the pod on gpu-3 not ready", |v| {
+        v.get(&Gvr::pods(), NS, unready).is_some_and(|p| !ready(&p))
+    })
+    .await;
 
     let _op = Operator::start(&api);
     api.create(&Gvr::vidijobs(), NS, job("a")).unwrap();

@@ -548,25 +548,53 @@ proptest! {
         priorities in prop::collection::vec(-1..2i32, 4),
         events in prop::collection::vec(crash_event(), 0..60),
     ) {
-        let mut w = World::new();
-        for (i, r) in replicas.iter().enumerate() {
-            w.add_co(NS, &format!("c{i}"), *r, true);
-        }
-        for (j, s) in suspended.iter().enumerate() {
-            w.add_job(&name(j), j as i64, spec_from(serde_json::json!({"suspend": s, "priority": priorities[j]})));
-        }
-        let mut history = History::from([w.clone()]);
-        for e in &events {
-            step(&mut w, &history, e, suspended.len());
-            if matches!(e, Event::Crash(..)) {
-                // A restarted operator lists everything afresh: no view lags behind the restart.
-                history.clear();
-            }
-            history.push_back(w.clone());
-            if history.len() > 5 {
-                history.pop_front();
-            }
-        }
-        drive_to_the_end(&mut w);
+        crashes_scene(&replicas, &suspended, &priorities, &events);
     }
+}
+
+/// The scene of `crashes_anywhere_never_put_two_jobs_on_one_gpu`.
+fn crashes_scene(replicas: &[i32], suspended: &[bool], priorities: &[i32], events: &[Event]) {
+    let mut w = World::new();
+    for (i, r) in replicas.iter().enumerate() {
+        w.add_co(NS, &format!("c{i}"), *r, true);
+    }
+    for (j, s) in suspended.iter().enumerate() {
+        w.add_job(
+            &name(j),
+            j as i64,
+            spec_from(serde_json::json!({"suspend": s, "priority": priorities[j]})),
+        );
+    }
+    let mut history = History::from([w.clone()]);
+    for e in events {
+        step(&mut w, &history, e, suspended.len());
+        if matches!(e, Event::Crash(..)) {
+            // A restarted operator lists everything afresh: no view lags behind the restart.
+            history.clear();
+        }
+        history.push_back(w.clone());
+        if history.len() > 5 {
+            history.pop_front();
+        }
+    }
+    drive_to_the_end(&mut w);
+}
+
+/// Found by `crashes_anywhere_never_put_two_jobs_on_one_gpu` (2026-12-01): j1 crashed after
+/// holding c0 but before its status write; j2 (higher priority) then took the pool and started;
+/// j1, planning from a view that did not have j2's start yet, started too. The adapters now plan
+/// again once their own status write shows, before creating the pod.
+#[test]
+fn a_start_planned_from_a_view_without_a_rivals_start_is_withheld() {
+    crashes_scene(
+        &[0],
+        &[true, false, true],
+        &[0, 0, 1, 0],
+        &[
+            Event::Crash(1, 1),
+            Event::ToggleSuspend(2),
+            Event::Concurrent(2, 0),
+            Event::Stale(1, 3),
+        ],
+    );
 }

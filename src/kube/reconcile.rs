@@ -155,6 +155,14 @@ async fn step(job: &VidiJob, ctx: &Context) -> Result<Requeue, Error> {
         });
     }
     if !starts.is_empty() {
+        // Another job of the pool may have started from a view this plan did not have yet (its
+        // status write was in flight to our cache). Once the cache shows this job's own status
+        // write, it also shows every earlier change on the same job watch, that one included:
+        // plan again from there, and create the pod only if that plan still starts it.
+        if !seen::caught_up(&ctx.stores, &writes).await || !still_starts(job, ctx, &starts, now).await? {
+            tracing::debug!("not starting the attempt: the pool changed since this plan; planning again");
+            return Err(Error::Replan);
+        }
         // The pod is built from the status just written (the node chosen, the deadline's start).
         let mut recorded = job.clone();
         recorded.status = Some(decision.status.clone());
@@ -175,6 +183,25 @@ async fn step(job: &VidiJob, ctx: &Context) -> Result<Requeue, Error> {
         ctx.recorders.forget(&ObjectRef::from_obj(job));
     }
     Ok(requeue(&decision))
+}
+
+/// Whether a plan from the cache as it is now, with this job's status write in it, still starts
+/// the attempts in `starts`.
+async fn still_starts(job: &VidiJob, ctx: &Context, starts: &[plan::Action], now: Timestamp) -> Result<bool, Error> {
+    let Some(fresh) = ctx.stores.jobs.get(&ObjectRef::from_obj(job)) else {
+        return Ok(false);
+    };
+    let mut snapshot = observe::snapshot(&fresh, &ctx.stores, false, now);
+    recent_pod(&fresh, ctx, &mut snapshot).await?;
+    let again = plan::next(&snapshot);
+    let number = |a: &plan::Action| match a {
+        plan::Action::StartAttempt { attempt, .. } => Some(*attempt),
+        _ => None,
+    };
+    Ok(starts
+        .iter()
+        .filter_map(number)
+        .all(|n| again.actions.iter().filter_map(number).any(|m| m == n)))
 }
 
 fn requeue(decision: &Decision) -> Requeue {

@@ -619,7 +619,30 @@ impl World {
         if let Some(j) = self.jobs.iter_mut().find(|j| j.key == *k) {
             j.status = d.status.clone();
         }
+        // As the Kubernetes adapter does: once its status write shows in its cache (and with it
+        // every earlier change, another job's start included), it plans again and creates the
+        // pod only if that plan still starts it.
+        let again: BTreeSet<u32> = if starts.is_empty() {
+            BTreeSet::new()
+        } else {
+            vidi_operator::plan::next(&self.snapshot(k))
+                .actions
+                .iter()
+                .filter_map(|a| match a {
+                    Action::StartAttempt { attempt, .. } => Some(*attempt),
+                    _ => None,
+                })
+                .collect()
+        };
         for start in starts {
+            if let Action::StartAttempt { attempt, .. } = start
+                && !again.contains(attempt)
+            {
+                self.trace.push(format!(
+                    "  {k}: attempt {attempt} not started: a plan from the world now does not start it"
+                ));
+                continue;
+            }
             if let Action::StartAttempt {
                 attempt,
                 name,
