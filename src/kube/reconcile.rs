@@ -159,7 +159,7 @@ async fn step(job: &VidiJob, ctx: &Context) -> Result<Requeue, Error> {
         // status write was in flight to our cache). Once the cache shows this job's own status
         // write, it also shows every earlier change on the same job watch, that one included:
         // plan again from there, and create the pod only if that plan still starts it.
-        if !seen::caught_up(&ctx.stores, &writes).await || !still_starts(job, ctx, &starts, now).await? {
+        if !seen::caught_up(&ctx.stores, &writes).await || !still_starts(job, ctx, &starts, now) {
             tracing::debug!("not starting the attempt: the pool changed since this plan; planning again");
             return Err(Error::Replan);
         }
@@ -187,21 +187,20 @@ async fn step(job: &VidiJob, ctx: &Context) -> Result<Requeue, Error> {
 
 /// Whether a plan from the cache as it is now, with this job's status write in it, still starts
 /// the attempts in `starts`.
-async fn still_starts(job: &VidiJob, ctx: &Context, starts: &[plan::Action], now: Timestamp) -> Result<bool, Error> {
+fn still_starts(job: &VidiJob, ctx: &Context, starts: &[plan::Action], now: Timestamp) -> bool {
     let Some(fresh) = ctx.stores.jobs.get(&ObjectRef::from_obj(job)) else {
-        return Ok(false);
+        return false;
     };
-    let mut snapshot = observe::snapshot(&fresh, &ctx.stores, false, now);
-    recent_pod(&fresh, ctx, &mut snapshot).await?;
-    let again = plan::next(&snapshot);
+    // The pod is not there to be read: its attempt was recorded by this very reconcile.
+    let again = plan::next(&observe::snapshot(&fresh, &ctx.stores, false, now));
     let number = |a: &plan::Action| match a {
         plan::Action::StartAttempt { attempt, .. } => Some(*attempt),
         _ => None,
     };
-    Ok(starts
+    starts
         .iter()
         .filter_map(number)
-        .all(|n| again.actions.iter().filter_map(number).any(|m| m == n)))
+        .all(|n| again.actions.iter().filter_map(number).any(|m| m == n))
 }
 
 fn requeue(decision: &Decision) -> Requeue {
