@@ -206,15 +206,19 @@ pub(super) async fn resume_call(target: &CoTenantId, hook: &ReleaseHook, call: b
 
 /// Gives these pods of `target` the low pod-deletion-cost and `holder`'s mark. The same write
 /// records the cost a pod had before (`vidi.dev/deletion-cost-before`), so that removing the mark
-/// puts the owner's cost back. A pod already marked keeps the record of its first mark.
-pub(super) async fn mark_pods(
+/// puts the owner's cost back. A pod already marked keeps the record of its first mark. Each pod
+/// is read from the watch cache the plan came from; the patch is guarded by that copy's version,
+/// so a cost its owner set since is a conflict (planned again), never overwritten unrecorded.
+async fn mark_pods(
     client: &Client,
+    stores: &super::observe::Stores,
     target: &CoTenantId,
     pods: &[String],
     holder: &JobKey,
 ) -> Result<(), Error> {
     for name in pods {
-        let Some(pod) = read_pod(client, target, name).await? else {
+        // Not cached: gone already (a marked pod is meant to go).
+        let Some(pod) = stores.pods.get(&ObjectRef::new(name).within(&target.namespace)) else {
             continue;
         };
         let before = pod.annotations();
@@ -233,7 +237,8 @@ pub(super) async fn mark_pods(
 
 /// Removes the mark from these pods of `target` (in its namespace) and puts back the
 /// pod-deletion-cost each had before it (none, if it had none). A pod that is gone or carries no
-/// mark is left alone.
+/// mark is left alone. Each pod is read from the API, not the cache: the mark being undone may
+/// have been written a moment ago, and a cache that lags it would leave it behind.
 pub(super) async fn unmark_pods(client: &Client, target: &CoTenantId, pods: &[String]) -> Result<(), Error> {
     for name in pods {
         let Some(pod) = read_pod(client, target, name).await? else {
@@ -252,8 +257,7 @@ pub(super) async fn unmark_pods(client: &Client, target: &CoTenantId, pods: &[St
     Ok(())
 }
 
-/// A co-tenant pod as the API has it now (the cache may lag the mark this decision undoes); None
-/// once it is gone (a marked pod is meant to go).
+/// A co-tenant pod as the API has it now; None once it is gone (a marked pod is meant to go).
 async fn read_pod(client: &Client, target: &CoTenantId, name: &str) -> Result<Option<Pod>, Error> {
     Api::<Pod>::namespaced(client.clone(), &target.namespace)
         .get_opt(name)
@@ -264,8 +268,8 @@ async fn read_pod(client: &Client, target: &CoTenantId, name: &str) -> Result<Op
         })
 }
 
-/// Merge-patches `annotations` onto `pod`, guarded by the version just read: a pod changed in
-/// between (its owner set another cost) is a conflict, and the next plan reads it again.
+/// Merge-patches `annotations` onto `pod`, guarded by the version it was read at: a pod changed
+/// since (its owner set another cost) is a conflict, and the next plan reads it again.
 async fn patch_pod(client: &Client, target: &CoTenantId, pod: &Pod, annotations: Value) -> Result<(), Error> {
     let params = PatchParams {
         field_manager: Some(MANAGER.into()),
@@ -359,7 +363,9 @@ impl Actor<'_> {
                         self.metrics.count_co_tenant_write(action, held_since, now);
                     }
                 }
-                Action::MarkPods { target, pods, holder } => mark_pods(self.client, target, pods, holder).await?,
+                Action::MarkPods { target, pods, holder } => {
+                    mark_pods(self.client, self.stores, target, pods, holder).await?
+                }
                 Action::UnmarkPods { target, pods } => unmark_pods(self.client, target, pods).await?,
                 Action::Hold { .. }
                 | Action::HoldInPlace { .. }
