@@ -155,6 +155,33 @@ fn nothing_left_behind(v: &View<'_>) -> bool {
     pods_clean && workloads_clean
 }
 
+/// The scene of the node-hold tests: tts with one replica on each node, comfy with one on gpu-1,
+/// precious (priority 5). gpu-1 costs 1 + 5, gpu-2 and gpu-3 cost 1 each: gpu-2 by name.
+async fn tts_everywhere_and_comfy_on_gpu1() -> Standin {
+    let api = three_nodes().await;
+    api.create(&Gvr::deployments(), NS, deployment("tts", NS, 3, true))
+        .unwrap();
+    api.create(
+        &Gvr::deployments(),
+        NS,
+        deployment_with("comfy", 1, json!({"vidi.dev/yield-priority": "5"}), Some("gpu-1")),
+    )
+    .unwrap();
+    settle(&api, "tts on every node and comfy on gpu-1", |v| {
+        pods_of(v, "tts").len() == 3 && pods_of(v, "comfy").len() == 1
+    })
+    .await;
+    api
+}
+
+/// tts restored: 3 replicas, 3 live pods, no mark of the operator's anywhere.
+fn tts_back_at_3(v: &View<'_>) -> bool {
+    v.get(&Gvr::deployments(), NS, "tts")
+        .is_some_and(|d| d["spec"]["replicas"] == 3)
+        && nothing_left_behind(v)
+        && pods_of(v, "tts").len() == 3
+}
+
 async fn finish_vidi(api: &Standin, job: &str) {
     api.kubelet()
         .finish(NS, &format!("{job}-vidi-1"), PodOutcome::succeed().with_message(RESULT))
@@ -218,20 +245,7 @@ async fn a_free_node_takes_the_job_without_a_single_write_to_a_co_tenant() {
 
 #[tokio::test]
 async fn only_the_chosen_nodes_replicas_go_and_restore_removes_every_annotation() {
-    let api = three_nodes().await;
-    // tts: one replica per node. comfy: one replica on gpu-1, precious (priority 5).
-    api.create(&Gvr::deployments(), NS, deployment("tts", NS, 3, true))
-        .unwrap();
-    api.create(
-        &Gvr::deployments(),
-        NS,
-        deployment_with("comfy", 1, json!({"vidi.dev/yield-priority": "5"}), Some("gpu-1")),
-    )
-    .unwrap();
-    settle(&api, "tts on every node and comfy on gpu-1", |v| {
-        pods_of(v, "tts").len() == 3 && pods_of(v, "comfy").len() == 1
-    })
-    .await;
+    let api = tts_everywhere_and_comfy_on_gpu1().await;
     let before = api.wait_until(|v| Some(pods_of(v, "tts")), WAIT).await.unwrap();
     let comfy_before = api.wait_until(|v| Some(pods_of(v, "comfy")), WAIT).await.unwrap();
     let on = |node: &str| {
@@ -280,13 +294,7 @@ async fn only_the_chosen_nodes_replicas_go_and_restore_removes_every_annotation(
     assert!(writes.iter().all(|w| *w == mark || *w == scale), "{writes:?}");
 
     finish_vidi(&api, "a").await;
-    settle(&api, "tts back at 3 with nothing left behind", |v| {
-        v.get(&Gvr::deployments(), NS, "tts")
-            .is_some_and(|d| d["spec"]["replicas"] == 3)
-            && nothing_left_behind(v)
-            && pods_of(v, "tts").len() == 3
-    })
-    .await;
+    settle(&api, "tts back at 3 with nothing left behind", tts_back_at_3).await;
     let after = api.wait_until(|v| Some(pods_of(v, "tts")), WAIT).await.unwrap();
     for name in &stays {
         assert_eq!(
@@ -408,29 +416,21 @@ async fn an_hpa_managed_deployment_yields_whole_and_comes_back_whole() {
 
 #[tokio::test]
 async fn a_scale_down_that_removed_a_pod_elsewhere_yields_the_co_tenant_whole_and_restores_it() {
-    let api = three_nodes().await;
     // As above: gpu-2 is the cheapest node, where tts loses its one replica.
-    api.create(&Gvr::deployments(), NS, deployment("tts", NS, 3, true))
-        .unwrap();
-    api.create(
-        &Gvr::deployments(),
-        NS,
-        deployment_with("comfy", 1, json!({"vidi.dev/yield-priority": "5"}), Some("gpu-1")),
-    )
-    .unwrap();
+    let api = tts_everywhere_and_comfy_on_gpu1().await;
     let ready = |p: &Value| {
         p["status"]["phase"] == "Running"
             && p["status"]["containerStatuses"]
                 .as_array()
                 .is_some_and(|cs| !cs.is_empty() && cs.iter().all(|c| c["ready"] == true))
     };
-    settle(&api, "tts ready on every node and comfy on gpu-1", |v| {
+    settle(&api, "tts ready on every node", |v| {
         let tts: Vec<Value> = v
             .list(&Gvr::pods(), Some(NS))
             .into_iter()
             .filter(|p| p["metadata"]["labels"]["app"] == "tts")
             .collect();
-        tts.len() == 3 && tts.iter().all(ready) && pods_of(v, "comfy").len() == 1
+        tts.len() == 3 && tts.iter().all(ready)
     })
     .await;
     let before = api.wait_until(|v| Some(pods_of(v, "tts")), WAIT).await.unwrap();
@@ -463,13 +463,7 @@ async fn a_scale_down_that_removed_a_pod_elsewhere_yields_the_co_tenant_whole_an
     assert!(warned, "{:?}", events(&api));
 
     finish_vidi(&api, "a").await;
-    settle(&api, "tts back at 3 with nothing left behind", |v| {
-        v.get(&Gvr::deployments(), NS, "tts")
-            .is_some_and(|d| d["spec"]["replicas"] == 3)
-            && nothing_left_behind(v)
-            && pods_of(v, "tts").len() == 3
-    })
-    .await;
+    settle(&api, "tts back at 3 with nothing left behind", tts_back_at_3).await;
 }
 
 /// The pod-deletion-cost of each pod of `app` (None where it has none), and whether any pod

@@ -404,6 +404,17 @@ async fn a_missing_job_is_an_error_naming_it_and_its_namespace() {
     assert!(String::from_utf8_lossy(&help.stdout).contains("kubectl vidi"));
 }
 
+/// Puts the Vidi container of attempt pod `pod` in `state` (and the pod in `phase`, when given),
+/// as the kubelet would.
+fn vidi_container(api: &Standin, pod: &str, phase: Option<&str>, state: Value) {
+    let mut status = json!({"containerStatuses": [{"name": "vidi", "state": state}]});
+    if let Some(phase) = phase {
+        status["phase"] = json!(phase);
+    }
+    api.patch_status(&Gvr::pods(), NS, pod, json!({"status": status}))
+        .expect("pod status");
+}
+
 /// A pod of attempt `n` of job `job` (owned by it), with the Vidi container in `state`.
 fn attempt_pod(api: &Standin, job: &Value, n: u32, state: Value) {
     let name = job["metadata"]["name"].as_str().unwrap_or_default();
@@ -465,13 +476,7 @@ async fn logs_across_attempts_one_attempt_and_follow() {
 
     // -f --attempt follows that attempt as it logs, and ends when its container does (the job
     // has not ended).
-    api.patch_status(
-        &Gvr::pods(),
-        NS,
-        "retried-vidi-3",
-        json!({"status": {"containerStatuses": [{"name": "vidi", "state": {"running": {}}}]}}),
-    )
-    .expect("running");
+    vidi_container(&api, "retried-vidi-3", None, json!({"running": {}}));
     api.append_log(NS, "retried-vidi-3", "vidi", "int4\n");
     let mut child = cli
         .command(&["logs", "-n", NS, "retried", "-f", "--attempt", "3"])
@@ -483,8 +488,12 @@ async fn logs_across_attempts_one_attempt_and_follow() {
     read_until(&mut stdout, &mut seen, "int4\n").await;
     api.append_log(NS, "retried-vidi-3", "vidi", "2 segments\n");
     read_until(&mut stdout, &mut seen, "2 segments\n").await;
-    api.patch_status(&Gvr::pods(), NS, "retried-vidi-3", json!({"status": {"phase": "Succeeded", "containerStatuses": [{"name": "vidi", "state": {"terminated": {"exitCode": 0}}}]}}))
-        .expect("ended");
+    vidi_container(
+        &api,
+        "retried-vidi-3",
+        Some("Succeeded"),
+        json!({"terminated": {"exitCode": 0}}),
+    );
     let status = tokio::time::timeout(WAIT, child.wait())
         .await
         .expect("-f ends with the container")
@@ -542,19 +551,17 @@ async fn follow_waits_for_vidi_to_start_and_follows_every_retry_to_the_end() {
         told.contains("waiting for attempt 1's container to start (pod later-vidi-1)"),
         "{told}"
     );
-    api.patch_status(
-        &Gvr::pods(),
-        NS,
-        "later-vidi-1",
-        json!({"status": {"containerStatuses": [{"name": "vidi", "state": {"running": {}}}]}}),
-    )
-    .expect("started");
+    vidi_container(&api, "later-vidi-1", None, json!({"running": {}}));
     api.append_log(NS, "later-vidi-1", "vidi", "fp16\n");
     read_until(&mut stdout, &mut seen, "fp16\n").await;
     // The attempt fails; the retry is a new pod, followed under its own header.
     api.append_log(NS, "later-vidi-1", "vidi", "CUDA out of memory\n");
-    api.patch_status(&Gvr::pods(), NS, "later-vidi-1", json!({"status": {"phase": "Failed", "containerStatuses": [{"name": "vidi", "state": {"terminated": {"exitCode": 3}}}]}}))
-        .expect("failed");
+    vidi_container(
+        &api,
+        "later-vidi-1",
+        Some("Failed"),
+        json!({"terminated": {"exitCode": 3}}),
+    );
     read_until(&mut stdout, &mut seen, "CUDA out of memory\n").await;
     // Two more attempts come before the follow looks again: the second ended already, the
     // third runs. Each is followed in turn, none skipped.
@@ -570,8 +577,12 @@ async fn follow_waits_for_vidi_to_start_and_follows_every_retry_to_the_end() {
     .expect("retrying");
     api.append_log(NS, "later-vidi-3", "vidi", "int4\n2 segments\n");
     read_until(&mut stdout, &mut seen, "2 segments\n").await;
-    api.patch_status(&Gvr::pods(), NS, "later-vidi-3", json!({"status": {"phase": "Succeeded", "containerStatuses": [{"name": "vidi", "state": {"terminated": {"exitCode": 0}}}]}}))
-        .expect("ended");
+    vidi_container(
+        &api,
+        "later-vidi-3",
+        Some("Succeeded"),
+        json!({"terminated": {"exitCode": 0}}),
+    );
     // The container has ended but the job has not: the follow goes on until it has.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(

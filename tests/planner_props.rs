@@ -461,19 +461,7 @@ proptest! {
     ) {
         let mut w = world(&cos, &jobs);
         w.check();
-        let mut history = History::from([w.clone()]);
-        for e in &events {
-            step(&mut w, &history, e, jobs.len());
-            if matches!(e, Event::Crash(..)) {
-                // A restarted operator lists everything afresh: no view lags behind the restart.
-                history.clear();
-            }
-            history.push_back(w.clone());
-            if history.len() > 5 {
-                history.pop_front();
-            }
-        }
-        drive_to_the_end(&mut w);
+        play(&mut w, &events, jobs.len());
     }
 }
 
@@ -552,6 +540,24 @@ proptest! {
     }
 }
 
+/// Plays `events` on `w` (keeping the last few worlds for views that lag), then drives every job
+/// to its end.
+fn play(w: &mut World, events: &[Event], jobs: usize) {
+    let mut history = History::from([w.clone()]);
+    for e in events {
+        step(w, &history, e, jobs);
+        if matches!(e, Event::Crash(..)) {
+            // A restarted operator lists everything afresh: no view lags behind the restart.
+            history.clear();
+        }
+        history.push_back(w.clone());
+        if history.len() > 5 {
+            history.pop_front();
+        }
+    }
+    drive_to_the_end(w);
+}
+
 /// The scene of `crashes_anywhere_never_put_two_jobs_on_one_gpu`.
 fn crashes_scene(replicas: &[i32], suspended: &[bool], priorities: &[i32], events: &[Event]) {
     let mut w = World::new();
@@ -565,19 +571,7 @@ fn crashes_scene(replicas: &[i32], suspended: &[bool], priorities: &[i32], event
             spec_from(serde_json::json!({"suspend": s, "priority": priorities[j]})),
         );
     }
-    let mut history = History::from([w.clone()]);
-    for e in events {
-        step(&mut w, &history, e, suspended.len());
-        if matches!(e, Event::Crash(..)) {
-            // A restarted operator lists everything afresh: no view lags behind the restart.
-            history.clear();
-        }
-        history.push_back(w.clone());
-        if history.len() > 5 {
-            history.pop_front();
-        }
-    }
-    drive_to_the_end(&mut w);
+    play(&mut w, events, suspended.len());
 }
 
 /// Found by `crashes_anywhere_never_put_two_jobs_on_one_gpu` (2026-12-01): j1 crashed after

@@ -221,14 +221,15 @@ pub async fn follow(
                 }),
             };
         }
-        let waiting = match &status.message {
-            Some(m) => format!(
-                "waiting for VidiJob {namespace}/{name} to start Vidi: {}: {m}",
+        let message = status.message.as_deref().map(|m| format!(": {m}")).unwrap_or_default();
+        tell(
+            progress,
+            &mut told,
+            format!(
+                "waiting for VidiJob {namespace}/{name} to start Vidi: {}{message}",
                 status.phase
             ),
-            None => format!("waiting for VidiJob {namespace}/{name} to start Vidi: {}", status.phase),
-        };
-        tell(progress, &mut told, waiting);
+        );
         let started = move |j: &VidiJob| {
             j.status
                 .as_ref()
