@@ -159,8 +159,12 @@ async fn step(job: &VidiJob, ctx: &Context) -> Result<Requeue, Error> {
         // status write was in flight to our cache). Once the cache shows this job's own status
         // write, it also shows every earlier change on the same job watch, that one included:
         // plan again from there, and create the pod only if that plan still starts it.
-        if !seen::caught_up(&ctx.stores, &writes).await || !still_starts(job, ctx, &starts, now) {
-            tracing::debug!("not starting the attempt: the pool changed since this plan; planning again");
+        if !seen::caught_up(&ctx.stores, &writes).await {
+            tracing::debug!("not starting the attempt yet: the cache does not show its status write; planning again");
+            return Err(Error::Replan);
+        }
+        if !still_starts(job, ctx, &starts, now) {
+            tracing::debug!("not starting the attempt: a plan from the newer view does not start it; planning again");
             return Err(Error::Replan);
         }
         // The pod is built from the status just written (the node chosen, the deadline's start).
