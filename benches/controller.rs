@@ -33,6 +33,8 @@
 //! `cargo bench --bench controller`; JSON in `target/bench-controller-x<scale>.json`, the operator's log
 //! in `target/bench-controller-operator.log`. `VIDI_BENCH_VERBOSE=1` prints every sample,
 //! `VIDI_BENCH_TRACE=1` the stand-in's write history of the first measured jobs.
+//! `VIDI_BENCH_OPERATOR` names another operator binary and `VIDI_BENCH_OUT` another folder for
+//! the JSON and the log: both let the two built binaries run on a machine without the checkout.
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -121,6 +123,12 @@ fn main() {
         Err(e) => panic!("tokio runtime: {e}"),
     };
     rt.block_on(bench());
+}
+
+/// The operator binary cargo built with this benchmark, or `VIDI_BENCH_OPERATOR` (to run the two
+/// built binaries on another machine, where the build's absolute paths do not exist).
+fn operator_binary() -> String {
+    std::env::var("VIDI_BENCH_OPERATOR").unwrap_or_else(|_| env!("CARGO_BIN_EXE_vidi-operator").to_string())
 }
 
 fn node(pool: usize) -> String {
@@ -275,7 +283,7 @@ fn start_operator(api: &Standin, target: &std::path::Path) -> Operator {
         Ok(f) => f,
         Err(e) => panic!("creating {}: {e}", log_path.display()),
     };
-    let child = Command::new(env!("CARGO_BIN_EXE_vidi-operator"))
+    let child = Command::new(operator_binary())
         .args([
             "run",
             "--metrics-addr",
@@ -489,7 +497,13 @@ fn stats_json(s: &Stats) -> Value {
 }
 
 async fn bench() {
-    let target = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
+    let target = match std::env::var_os("VIDI_BENCH_OUT") {
+        Some(dir) => std::path::PathBuf::from(dir),
+        None => std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target"),
+    };
+    if let Err(e) = std::fs::create_dir_all(&target) {
+        panic!("creating {}: {e}", target.display());
+    }
     let total_start = Instant::now();
     let api = Standin::start().await;
     api.set_history_limit(200_000);
@@ -543,7 +557,7 @@ async fn bench() {
         panic!("co-tenant pods never came up");
     }
 
-    eprintln!("starting the operator ({})", env!("CARGO_BIN_EXE_vidi-operator"));
+    eprintln!("starting the operator ({})", operator_binary());
     let operator = start_operator(&api, &target);
     let pid = operator.child.id();
     // Synced = every cache has listed; the controller reads 5 kinds.
