@@ -114,7 +114,9 @@ async fn memory_that_does_not_go_free_falls_back_to_stopping() {
     let server = HookServer::start();
     let tts = fx.cotenant("tts", true).await;
     let job = fx.job("a");
-    let file = fx.job_file(&job, "find", &vllm_ref(&tts, &server, 5), "");
+    // The gate waits 1 s for the released memory (freeWithinSeconds), not its whole minute.
+    let co = format!("{}\n          freeWithinSeconds: 1", vllm_ref(&tts, &server, 5));
+    let file = fx.job_file(&job, "find", &co, "");
     let job = jobfile::load(std::path::Path::new(&file)).expect("job");
     // 24 GiB card, 3 GiB free: the hook answers 200 but frees nothing. Once the container is
     // stopped, its memory goes free.
@@ -139,7 +141,7 @@ async fn memory_that_does_not_go_free_falls_back_to_stopping() {
         vidi_image: docker_support::IMAGE.into(),
         gpus: GpuMode::All,
         gate: true,
-        gate_timeout: Duration::from_millis(800),
+        gate_timeout: Duration::from_secs(60),
         gate_interval: Duration::from_millis(20),
         user: "1000:1000".into(),
         wait_for_lock: false,
@@ -176,6 +178,7 @@ async fn memory_that_does_not_go_free_falls_back_to_stopping() {
         said.contains("did not get its GPU memory after an in-place release"),
         "{said}"
     );
+    assert!(said.contains("timed out after 1s"), "{said}");
     assert!(said.contains("stopped Container"), "{said}");
     // Released once, then stopped and started: no resume.
     assert_eq!(server.lines(), ["POST /sleep?level=1"], "{said}");

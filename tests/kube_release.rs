@@ -32,6 +32,7 @@ fn vllm(server: &HookServer) -> Value {
         "vidi.dev/release-url": server.url("/sleep?level=1"),
         "vidi.dev/resume-url": server.url("/wake_up"),
         "vidi.dev/release-timeout-seconds": "2",
+        "vidi.dev/release-free-within-seconds": "15",
     });
     d
 }
@@ -234,6 +235,18 @@ async fn a_gate_timeout_after_a_release_scales_down_and_retries() {
     assert_eq!(d["spec"]["replicas"], 1);
     assert!(no_marks(&d));
     assert_eq!(phase(&api, "find"), "Succeeded");
+    // Attempt 1's gate waited only the hook's freeWithinSeconds for the released memory;
+    // attempt 2, with vllm scaled down, the operator's whole gate timeout (60 s in these tests).
+    for (attempt, timeout) in [(1, "--timeout=15s"), (2, "--timeout=60s")] {
+        let pod = api
+            .get(&Gvr::pods(), NS, &format!("find-vidi-{attempt}"))
+            .unwrap_or_default();
+        let args = &pod["spec"]["initContainers"][0]["args"];
+        assert!(
+            args.as_array().is_some_and(|a| a.iter().any(|x| x == timeout)),
+            "attempt {attempt}: {args}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

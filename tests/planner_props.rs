@@ -251,6 +251,7 @@ fn world(cos: &[CoSetup], jobs: &[JobSetup]) -> World {
                 resume_url: Some(format!("http://{}:8000/wake_up", c.co.id.name)),
                 body: None,
                 timeout_seconds: 10,
+                free_within_seconds: 60,
             });
             c.refuses_release = refuses;
         }

@@ -3,9 +3,11 @@
 //! and a crash between recording and calling.
 mod support;
 
+use std::time::Duration;
 use vidi_operator::api::{
     FailureReason, Phase, Precision, ReleaseHook, ReleasePreset, ReleaseState, WorkloadKind, WorkloadRef,
 };
+
 use vidi_operator::plan::{Action, Severity};
 
 use support::world::{Applied, World};
@@ -18,6 +20,7 @@ fn hook() -> ReleaseHook {
         resume_url: Some("http://vllm:8000/wake_up".into()),
         body: None,
         timeout_seconds: 10,
+        free_within_seconds: 45,
     }
 }
 
@@ -149,6 +152,59 @@ fn memory_not_freed_falls_back_and_retries_at_the_same_precision() {
     let d = w.reconcile("a");
     assert!(notice(&d, "PrecisionLowered").is_some(), "{:?}", notices(&d));
     assert!(notice(&d, "ReleaseFellBack").is_none());
+}
+
+/// The attempts a decision starts, with how long their GPU gate may wait for released memory.
+fn starts(d: &vidi_operator::plan::Decision) -> Vec<(u32, Option<Duration>)> {
+    d.actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::StartAttempt {
+                attempt, release_wait, ..
+            } => Some((*attempt, *release_wait)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Reconciles `a` until it starts an attempt; that decision's starts.
+fn start_of(w: &mut World) -> Vec<(u32, Option<Duration>)> {
+    for _ in 0..6 {
+        let d = w.reconcile("a");
+        w.drain();
+        if !starts(&d).is_empty() {
+            return starts(&d);
+        }
+    }
+    panic!("no attempt started: {:?}", w.job("a").status);
+}
+
+#[test]
+fn the_gate_waits_for_released_memory_as_long_as_the_hooks_say_then_the_whole_timeout() {
+    let mut w = world();
+    // vllm is released in place (freeWithinSeconds 45); cosy is scaled down.
+    assert_eq!(start_of(&mut w), [(1, Some(Duration::from_secs(45)))]);
+    w.run_pod("a");
+    w.finish("a", gate_timeout());
+    let d = w.reconcile("a");
+    assert_eq!(writes(&d), ["fall-back ns/vllm"]);
+    w.drain();
+    // Nothing is released in place any more: attempt 2's gate gets the operator's whole timeout.
+    assert_eq!(start_of(&mut w), [(2, None)]);
+
+    // Two co-tenants released in place: the longer of their waits.
+    let mut w = world();
+    let i = w.co_index("ns/cosy");
+    w.cos[i].co.release_hook = Some(ReleaseHook {
+        free_within_seconds: 120,
+        ..hook()
+    });
+    assert_eq!(start_of(&mut w), [(1, Some(Duration::from_secs(120)))]);
+    // Scaled down only: no release wait at all.
+    let mut w = world();
+    let i = w.co_index("ns/vllm");
+    w.cos[i].co.release_hook = None;
+    assert_eq!(start_of(&mut w), [(1, None)]);
 }
 
 #[test]

@@ -16,6 +16,7 @@ fn hook(server: &HookServer, preset: ReleasePreset, release: &str, resume: Optio
         resume_url: resume.map(|p| server.url(p)),
         body: None,
         timeout_seconds: 1,
+        free_within_seconds: 60,
     }
 }
 

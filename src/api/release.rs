@@ -4,7 +4,7 @@
 //!
 //! Declared as `release:` on `coTenants.refs[i]` and `coTenants.commands[i]`, or as annotations
 //! (Kubernetes) or labels (Docker containers) on the workload: [`RELEASE`], [`RELEASE_URL`],
-//! [`RESUME_URL`], [`RELEASE_BODY`], [`RELEASE_TIMEOUT`].
+//! [`RESUME_URL`], [`RELEASE_BODY`], [`RELEASE_TIMEOUT`], [`RELEASE_FREE_WITHIN`].
 use std::collections::BTreeMap;
 
 use kube::KubeSchema;
@@ -23,6 +23,9 @@ pub const RESUME_URL: &str = "vidi.dev/resume-url";
 pub const RELEASE_BODY: &str = "vidi.dev/release-body";
 /// Annotation or label: seconds each call may take (default 10).
 pub const RELEASE_TIMEOUT: &str = "vidi.dev/release-timeout-seconds";
+/// Annotation or label: seconds the GPU gate waits for the memory to go free after the release
+/// answered, before the co-tenant is stopped instead (default 60).
+pub const RELEASE_FREE_WITHIN: &str = "vidi.dev/release-free-within-seconds";
 /// Annotation the operator writes on a co-tenant held in place, in the same write as
 /// `vidi.dev/held-by`: the hook and how far the release got (a [`ReleaseMark`] as JSON), so a
 /// crash at any point still resumes it.
@@ -81,15 +84,30 @@ pub struct ReleaseHook {
     #[serde(default = "default_timeout_seconds")]
     #[schemars(range(min = 1, max = 600))]
     pub timeout_seconds: i64,
+    /// Seconds the GPU gate waits for the memory to go free once the release answered, before
+    /// the co-tenant is stopped instead and Vidi tries again (default 60; at most the operator's
+    /// gate timeout).
+    #[serde(default = "default_free_within_seconds")]
+    #[schemars(range(min = 1, max = 3600))]
+    pub free_within_seconds: i64,
 }
 
 fn default_timeout_seconds() -> i64 {
     10
 }
 
+fn default_free_within_seconds() -> i64 {
+    60
+}
+
 impl ReleaseHook {
     pub fn timeout(&self) -> std::time::Duration {
         std::time::Duration::from_secs(self.timeout_seconds.clamp(1, 600) as u64)
+    }
+
+    /// How long the GPU gate waits for this co-tenant's memory after its release answered.
+    pub fn free_within(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.free_within_seconds.clamp(1, 3600) as u64)
     }
 
     /// The JSON body of the release call.
@@ -136,6 +154,12 @@ impl ReleaseHook {
             errors.push(FieldError::new(
                 format!("{field}.timeoutSeconds"),
                 format!("expected 1 to 600, got {}", self.timeout_seconds),
+            ));
+        }
+        if !(1..=3600).contains(&self.free_within_seconds) {
+            errors.push(FieldError::new(
+                format!("{field}.freeWithinSeconds"),
+                format!("expected 1 to 3600, got {}", self.free_within_seconds),
             ));
         }
         errors
@@ -192,12 +216,23 @@ pub fn from_marks(marks: &BTreeMap<String, String>, what: &str) -> Result<Option
             default_timeout_seconds()
         }),
     };
+    let free_within_seconds = match marks.get(RELEASE_FREE_WITHIN) {
+        None => default_free_within_seconds(),
+        Some(v) => v.trim().parse().unwrap_or_else(|_| {
+            errors.push(FieldError::new(
+                field(RELEASE_FREE_WITHIN),
+                format!("expected whole seconds (1 to 3600), got {v:?}"),
+            ));
+            default_free_within_seconds()
+        }),
+    };
     let hook = ReleaseHook {
         preset,
         url: url.unwrap_or_default(),
         resume_url: marks.get(RESUME_URL).map(|u| u.trim().to_string()),
         body: marks.get(RELEASE_BODY).cloned(),
         timeout_seconds,
+        free_within_seconds,
     };
     if errors.is_empty() {
         // Named like the marks they came from.
@@ -206,6 +241,7 @@ pub fn from_marks(marks: &BTreeMap<String, String>, what: &str) -> Result<Option
                 "url" => RELEASE_URL,
                 "resumeUrl" => RESUME_URL,
                 "body" => RELEASE_BODY,
+                "freeWithinSeconds" => RELEASE_FREE_WITHIN,
                 _ => RELEASE_TIMEOUT,
             };
             FieldError::new(field(key), e.message)
@@ -257,6 +293,7 @@ mod tests {
         .unwrap();
         assert_eq!(hook.preset, ReleasePreset::Comfyui);
         assert_eq!(hook.timeout_seconds, 10);
+        assert_eq!(hook.free_within(), std::time::Duration::from_secs(60));
         assert_eq!(
             hook.release_body().as_deref(),
             Some(r#"{"unload_models": true, "free_memory": true}"#)
@@ -267,6 +304,7 @@ mod tests {
                 (RELEASE_URL, "http://vllm:8000/sleep?level=1"),
                 (RESUME_URL, "http://vllm:8000/wake_up"),
                 (RELEASE_TIMEOUT, "30"),
+                (RELEASE_FREE_WITHIN, " 300 "),
             ]),
             "annotation",
         )
@@ -274,6 +312,7 @@ mod tests {
         .unwrap();
         assert_eq!(vllm.release_body(), None);
         assert_eq!(vllm.timeout_seconds, 30);
+        assert_eq!(vllm.free_within(), std::time::Duration::from_secs(300));
     }
 
     #[test]
@@ -305,6 +344,24 @@ mod tests {
         .unwrap_err();
         let fields: Vec<_> = errors.iter().map(|e| e.field.as_str()).collect();
         assert_eq!(fields, vec!["annotation vidi.dev/release-timeout-seconds"]);
+
+        for (value, expected) in [
+            ("a minute", "expected whole seconds (1 to 3600)"),
+            ("0", "expected 1 to 3600, got 0"),
+        ] {
+            let errors = from_marks(
+                &marks(&[
+                    (RELEASE, "comfyui"),
+                    (RELEASE_URL, "http://comfy:8188/free"),
+                    (RELEASE_FREE_WITHIN, value),
+                ]),
+                "annotation",
+            )
+            .unwrap_err();
+            assert_eq!(errors.len(), 1, "{errors:?}");
+            assert_eq!(errors[0].field, "annotation vidi.dev/release-free-within-seconds");
+            assert!(errors[0].message.contains(expected), "{errors:?}");
+        }
     }
 
     #[test]
@@ -315,6 +372,7 @@ mod tests {
             resume_url: None,
             body: Some("{".into()),
             timeout_seconds: 0,
+            free_within_seconds: 3601,
         };
         let fields: Vec<_> = hook
             .check("spec.coTenants.commands[0].release")
@@ -326,7 +384,8 @@ mod tests {
             vec![
                 "spec.coTenants.commands[0].release.url",
                 "spec.coTenants.commands[0].release.body",
-                "spec.coTenants.commands[0].release.timeoutSeconds"
+                "spec.coTenants.commands[0].release.timeoutSeconds",
+                "spec.coTenants.commands[0].release.freeWithinSeconds"
             ]
         );
     }
@@ -341,10 +400,16 @@ mod tests {
                 resume_url: Some("http://v:8000/wake_up".into()),
                 body: None,
                 timeout_seconds: 10,
+                free_within_seconds: 90,
             },
         };
         let text = serde_json::to_string(&mark).unwrap();
         assert!(text.contains(r#""is":"refused""#), "{text}");
         assert_eq!(serde_json::from_str::<ReleaseMark>(&text).unwrap(), mark);
+        // A mark written before freeWithinSeconds existed reads with its default.
+        let old =
+            r#"{"state":{"is":"released"},"hook":{"preset":"comfyui","url":"http://c:8188/free","timeoutSeconds":10}}"#;
+        let old: ReleaseMark = serde_json::from_str(old).unwrap();
+        assert_eq!(old.hook.free_within(), std::time::Duration::from_secs(60));
     }
 }

@@ -3,6 +3,8 @@
 //! planner classifies them like any other (a gate timeout steps precision down, a missing
 //! NVIDIA runtime is NoGpu).
 
+use std::time::Duration;
+
 use bollard::Docker;
 use bollard::models::ContainerStateStatusEnum;
 use bollard::query_parameters::{
@@ -79,6 +81,7 @@ impl Run<'_> {
         name: &str,
         precision: Precision,
         min_free_bytes: u64,
+        gate_timeout: Duration,
     ) -> Result<(), DockerError> {
         match self.journal.attempt_mut(number) {
             Some(rec) if rec.end.is_some() => return Ok(()),
@@ -99,7 +102,7 @@ impl Run<'_> {
             }
         }
         if self.s.opts.gpus == GpuMode::All && self.s.opts.gate {
-            match self.gate(min_free_bytes).await {
+            match self.gate(min_free_bytes, gate_timeout).await {
                 Ok(report) => {
                     if let Some(rec) = self.journal.attempt_mut(number) {
                         rec.gate_report = serde_json::to_string(&report).ok();
@@ -187,7 +190,7 @@ impl Run<'_> {
 
     /// Waits in-process until the GPU has `min_free_bytes` free, telling the user free vs
     /// needed. `Err((exit code, message))` uses the `gpu gate` exit codes.
-    async fn gate(&self, min_free_bytes: u64) -> Result<gpu::GateReport, (i32, String)> {
+    async fn gate(&self, min_free_bytes: u64, timeout: Duration) -> Result<gpu::GateReport, (i32, String)> {
         let probe = self.s.open_probe().map_err(|e| {
             (
                 gpu::EXIT_NO_GPU,
@@ -203,7 +206,7 @@ impl Run<'_> {
             &*probe,
             &selector,
             min_free_bytes,
-            self.s.opts.gate_timeout,
+            timeout,
             self.s.opts.gate_interval,
             |r| {
                 // The passing reading is reported as GatePassed below.

@@ -794,6 +794,7 @@ impl<'s> Run<'s> {
                     name,
                     precision,
                     min_free_bytes,
+                    release_wait,
                 } => {
                     // As on Kubernetes, an attempt starts once the status that records it (and
                     // Running) is saved.
@@ -801,7 +802,11 @@ impl<'s> Run<'s> {
                         self.journal.status = decision.status.clone();
                         self.save()?;
                     }
-                    self.start_attempt(*attempt, name, *precision, *min_free_bytes).await?
+                    // Co-tenants only released in place get their own, shorter wait.
+                    let gate_timeout =
+                        release_wait.map_or(self.s.opts.gate_timeout, |w| w.min(self.s.opts.gate_timeout));
+                    self.start_attempt(*attempt, name, *precision, *min_free_bytes, gate_timeout)
+                        .await?
                 }
                 Action::StopAttempt { name, .. } => self.stop_attempt(name).await?,
                 // No TTL on a Docker host: the job object is the file, which is the user's.

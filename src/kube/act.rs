@@ -398,9 +398,11 @@ impl Actor<'_> {
                     name,
                     precision,
                     min_free_bytes,
+                    release_wait,
                 } => {
                     let left = deadline_left(job, now);
-                    let mut pod = pod::build(job, self.defaults, name, *attempt, *precision, *min_free_bytes, left);
+                    let gate = pod::Gate::new(self.defaults, *min_free_bytes, *release_wait);
+                    let mut pod = pod::build(job, self.defaults, name, *attempt, *precision, gate, left);
                     // The node chosen when the job left the queue (recorded in the status before
                     // any attempt is created).
                     if let Some(choice) = job.status.as_ref().and_then(|s| s.node_choice.as_ref()) {

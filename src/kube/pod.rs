@@ -70,7 +70,25 @@ fn restricted() -> SecurityContext {
     }
 }
 
-/// Builds attempt `number`'s pod, named `name`, at `precision`, gated on `min_free_bytes`.
+/// What the GPU gate of one attempt waits for, and how long.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Gate {
+    pub min_free_bytes: u64,
+    pub timeout: std::time::Duration,
+}
+
+impl Gate {
+    /// The operator's gate timeout, shortened to `release_wait` when some co-tenants are only
+    /// released in place (the planner's `StartAttempt`).
+    pub fn new(defaults: &PodDefaults, min_free_bytes: u64, release_wait: Option<std::time::Duration>) -> Gate {
+        Gate {
+            min_free_bytes,
+            timeout: release_wait.map_or(defaults.gate_timeout, |w| w.min(defaults.gate_timeout)),
+        }
+    }
+}
+
+/// Builds attempt `number`'s pod, named `name`, at `precision`, behind `gate`.
 /// `deadline_left` is what remains of the job's activeDeadlineSeconds.
 pub fn build(
     job: &VidiJob,
@@ -78,7 +96,7 @@ pub fn build(
     name: &str,
     number: u32,
     precision: Precision,
-    min_free_bytes: u64,
+    gate: Gate,
     deadline_left: Option<i64>,
 ) -> Pod {
     let spec = &job.spec;
@@ -161,8 +179,8 @@ pub fn build(
         args: Some(vec![
             "gpu".into(),
             "gate".into(),
-            format!("--min-free={min_free_bytes}"),
-            format!("--timeout={}s", defaults.gate_timeout.as_secs()),
+            format!("--min-free={}", gate.min_free_bytes),
+            format!("--timeout={}s", gate.timeout.as_secs()),
             "--termination-log=/dev/termination-log".into(),
         ]),
         resources: Some(ResourceRequirements {

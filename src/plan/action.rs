@@ -119,6 +119,10 @@ pub enum Action {
         name: String,
         precision: Precision,
         min_free_bytes: u64,
+        /// Some co-tenants are only released in place: the GPU gate waits at most this long
+        /// (and at most the operator's gate timeout) for their memory, so a release that frees
+        /// nothing falls back to stopping them within it instead of after the whole gate timeout.
+        release_wait: Option<std::time::Duration>,
     },
     /// Stop and delete an attempt that is still alive.
     StopAttempt { attempt: u32, name: String },

@@ -203,6 +203,17 @@ impl<'a> Plan<'a> {
         true
     }
 
+    /// How long the GPU gate of an attempt starting now may wait for memory: the longest
+    /// `freeWithinSeconds` of the co-tenants this job holds in place, or none when it holds none
+    /// in place (the operator's gate timeout applies).
+    pub(super) fn release_wait(&self) -> Option<std::time::Duration> {
+        self.held()
+            .into_iter()
+            .filter_map(|i| self.view[i].released.as_ref())
+            .map(|mark| mark.hook.free_within())
+            .max()
+    }
+
     /// Restores an in-place hold that no other job holds: the resume call, then the marks go.
     /// False when it is not held in place or others still hold it.
     pub(super) fn resume_in_place(&mut self, i: usize) -> bool {

@@ -251,11 +251,13 @@ impl<'a> Plan<'a> {
         self.st.precision = Some(precision);
         self.st.pod_name = Some(name.clone());
         self.st.message = Some(format!("starting Vidi attempt {number} at {precision}"));
+        let release_wait = self.release_wait();
         self.actions.push(Action::StartAttempt {
             attempt: number,
             name: name.clone(),
             precision,
             min_free_bytes,
+            release_wait,
         });
         if new {
             self.notify(
