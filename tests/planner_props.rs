@@ -445,10 +445,19 @@ fn drive_to_the_end(w: &mut World) {
     w.check_all_restored();
 }
 
+/// A failing case's seed is saved beside this file (`planner_props.proptest-regressions`), and
+/// every later run replays the saved seeds before its random cases: commit the file with the fix,
+/// so a failure CI found once is checked for good.
+fn regressions() -> Option<Box<dyn proptest::test_runner::FailurePersistence>> {
+    Some(Box::new(proptest::test_runner::FileFailurePersistence::WithSource(
+        "proptest-regressions",
+    )))
+}
+
 proptest! {
     #![proptest_config(ProptestConfig {
         cases: 1024,
-        failure_persistence: None,
+        failure_persistence: regressions(),
         .. ProptestConfig::default()
     })]
 
@@ -469,7 +478,7 @@ proptest! {
 proptest! {
     #![proptest_config(ProptestConfig {
         cases: 256,
-        failure_persistence: None,
+        failure_persistence: regressions(),
         .. ProptestConfig::default()
     })]
 
