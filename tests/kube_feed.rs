@@ -174,3 +174,56 @@ async fn seen_waits_for_a_change_the_cache_applies_and_gives_up_at_its_limit() {
         t.abort();
     }
 }
+
+#[tokio::test]
+async fn seen_gives_up_at_once_while_the_watch_fails_and_waits_again_once_it_is_back() {
+    let api = standin().await;
+    let (cache, _subs, tasks) = pod_feed(&api, 0).await;
+    let key = ObjectRef::<Pod>::new("p").within(NS);
+    // A waiter that is already waiting when the watch breaks.
+    let waiting = {
+        let cache = cache.clone();
+        let key = key.clone();
+        tokio::spawn(async move { cache.seen(&key, |p| p.is_some(), WAIT).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!cache.watch_failing());
+    // The connection drops and the next three watch requests fail (500; kube's client retries a
+    // 503 inside the call): kube's watcher retries with backoff, a few seconds in all.
+    for _ in 0..3 {
+        api.fail_next("watch", "pods", 500);
+    }
+    api.drop_watches();
+    let started = std::time::Instant::now();
+    assert!(
+        matches!(waiting.await, Ok(false)),
+        "the waiter saw a pod that does not exist"
+    );
+    assert!(
+        started.elapsed() < WAIT / 2,
+        "the waiter sat out its limit while the watch failed: {:?}",
+        started.elapsed()
+    );
+    assert!(cache.watch_failing());
+    // A new waiter does not wait at all.
+    let started = std::time::Instant::now();
+    assert!(!cache.seen(&key, |p| p.is_some(), WAIT).await);
+    assert!(started.elapsed() < WAIT / 2, "{:?}", started.elapsed());
+    // Once the watch delivers again, it waits for the change as before.
+    if let Err(e) = api.create(&Gvr::pods(), NS, pod("p")) {
+        panic!("create: {e:?}");
+    }
+    let mut seen = false;
+    let deadline = std::time::Instant::now() + WAIT;
+    while !seen && std::time::Instant::now() < deadline {
+        seen = cache.seen(&key, |p| p.is_some(), WAIT).await;
+        if !seen {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    assert!(seen, "the pod created after the outage was never seen");
+    assert!(!cache.watch_failing());
+    for t in tasks {
+        t.abort();
+    }
+}

@@ -4,6 +4,7 @@
 //! per kind: namespace, labels, holders, pools) updated from the same stream before any
 //! subscriber hears of a change, so readers look objects up instead of scanning the cache.
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
 use futures::StreamExt;
@@ -50,8 +51,12 @@ where
     /// overwrites: a waiter could then sleep until its timeout).
     listed: Vec<watch::Receiver<bool>>,
     index: Arc<Index<K>>,
-    /// Bumped after every change a store applied: what [`Cache::seen`] waits on.
+    /// Bumped after every change a store applied, and after every watch error: what
+    /// [`Cache::seen`] waits on.
     applied: Arc<watch::Sender<u64>>,
+    /// One flag per store: its watch's latest news was an error (it is retrying with backoff).
+    /// Cleared by the next change it delivers.
+    failing: Vec<Arc<AtomicBool>>,
 }
 
 impl<K: reflector::Lookup + Clone + 'static> Clone for Cache<K>
@@ -64,6 +69,7 @@ where
             listed: self.listed.clone(),
             index: self.index.clone(),
             applied: self.applied.clone(),
+            failing: self.failing.clone(),
         }
     }
 }
@@ -214,10 +220,17 @@ where
         true
     }
 
+    /// Whether a watch of this kind is failing: its latest news was an error, and no change has
+    /// come through since.
+    pub fn watch_failing(&self) -> bool {
+        self.failing.iter().any(|f| f.load(Ordering::Relaxed))
+    }
+
     /// Waits until the cached `key` (None once it is gone) passes `done`, for at most `within`;
     /// whether it did. A reconcile waits so for its own writes: the next plan then starts from
     /// a view that has them, rather than replanning them from a view that lags (a 409, or an
-    /// Event published twice).
+    /// Event published twice). While the kind's watch is failing nothing will come: it gives up
+    /// at once (a reconcile would otherwise hold its slot for the whole wait, each time).
     pub async fn seen(
         &self,
         key: &ObjectRef<K>,
@@ -230,6 +243,9 @@ where
         loop {
             if done(self.get(key).as_deref()) {
                 return true;
+            }
+            if self.watch_failing() {
+                return false;
             }
             match tokio::time::timeout_at(deadline, applied.changed()).await {
                 Ok(Ok(())) => {}
@@ -296,7 +312,10 @@ where
     let mut subs = Vec::new();
     let index = Arc::new(Index::new(keys));
     let applied = Arc::new(watch::channel(0u64).0);
+    let mut failing = Vec::new();
     for ns in scope.parts() {
+        let fails = Arc::new(AtomicBool::new(false));
+        failing.push(fails.clone());
         let (store, writer) = reflector::store();
         let (lists, listed_rx) = watch::channel(false);
         let (senders, receivers): (Vec<_>, Vec<_>) = (0..subscribers)
@@ -333,9 +352,10 @@ where
         let stream = reflector::reflector(writer, events)
             .default_backoff()
             .inspect(move |event| {
+                fails.store(event.is_err(), Ordering::Relaxed);
                 if matches!(
                     event,
-                    Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_) | watcher::Event::InitDone)
+                    Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_) | watcher::Event::InitDone) | Err(_)
                 ) {
                     bump.send_modify(|n| *n = n.wrapping_add(1));
                 }
@@ -397,6 +417,7 @@ where
             listed,
             index,
             applied,
+            failing,
         },
         subs,
     )
