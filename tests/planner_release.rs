@@ -8,7 +8,7 @@ use vidi_operator::api::{
     FailureReason, Phase, Precision, ReleaseHook, ReleasePreset, ReleaseState, WorkloadKind, WorkloadRef,
 };
 
-use vidi_operator::plan::{Action, Severity};
+use vidi_operator::plan::{Action, Severity, gate_wait};
 
 use support::world::{Applied, World};
 use support::*;
@@ -205,6 +205,15 @@ fn the_gate_waits_for_released_memory_as_long_as_the_hooks_say_then_the_whole_ti
     let i = w.co_index("ns/vllm");
     w.cos[i].co.release_hook = None;
     assert_eq!(start_of(&mut w), [(1, None)]);
+
+    // What the adapters give the gate: never more than the operator's gate timeout.
+    let minute = Duration::from_secs(60);
+    assert_eq!(
+        gate_wait(Some(Duration::from_secs(45)), minute),
+        Duration::from_secs(45)
+    );
+    assert_eq!(gate_wait(Some(Duration::from_secs(120)), minute), minute);
+    assert_eq!(gate_wait(None, minute), minute);
 }
 
 #[test]

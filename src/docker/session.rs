@@ -803,8 +803,7 @@ impl<'s> Run<'s> {
                         self.save()?;
                     }
                     // Co-tenants only released in place get their own, shorter wait.
-                    let gate_timeout =
-                        release_wait.map_or(self.s.opts.gate_timeout, |w| w.min(self.s.opts.gate_timeout));
+                    let gate_timeout = crate::plan::gate_wait(*release_wait, self.s.opts.gate_timeout);
                     self.start_attempt(*attempt, name, *precision, *min_free_bytes, gate_timeout)
                         .await?
                 }

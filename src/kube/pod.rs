@@ -83,7 +83,7 @@ impl Gate {
     pub fn new(defaults: &PodDefaults, min_free_bytes: u64, release_wait: Option<std::time::Duration>) -> Gate {
         Gate {
             min_free_bytes,
-            timeout: release_wait.map_or(defaults.gate_timeout, |w| w.min(defaults.gate_timeout)),
+            timeout: crate::plan::gate_wait(release_wait, defaults.gate_timeout),
         }
     }
 }

@@ -132,6 +132,12 @@ pub enum Action {
     DeleteJob,
 }
 
+/// How long an attempt's GPU gate waits: `gate_timeout`, or `release_wait` (a
+/// `StartAttempt`'s) when that is shorter.
+pub fn gate_wait(release_wait: Option<std::time::Duration>, gate_timeout: std::time::Duration) -> std::time::Duration {
+    release_wait.map_or(gate_timeout, |w| w.min(gate_timeout))
+}
+
 /// The planner's answer: actions to apply in order, then the status to write.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Decision {
