@@ -413,7 +413,7 @@ impl Session {
         }
         .map_err(|e| DockerError::io("creating the output directory", dir, e))?;
         if !existed {
-            make_writable_for(dir, &self.opts.user)?;
+            make_writable_for(dir, &self.opts.user, state_dir::sudo_invoker())?;
         }
         let stale = dir.join(observe::RESULT_FILE);
         match std::fs::remove_file(&stale) {
@@ -436,21 +436,34 @@ fn job_name(job: &VidiJob) -> Result<&str, DockerError> {
         .ok_or_else(|| DockerError::Other("metadata.name: expected the job's name; it is missing".into()))
 }
 
-/// The container runs as `user` (default 1000:1000), not as the operator's user: hand it the
-/// directory (root can chown; others open it up, it is their own state dir).
-fn make_writable_for(dir: &Path, user: &str) -> Result<(), DockerError> {
+/// The container runs as `user` (default 1000:1000), not as the operator's user: the new output
+/// directory must be writable by it.
+/// - Run through sudo (`invoker`: the uid and gid that ran it), the directory goes to that user
+///   and is opened up for the container's: they can read and remove what Vidi wrote there
+///   (removing needs the directory, not the files).
+/// - Root without sudo hands it to the container's user.
+/// - Anyone else opens it up.
+fn make_writable_for(dir: &Path, user: &str, invoker: Option<(u32, u32)>) -> Result<(), DockerError> {
     use std::os::unix::fs::PermissionsExt as _;
     let ids = user.split_once(':').map_or((user, None), |(u, g)| (u, Some(g)));
     let uid = ids.0.parse::<u32>().ok();
     let gid = ids.1.and_then(|g| g.parse::<u32>().ok());
-    if state_dir::is_root() && uid.is_some() {
-        std::os::unix::fs::chown(dir, uid, gid)
-            .map_err(|e| DockerError::io("handing over the output directory", dir, e))
-    } else if uid != Some(state_dir::effective_uid()) {
+    let open_up = || {
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777))
             .map_err(|e| DockerError::io("opening up the output directory", dir, e))
-    } else {
-        Ok(())
+    };
+    let hand_to = |owner: Option<u32>, group: Option<u32>| {
+        std::os::unix::fs::chown(dir, owner, group)
+            .map_err(|e| DockerError::io("handing over the output directory", dir, e))
+    };
+    match invoker {
+        Some((u, g)) if state_dir::is_root() => {
+            hand_to(Some(u), Some(g))?;
+            if uid == Some(u) { Ok(()) } else { open_up() }
+        }
+        None if state_dir::is_root() && uid.is_some() => hand_to(uid, gid),
+        _ if uid != Some(state_dir::effective_uid()) => open_up(),
+        _ => Ok(()),
     }
 }
 
@@ -920,6 +933,42 @@ mod tests {
             stop_timeout,
             start_timeout: Duration::from_secs(120),
         }
+    }
+
+    #[test]
+    fn a_new_output_dir_goes_to_whoever_ran_sudo_open_to_the_container_user() {
+        use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+        if !state_dir::is_root() {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "handing a directory over needs root (CI runs as root)"
+            );
+            return;
+        }
+        let base = std::env::temp_dir().join(format!("vidi-outdir-{}", std::process::id()));
+        let owner = |d: &Path| {
+            let m = std::fs::metadata(d).unwrap();
+            (m.uid(), m.gid(), m.permissions().mode() & 0o777)
+        };
+        // sudo by uid 4321: theirs, and the container's user (1000) may write.
+        let sudo = base.join("sudo");
+        std::fs::create_dir_all(&sudo).unwrap();
+        std::fs::set_permissions(&sudo, std::fs::Permissions::from_mode(0o755)).unwrap();
+        make_writable_for(&sudo, "1000:1000", Some((4321, 4322))).unwrap();
+        assert_eq!(owner(&sudo), (4321, 4322, 0o777));
+        // sudo by the container's own user: theirs, nothing to open up.
+        let same = base.join("same");
+        std::fs::create_dir_all(&same).unwrap();
+        std::fs::set_permissions(&same, std::fs::Permissions::from_mode(0o755)).unwrap();
+        make_writable_for(&same, "1000:1000", Some((1000, 1000))).unwrap();
+        assert_eq!(owner(&same), (1000, 1000, 0o755));
+        // Root itself: the container's user.
+        let root = base.join("root");
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755)).unwrap();
+        make_writable_for(&root, "1000:1000", None).unwrap();
+        assert_eq!(owner(&root), (1000, 1000, 0o755));
+        std::fs::remove_dir_all(&base).unwrap();
     }
 
     #[test]

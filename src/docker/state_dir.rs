@@ -191,6 +191,15 @@ pub fn is_root() -> bool {
     effective_uid() == 0
 }
 
+/// The user who ran this through sudo (`SUDO_UID`, `SUDO_GID`), when not root themselves.
+pub fn sudo_invoker() -> Option<(u32, u32)> {
+    let id = |name: &str| std::env::var(name).ok()?.trim().parse::<u32>().ok();
+    match (id("SUDO_UID")?, id("SUDO_GID")?) {
+        (0, _) => None,
+        ids => Some(ids),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
