@@ -238,6 +238,16 @@ fn cases(fx: &Fixture) -> Vec<(&'static str, String, String, &'static str)> {
             "spec.output.hostPath",
         ),
         (
+            "output is a file",
+            r(&output, &format!("  output:\n    hostPath: {d}/video.mp4\n")),
+            "spec.output.hostPath",
+        ),
+        (
+            "output under a file",
+            r(&output, &format!("  output:\n    hostPath: {d}/video.mp4/out\n")),
+            "spec.output.hostPath",
+        ),
+        (
             "negative memory",
             r("  backoffLimit: 1\n", "  resources: {memory: -1Gi}\n"),
             "spec.resources.memory",

@@ -327,7 +327,33 @@ fn host_path_problems(journal: &Journal) -> Vec<FieldError> {
         spec.model.hf_cache.as_ref().and_then(|c| c.host_path.as_ref()),
         true,
     );
+    if let Some(path) = spec.output.as_ref().and_then(|o| o.host_path.as_ref()) {
+        problems
+            .extend(output_problem(std::path::Path::new(path)).map(|why| FieldError::new("spec.output.hostPath", why)));
+    }
     problems
+}
+
+/// Why the output directory could not be used (it is created only when Vidi starts, after the
+/// co-tenants were stopped): a file in its place, or a file where one of its parents would be.
+/// None when it is a directory or the nearest existing parent is one.
+fn output_problem(path: &std::path::Path) -> Option<String> {
+    for at in path.ancestors() {
+        match std::fs::metadata(at) {
+            Ok(m) if m.is_dir() => return None,
+            Ok(_) if at == path => return Some(format!("{} is a file, not a directory", path.display())),
+            Ok(_) => {
+                return Some(format!(
+                    "{} cannot be created: {} is a file, not a directory",
+                    path.display(),
+                    at.display()
+                ));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Some(format!("{}: {e}", at.display())),
+        }
+    }
+    None
 }
 
 async fn attempts(docker: &Docker, journal: &Journal) -> Result<Vec<Attempt>, DockerError> {
