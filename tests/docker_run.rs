@@ -497,3 +497,49 @@ async fn a_dry_run_in_json_prints_the_plan_and_the_planned_status() {
     assert_eq!(fx.running(&tts).await, Some(true));
     assert!(!fx.path("state").exists(), "a dry run creates no state");
 }
+
+/// A command co-tenant whose `stop` fails (an error, or a stop that never brings it down): the
+/// job fails at once, and the process, which never stopped, counts as restored as it is. It is
+/// not stopped again and again until the restore gives up and leaves the journal behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_whose_stop_fails_is_left_running_and_the_job_fails_at_once() {
+    let Some(fx) = Fixture::new("stopfail").await else {
+        return;
+    };
+    let d = fx.dir.path().display().to_string();
+    for (case, stop, extra) in [
+        ("exits 3", "echo oops >&2; exit 3", ""),
+        ("never brings it down", "true", "\n        stopTimeoutSeconds: 1"),
+    ] {
+        std::fs::write(fx.path("comfy.running"), b"").expect("marker");
+        let _ = std::fs::remove_file(fx.path("comfy.log"));
+        let co = format!(
+            r#"
+    commands:
+      - name: comfy
+        stop: "echo stop >> {d}/comfy.log; {stop}"
+        start: "touch {d}/comfy.running && echo start >> {d}/comfy.log"
+        check: "test -f {d}/comfy.running"{extra}"#
+        );
+        let job = fx.job("a");
+        let file = fx.job_file(&job, "find", &co, "");
+        let started = std::time::Instant::now();
+        let mut run = fx.run(&file, &[]);
+        let code = run.wait().await;
+        let err = run.stderr();
+        assert_eq!(code, Some(1), "{case}: {err}");
+        assert!(
+            err.contains("Command comfy still runs: its stop failed, so it never stopped"),
+            "{case}: {err}"
+        );
+        // Stopped once, never stopped again by the restore, never started.
+        assert_eq!(fx.command_log(), "stop\n", "{case}: {err}");
+        assert!(fx.command_running(), "{case}");
+        assert!(!fx.journal_exists(), "{case}: the journal was left behind: {err}");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(60),
+            "{case}: the restore kept retrying ({:?})",
+            started.elapsed()
+        );
+    }
+}

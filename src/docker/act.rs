@@ -96,6 +96,7 @@ impl CoTenantActor<'_> {
             original_replicas,
             command,
             stopped,
+            stop_failed: false,
             released: None,
         });
         journal.save(self.state_dir)?;
@@ -114,7 +115,11 @@ impl CoTenantActor<'_> {
         match target.kind {
             WorkloadKind::Command => {
                 let cmd = self.command(journal, target)?;
-                self.stop_command(&cmd).await?
+                if let Err(e) = self.stop_command(&cmd).await {
+                    journal.set_stop_failed(target.kind, &target.name);
+                    journal.save(self.state_dir)?;
+                    return Err(e);
+                }
             }
             _ => self.stop_container(target).await?,
         }
@@ -144,6 +149,7 @@ impl CoTenantActor<'_> {
             command,
             // No stop of ours is in flight.
             stopped: true,
+            stop_failed: false,
             released: Some(mark.clone()),
         });
         journal.save(self.state_dir)
@@ -237,12 +243,22 @@ impl CoTenantActor<'_> {
     /// Invariant 2: bring it back to `replicas` (1 running, 0 stopped), see it so, then drop
     /// the record. On error the record stays, for the next round or `docker recover`.
     pub async fn restore(&self, journal: &mut Journal, target: &CoTenantId, replicas: i32) -> Result<(), DockerError> {
-        let stopped = journal.hold(target.kind, &target.name).is_none_or(|h| h.stopped);
+        let hold = journal.hold(target.kind, &target.name);
+        let stopped = hold.is_none_or(|h| h.stopped);
+        let stop_failed = hold.is_some_and(|h| h.stop_failed);
         match target.kind {
             WorkloadKind::Command => {
                 let cmd = self.command(journal, target)?;
                 if replicas > 0 {
-                    self.start_command(&cmd, stopped).await?
+                    if let Err(e) = self.start_command(&cmd, stopped, stop_failed).await {
+                        // Whatever stop this restore ran has ended: the next try finds none
+                        // in flight.
+                        if !stopped && !stop_failed {
+                            journal.set_stop_failed(target.kind, &target.name);
+                            journal.save(self.state_dir)?;
+                        }
+                        return Err(e);
+                    }
                 } else if commands::check(&cmd.name, &cmd.check).await? {
                     // It was not running before the job: back to not running.
                     self.stop_command(&cmd).await?
@@ -452,8 +468,15 @@ impl CoTenantActor<'_> {
 
     /// Brings a process back: if it still runs although its stop was not seen done, stop it
     /// (again) and wait until it is gone, so the new one does not race the old one for its
-    /// port; then `start` and wait until `check` passes.
-    async fn start_command(&self, cmd: &CommandCoTenant, stop_seen_done: bool) -> Result<(), DockerError> {
+    /// port; then `start` and wait until `check` passes. If it runs and its latest stop ended
+    /// without bringing it down (`stop_failed`), nothing of ours is in flight: it was never
+    /// stopped, and is left running as it was.
+    async fn start_command(
+        &self,
+        cmd: &CommandCoTenant,
+        stop_seen_done: bool,
+        stop_failed: bool,
+    ) -> Result<(), DockerError> {
         if cmd.check.trim().is_empty() {
             return Err(no_check(cmd));
         }
@@ -470,6 +493,10 @@ impl CoTenantActor<'_> {
             // Someone started it while it was held; it is back already.
             commands::wait_up(&cmd.name, &cmd.check, cmd.start_timeout()).await?;
             (self.progress)(&started(true));
+            return Ok(());
+        }
+        if running && stop_failed {
+            (self.progress)(&Event::CoTenantNeverStopped { co_tenant });
             return Ok(());
         }
         if running {

@@ -71,6 +71,8 @@ pub enum Event {
     CoTenantResumed { co_tenant: String, url: Option<String> },
     /// A co-tenant still ran although its stop was not seen done: it is stopped fully first.
     CoTenantStopUnfinished { co_tenant: String },
+    /// A command co-tenant whose stop failed still runs: it never stopped, and is left as it was.
+    CoTenantNeverStopped { co_tenant: String },
     /// A held co-tenant was removed, so it cannot be started again.
     CoTenantGone { co_tenant: String, detail: Option<String> },
     /// The GPU gate begins: Vidi starts once this much GPU memory is free.
@@ -212,6 +214,10 @@ impl fmt::Display for Event {
                 Some(url) => write!(f, "resumed {co_tenant} in place (POST {url})"),
                 None => write!(f, "resumed {co_tenant} in place"),
             },
+            Event::CoTenantNeverStopped { co_tenant } => write!(
+                f,
+                "{co_tenant} still runs: its stop failed, so it never stopped; left running as it was"
+            ),
             Event::CoTenantStopUnfinished { co_tenant } => write!(
                 f,
                 "{co_tenant} still runs and its stop was not seen done; stopping it fully before starting it again"
@@ -294,6 +300,10 @@ impl fmt::Display for Event {
                 "error: {error}; trying again in {}",
                 humantime::format_duration(std::time::Duration::from_secs_f64(*retry_in_seconds))
             ),
+            // The error already says to run `docker recover` when it gave up after retrying.
+            Event::RestoreFailed { error } if error.contains("docker recover") => {
+                write!(f, "error: restoring failed too: {error}")
+            }
             Event::RestoreFailed { error } => write!(
                 f,
                 "error: restoring failed too ({error}); run `vidi-operator docker recover` once the cause is fixed"

@@ -74,6 +74,13 @@ pub struct Hold {
     /// again.
     #[serde(default)]
     pub stopped: bool,
+    /// A command co-tenant whose latest stop ended without the world showing it down (the
+    /// `stop` command failed, or `check` still passed after `stopTimeoutSeconds`): no stop of
+    /// ours is in flight any more, so a restore that finds it running counts it as never
+    /// stopped instead of stopping it again (a stop that always fails would never let it be
+    /// restored).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stop_failed: bool,
     /// Held in place: the release hook and how far the release got. Written (and fsync'ed)
     /// before the release call is made; restoring it means the resume call.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -215,6 +222,14 @@ impl Journal {
     pub fn set_stopped(&mut self, kind: WorkloadKind, name: &str, stopped: bool) {
         if let Some(h) = self.holds.iter_mut().find(|h| h.kind == kind && h.name == name) {
             h.stopped = stopped;
+            h.stop_failed = false;
+        }
+    }
+
+    /// The latest stop of this command co-tenant ended without the world showing it down.
+    pub fn set_stop_failed(&mut self, kind: WorkloadKind, name: &str) {
+        if let Some(h) = self.holds.iter_mut().find(|h| h.kind == kind && h.name == name) {
+            h.stop_failed = true;
         }
     }
 
@@ -309,6 +324,7 @@ mod tests {
             original_replicas: 1,
             command: None,
             stopped: false,
+            stop_failed: false,
             released: None,
         });
         j.save(dir.path()).unwrap();
