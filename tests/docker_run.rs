@@ -543,3 +543,56 @@ async fn a_command_whose_stop_fails_is_left_running_and_the_job_fails_at_once() 
         );
     }
 }
+
+/// A held container removed while Vidi runs cannot be started again: the run still finishes,
+/// but nothing says it was restored. The warning names it, and so does the final message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_container_removed_while_held_is_not_reported_restored() {
+    let Some(fx) = Fixture::new("gone").await else { return };
+    let tts = fx.cotenant("tts", true).await;
+    let keep = fx.cotenant("keep", true).await;
+    let job = fx.job("a");
+    let file = fx.job_file(&job, "find wait=go", "", "");
+    let mut run = fx.run(&file, &[]);
+    eventually("the Vidi container to run", || async {
+        fx.vidi_containers(&job).await.iter().any(|(_, running)| *running)
+    })
+    .await;
+    let removed = fx
+        .docker
+        .remove_container(
+            &tts,
+            Some(
+                bollard::query_parameters::RemoveContainerOptionsBuilder::new()
+                    .force(true)
+                    .build(),
+            ),
+        )
+        .await;
+    assert!(removed.is_ok(), "{removed:?}");
+    fx.release_vidi(&job);
+    let code = run.wait().await;
+    let err = run.stderr();
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains(&format!("Container {tts} no longer exists")), "{err}");
+    assert!(
+        err.contains(&format!("could not restore Container {tts}: it was removed while held")),
+        "{err}"
+    );
+    assert!(
+        !err.contains(&format!("restored Container {tts} to")),
+        "said it restored what is gone: {err}"
+    );
+    assert!(
+        err.contains(&format!("restored Container {keep} to 1 replicas")),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "every co-tenant restored except Container {tts} (removed while held)"
+        )),
+        "{err}"
+    );
+    assert_eq!(fx.running(&keep).await, Some(true));
+    assert!(!fx.journal_exists());
+}

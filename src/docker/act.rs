@@ -215,7 +215,7 @@ impl CoTenantActor<'_> {
         replicas: i32,
     ) -> Result<(), DockerError> {
         if !call && replicas > 0 {
-            return self.restore(journal, target, replicas).await;
+            return self.restore(journal, target, replicas).await.map(|_| ());
         }
         if call {
             match release::call(hook, Call::Resume).await {
@@ -241,8 +241,15 @@ impl CoTenantActor<'_> {
     }
 
     /// Invariant 2: bring it back to `replicas` (1 running, 0 stopped), see it so, then drop
-    /// the record. On error the record stays, for the next round or `docker recover`.
-    pub async fn restore(&self, journal: &mut Journal, target: &CoTenantId, replicas: i32) -> Result<(), DockerError> {
+    /// the record. On error the record stays, for the next round or `docker recover`. False
+    /// when the container was removed while held: the record goes, but nothing was restored.
+    pub async fn restore(
+        &self,
+        journal: &mut Journal,
+        target: &CoTenantId,
+        replicas: i32,
+    ) -> Result<bool, DockerError> {
+        let mut back = true;
         let hold = journal.hold(target.kind, &target.name);
         let stopped = hold.is_none_or(|h| h.stopped);
         let stop_failed = hold.is_some_and(|h| h.stop_failed);
@@ -264,7 +271,7 @@ impl CoTenantActor<'_> {
                     self.stop_command(&cmd).await?
                 }
             }
-            _ if replicas > 0 => self.start_container(target, stopped).await?,
+            _ if replicas > 0 => back = self.start_container(target, stopped).await?,
             _ => {
                 if self.inspect(target).await?.is_some_and(|s| s.running) {
                     self.stop_container(target).await?
@@ -272,7 +279,8 @@ impl CoTenantActor<'_> {
             }
         }
         journal.drop_hold(target.kind, &target.name);
-        journal.save(self.state_dir)
+        journal.save(self.state_dir)?;
+        Ok(back)
     }
 
     fn command(&self, journal: &Journal, target: &CoTenantId) -> Result<CommandCoTenant, DockerError> {
@@ -347,8 +355,9 @@ impl CoTenantActor<'_> {
     }
 
     /// Brings a container back: down first if a stop may still be in flight, then started,
-    /// then seen running (and healthy) twice in a row with the same start time.
-    async fn start_container(&self, target: &CoTenantId, stop_seen_done: bool) -> Result<(), DockerError> {
+    /// then seen running (and healthy) twice in a row with the same start time. False when it
+    /// was removed while held: there is nothing to start.
+    async fn start_container(&self, target: &CoTenantId, stop_seen_done: bool) -> Result<bool, DockerError> {
         let Some(shown) = self.inspect(target).await? else {
             // Removed while held: nothing left to start; keeping the hold would only make every
             // later run fail on it.
@@ -356,7 +365,7 @@ impl CoTenantActor<'_> {
                 co_tenant: target.to_string(),
                 detail: None,
             });
-            return Ok(());
+            return Ok(false);
         };
         if shown.running && !stop_seen_done {
             // The stop that was interrupted may still be under way in the engine (`docker stop`
@@ -387,7 +396,7 @@ impl CoTenantActor<'_> {
                         co_tenant: target.to_string(),
                         detail: Some(engine_message(&e)),
                     });
-                    return Ok(());
+                    return Ok(false);
                 }
                 Err(e) => return Err(DockerError::api(format!("starting {target} again"), e)),
             }
@@ -399,7 +408,7 @@ impl CoTenantActor<'_> {
             already_running: !started,
             healthy: shown.health.is_some(),
         });
-        Ok(())
+        Ok(true)
     }
 
     async fn wait_container_up(&self, target: &CoTenantId) -> Result<(), DockerError> {

@@ -526,6 +526,9 @@ pub(super) struct Run<'s> {
     pub(super) deadline: Option<Timestamp>,
     /// When each attempt's container was started by this run (for the progress).
     pub(super) vidi_started: HashMap<u32, std::time::Instant>,
+    /// Held containers found removed when they were to be restored: their records went, but
+    /// nothing was restored, and nothing may say it was.
+    gone: Vec<plan::CoTenantId>,
 }
 
 impl<'s> Run<'s> {
@@ -538,7 +541,31 @@ impl<'s> Run<'s> {
             looked_at: Timestamp::now(),
             deadline: None,
             vidi_started: HashMap::new(),
+            gone: Vec::new(),
         }
+    }
+
+    /// The planner's words, unless a held container was found removed: then "every co-tenant
+    /// restored" names what could not be.
+    fn tell(&self, message: &str) -> String {
+        if self.gone.is_empty() {
+            return message.to_string();
+        }
+        let gone: Vec<String> = self.gone.iter().map(ToString::to_string).collect();
+        message.replace(
+            "every co-tenant restored",
+            &format!(
+                "every co-tenant restored except {} (removed while held)",
+                gone.join(", ")
+            ),
+        )
+    }
+
+    /// The planner's status, its message told as [`Run::tell`] says.
+    fn told(&self, st: &VidiJobStatus) -> VidiJobStatus {
+        let mut st = st.clone();
+        st.message = st.message.as_deref().map(|m| self.tell(m));
+        st
     }
 
     /// The journal keeps the timeouts the job was run with, so `docker recover` waits as long
@@ -618,8 +645,8 @@ impl<'s> Run<'s> {
             let decision = self.look(false).await?;
             let mut errors = Vec::new();
             let acted = self.apply(&decision, &mut errors).await?;
-            if acted || self.journal.status != decision.status {
-                self.journal.status = decision.status.clone();
+            if acted || self.journal.status != self.told(&decision.status) {
+                self.journal.status = self.told(&decision.status);
                 self.save()?;
             }
             tracing::info!(phase = %decision.status.phase, message = decision.status.message.as_deref().unwrap_or_default(), "planned");
@@ -643,7 +670,7 @@ impl<'s> Run<'s> {
                 said = st.message.clone();
             }
             if st.phase.is_terminal() || (self.journal.spec.suspend && st.phase == Phase::Pending) {
-                return Ok(decision.status);
+                return Ok(self.told(&decision.status));
             }
             if !acted {
                 self.wait(decision.requeue_after).await;
@@ -711,6 +738,7 @@ impl<'s> Run<'s> {
             match a {
                 Action::Restore { target, .. } | Action::Resume { target, .. }
                     if self.journal.hold(target.kind, &target.name).is_none()
+                        && !self.gone.contains(target)
                         && !restored.contains(&target.to_string()) =>
                 {
                     restored.push(target.to_string())
@@ -719,7 +747,7 @@ impl<'s> Run<'s> {
                 _ => {}
             }
         }
-        self.journal.status = decision.status.clone();
+        self.journal.status = self.told(&decision.status);
         self.save()?;
         if let Some(e) = errors.pop() {
             return Err(e);
@@ -756,7 +784,18 @@ impl<'s> Run<'s> {
             tracing::debug!(?action, "applying");
             match action {
                 Action::Notify(_) if said_early == Some(i) => {}
-                Action::Notify(n) => self.s.say(notice(n.severity, &n.message)),
+                Action::Notify(n)
+                    if n.reason == "Restored"
+                        && matches!(&n.subject, Some(plan::Subject::CoTenant(id)) if self.gone.contains(id)) =>
+                {
+                    if let Some(plan::Subject::CoTenant(id)) = &n.subject {
+                        self.s.say(notice(
+                            Severity::Warning,
+                            &format!("could not restore {id}: it was removed while held"),
+                        ));
+                    }
+                }
+                Action::Notify(n) => self.s.say(notice(n.severity, &self.tell(&n.message))),
                 Action::Hold {
                     target,
                     holders,
@@ -798,8 +837,10 @@ impl<'s> Run<'s> {
                 Action::Resuspend { target, .. } => self.actor().stop(&mut self.journal, target).await?,
                 Action::Release { target, holders, .. } => self.actor().release(&mut self.journal, target, holders)?,
                 Action::Restore { target, replicas, .. } => {
-                    if let Err(e) = self.actor().restore(&mut self.journal, target, *replicas).await {
-                        errors.push(e);
+                    match self.actor().restore(&mut self.journal, target, *replicas).await {
+                        Ok(true) => {}
+                        Ok(false) => self.gone.push(target.clone()),
+                        Err(e) => errors.push(e),
                     }
                 }
                 Action::StartAttempt {
