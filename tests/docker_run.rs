@@ -596,3 +596,34 @@ async fn a_held_container_removed_while_held_is_not_reported_restored() {
     assert_eq!(fx.running(&keep).await, Some(true));
     assert!(!fx.journal_exists());
 }
+
+/// A selector that matches no container (the commonest first mistake) is refused like every
+/// other problem before anything is done: once, with its place in the job file, in a dry run
+/// and a real one alike, and as the `error` line of `-o json`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_selector_that_matches_nothing_is_refused_before_anything_is_done() {
+    let Some(fx) = Fixture::new("none").await else { return };
+    // No container carries the fixture's label.
+    let job = fx.job("a");
+    let file = fx.job_file(&job, "find", "", "");
+    for args in [&["--dry-run"][..], &[][..]] {
+        let mut run = fx.run(&file, args);
+        let code = run.wait().await;
+        let err = run.stderr();
+        assert_eq!(code, Some(1), "{args:?}: {err}");
+        let what = "spec.coTenants: the selector matches no container on this host";
+        assert_eq!(err.matches(what).count(), 1, "{args:?}: said once: {err}");
+        assert!(err.contains("cannot run, so nothing was stopped"), "{args:?}: {err}");
+        assert!(
+            err.contains(&format!("{file}:")),
+            "{args:?}: its place in the file: {err}"
+        );
+        assert!(!fx.journal_exists());
+    }
+    let mut run = fx.run(&file, &["--dry-run", "-o", "json"]);
+    assert_eq!(run.wait().await, Some(1));
+    let out = run.stdout();
+    let last = out.lines().last().unwrap_or_default();
+    assert!(last.contains(r#""event":"error""#), "{out}");
+    assert!(last.contains("the selector matches no container"), "{out}");
+}

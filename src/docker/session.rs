@@ -223,6 +223,11 @@ impl Session {
                 snap.problems.push(p);
             }
         }
+        for p in plan::admission_errors(&snap) {
+            if !snap.problems.iter().any(|seen| seen.field == p.field) {
+                snap.problems.push(p);
+            }
+        }
         if !snap.problems.is_empty() {
             return Err(DockerError::Preflight {
                 job: name.to_string(),
@@ -287,7 +292,9 @@ impl Session {
             deleting: false,
         })
         .await?;
-        for p in first_look.problems {
+        // What the planner would refuse it for (a selection that matches nothing, too), so it is
+        // refused here once, with the rest, rather than failed after a first decision.
+        for p in plan::admission_errors(&first_look) {
             if !problems.iter().any(|seen| seen.field == p.field) {
                 problems.push(p);
             }

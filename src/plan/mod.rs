@@ -13,7 +13,7 @@ mod sweep;
 pub mod yielding;
 
 pub use action::{Action, Decision, Notice, Severity, Subject, gate_wait};
-pub use lifecycle::next;
+pub use lifecycle::{admission_errors, next};
 pub use snapshot::{
     Attempt, AttemptState, CoTenant, CoTenantId, JobKey, JobView, Rival, Selection, Snapshot, Termination,
 };

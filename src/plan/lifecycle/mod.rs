@@ -43,6 +43,14 @@ pub fn next(snapshot: &Snapshot) -> Decision {
     plan.finish()
 }
 
+/// Why the job in `snapshot` may not run as it stands (the snapshot's problems, co-tenants it
+/// may not suspend, a selection that matches nothing), each naming its field: what the planner
+/// would fail it with (`InvalidSpec`). Lets an adapter refuse a job before anything is done, the
+/// same way as its own checks.
+pub fn admission_errors(snapshot: &Snapshot) -> Vec<crate::api::FieldError> {
+    Plan::new(snapshot).admission_errors()
+}
+
 struct Plan<'a> {
     s: &'a Snapshot,
     me: &'a JobKey,
