@@ -182,10 +182,28 @@ fn check_url(url: &str) -> Result<(), String> {
 /// A hook declared with annotations (Kubernetes) or labels (Docker) on a workload; `Ok(None)`
 /// without [`RELEASE`]. Errors name the annotation (`what` says which: "annotation"/"label").
 pub fn from_marks(marks: &BTreeMap<String, String>, what: &str) -> Result<Option<ReleaseHook>, Vec<FieldError>> {
-    let Some(preset) = marks.get(RELEASE) else {
-        return Ok(None);
-    };
     let field = |key: &str| format!("{what} {key}");
+    let Some(preset) = marks.get(RELEASE) else {
+        // The other marks mean nothing without it: say so rather than stop the co-tenant
+        // without a word about its hook.
+        let stray: Vec<&str> = [
+            RELEASE_URL,
+            RESUME_URL,
+            RELEASE_BODY,
+            RELEASE_TIMEOUT,
+            RELEASE_FREE_WITHIN,
+        ]
+        .into_iter()
+        .filter(|k| marks.contains_key(*k))
+        .collect();
+        return match stray.first() {
+            None => Ok(None),
+            Some(key) => Err(vec![FieldError::new(
+                field(key),
+                format!("is set without {RELEASE} (http, comfyui or vllm), so the release hook would be ignored"),
+            )]),
+        };
+    };
     let mut errors = Vec::new();
     let preset = match preset.trim() {
         "http" => ReleasePreset::Http,
@@ -234,9 +252,12 @@ pub fn from_marks(marks: &BTreeMap<String, String>, what: &str) -> Result<Option
         timeout_seconds,
         free_within_seconds,
     };
-    if errors.is_empty() {
-        // Named like the marks they came from.
-        errors.extend(hook.check("").into_iter().map(|e| {
+    // Named like the marks they came from; every mark is checked, not only until the first
+    // problem (one that could not be read is not blamed twice).
+    let checked: Vec<FieldError> = hook
+        .check("")
+        .into_iter()
+        .filter_map(|e| {
             let key = match e.field.trim_start_matches('.') {
                 "url" => RELEASE_URL,
                 "resumeUrl" => RESUME_URL,
@@ -244,9 +265,11 @@ pub fn from_marks(marks: &BTreeMap<String, String>, what: &str) -> Result<Option
                 "freeWithinSeconds" => RELEASE_FREE_WITHIN,
                 _ => RELEASE_TIMEOUT,
             };
-            FieldError::new(field(key), e.message)
-        }));
-    }
+            let name = field(key);
+            (!errors.iter().any(|seen| seen.field == name)).then(|| FieldError::new(name, e.message))
+        })
+        .collect();
+    errors.extend(checked);
     if errors.is_empty() { Ok(Some(hook)) } else { Err(errors) }
 }
 
@@ -332,6 +355,7 @@ mod tests {
         let fields: Vec<_> = errors.iter().map(|e| e.field.as_str()).collect();
         assert_eq!(fields, vec!["label vidi.dev/release-url", "label vidi.dev/resume-url"]);
 
+        // Every mark is checked: the body too, not only the timeout that could not be read.
         let errors = from_marks(
             &marks(&[
                 (RELEASE, "http"),
@@ -343,7 +367,18 @@ mod tests {
         )
         .unwrap_err();
         let fields: Vec<_> = errors.iter().map(|e| e.field.as_str()).collect();
-        assert_eq!(fields, vec!["annotation vidi.dev/release-timeout-seconds"]);
+        assert_eq!(
+            fields,
+            vec![
+                "annotation vidi.dev/release-timeout-seconds",
+                "annotation vidi.dev/release-body"
+            ]
+        );
+        // A URL without the preset would be ignored: refused, naming the mark.
+        let errors = from_marks(&marks(&[(RELEASE_URL, "http://x/free")]), "label").unwrap_err();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0].field, "label vidi.dev/release-url");
+        assert!(errors[0].message.contains("without vidi.dev/release"), "{errors:?}");
 
         for (value, expected) in [
             ("a minute", "expected whole seconds (1 to 3600)"),
