@@ -627,3 +627,35 @@ async fn a_selector_that_matches_nothing_is_refused_before_anything_is_done() {
     assert!(last.contains(r#""event":"error""#), "{out}");
     assert!(last.contains("the selector matches no container"), "{out}");
 }
+
+/// Ctrl-C while a second job waits for the GPU lock: nothing was stopped, and it says so
+/// (not "every co-tenant restored"); the first job goes on untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_while_waiting_for_the_lock_says_nothing_was_changed() {
+    let Some(fx) = Fixture::new("lockint").await else {
+        return;
+    };
+    let tts = fx.cotenant("tts", true).await;
+    let first = fx.job("a");
+    let mut a = fx.run(&fx.job_file(&first, "find wait=go", "", ""), &[]);
+    eventually("the first job's Vidi container to run", || async {
+        fx.vidi_containers(&first).await.iter().any(|(_, running)| *running)
+    })
+    .await;
+    let second = fx.job("b");
+    let mut b = fx.run(&fx.job_file(&second, "find", "", ""), &[]);
+    eventually("the second job to wait for the lock", || async {
+        b.stderr().contains("to finish (one job per GPU host)")
+    })
+    .await;
+    b.signal("INT");
+    let code = b.wait().await;
+    let err = b.stderr();
+    assert_eq!(code, Some(130), "{err}");
+    assert!(err.contains("cancelled by SIGINT before anything was changed"), "{err}");
+    assert!(!err.contains("every co-tenant restored"), "{err}");
+    assert_eq!(fx.running(&tts).await, Some(false), "still held by the first job");
+    fx.release_vidi(&first);
+    assert_eq!(a.wait().await, Some(0), "{}", a.stderr());
+    assert_eq!(fx.running(&tts).await, Some(true));
+}

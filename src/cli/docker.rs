@@ -308,9 +308,14 @@ async fn run_job(a: RunArgs, out: &Arc<Reporter>) -> anyhow::Result<()> {
         out.line(&format!("vidi-operator: {}", recovered_line(r)));
     }
     if let Some((code, name)) = result.cancelled {
-        out.line(&format!(
-            "vidi-operator: cancelled by {name}; Vidi stopped and every co-tenant restored"
-        ));
+        // Cancelled while waiting for the GPU lock (or before the first decision): nothing was
+        // stopped, so nothing was restored either.
+        let untouched = result.status == VidiJobStatus::default();
+        out.line(&if untouched {
+            format!("vidi-operator: cancelled by {name} before anything was changed")
+        } else {
+            format!("vidi-operator: cancelled by {name}; Vidi stopped and every co-tenant restored")
+        });
         match a.output {
             OutputFormat::Table => {}
             OutputFormat::Json => out.json_final(
