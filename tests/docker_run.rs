@@ -659,3 +659,31 @@ async fn ctrl_c_while_waiting_for_the_lock_says_nothing_was_changed() {
     assert_eq!(a.wait().await, Some(0), "{}", a.stderr());
     assert_eq!(fx.running(&tts).await, Some(true));
 }
+
+/// A co-tenant paused before the job (it still holds its GPU memory) is stopped like a running
+/// one, and ends paused again, as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_co_tenant_ends_paused_as_it_was() {
+    let Some(fx) = Fixture::new("paused").await else {
+        return;
+    };
+    let tts = fx.cotenant("tts", true).await;
+    let paused = fx.docker.pause_container(&tts).await;
+    assert!(paused.is_ok(), "{paused:?}");
+    let job = fx.job("a");
+    let mut run = fx.run(&fx.job_file(&job, "find", "", ""), &[]);
+    let code = run.wait().await;
+    let err = run.stderr();
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains(&format!("stopped Container {tts}")), "{err}");
+    assert!(err.contains(&format!("paused Container {tts} again")), "{err}");
+    let state = fx
+        .docker
+        .inspect_container(&tts, None::<bollard::query_parameters::InspectContainerOptions>)
+        .await
+        .ok()
+        .and_then(|c| c.state);
+    assert_eq!(state.as_ref().and_then(|s| s.paused), Some(true), "{state:?}: {err}");
+    let _ = fx.docker.unpause_container(&tts).await;
+    assert!(!fx.journal_exists());
+}

@@ -45,6 +45,8 @@ pub struct CoTenantActor<'a> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Shown {
     running: bool,
+    /// Frozen by `docker pause` (counted as running: it still holds its GPU memory).
+    paused: bool,
     started_at: Option<String>,
     exit_code: Option<i64>,
     /// `None` without a health check.
@@ -58,6 +60,7 @@ impl Shown {
             running: state.running.unwrap_or(false)
                 || state.paused.unwrap_or(false)
                 || state.restarting.unwrap_or(false),
+            paused: state.paused.unwrap_or(false),
             started_at: state.started_at,
             exit_code: state.exit_code,
             health: state
@@ -89,6 +92,15 @@ impl CoTenantActor<'_> {
         let existing = journal.hold(target.kind, &target.name);
         // A co-tenant that was not running needs only the record (restored to 0 = left alone).
         let stopped = existing.map_or(original_replicas <= 0, |h| h.stopped);
+        // A paused container still holds its GPU memory, so it is stopped like a running one;
+        // the record says to pause it again once it is back.
+        let paused = match existing {
+            Some(h) => h.paused,
+            None if target.kind == WorkloadKind::Container && original_replicas > 0 => {
+                self.inspect(target).await?.is_some_and(|s| s.paused)
+            }
+            None => false,
+        };
         journal.set_hold(Hold {
             kind: target.kind,
             name: target.name.clone(),
@@ -97,6 +109,7 @@ impl CoTenantActor<'_> {
             command,
             stopped,
             stop_failed: false,
+            paused,
             released: None,
         });
         journal.save(self.state_dir)?;
@@ -150,6 +163,7 @@ impl CoTenantActor<'_> {
             // No stop of ours is in flight.
             stopped: true,
             stop_failed: false,
+            paused: false,
             released: Some(mark.clone()),
         });
         journal.save(self.state_dir)
@@ -253,6 +267,7 @@ impl CoTenantActor<'_> {
         let hold = journal.hold(target.kind, &target.name);
         let stopped = hold.is_none_or(|h| h.stopped);
         let stop_failed = hold.is_some_and(|h| h.stop_failed);
+        let paused = hold.is_some_and(|h| h.paused);
         match target.kind {
             WorkloadKind::Command => {
                 let cmd = self.command(journal, target)?;
@@ -271,7 +286,12 @@ impl CoTenantActor<'_> {
                     self.stop_command(&cmd).await?
                 }
             }
-            _ if replicas > 0 => back = self.start_container(target, stopped).await?,
+            _ if replicas > 0 => {
+                back = self.start_container(target, stopped).await?;
+                if back && paused {
+                    self.pause_container(target).await?;
+                }
+            }
             _ => {
                 if self.inspect(target).await?.is_some_and(|s| s.running) {
                     self.stop_container(target).await?
@@ -409,6 +429,27 @@ impl CoTenantActor<'_> {
             healthy: shown.health.is_some(),
         });
         Ok(true)
+    }
+
+    /// `docker pause` a restored container that was paused before the job, then see it paused.
+    async fn pause_container(&self, target: &CoTenantId) -> Result<(), DockerError> {
+        match self.docker.pause_container(&target.name).await {
+            Ok(()) => {}
+            // 409: already paused (someone paused it meanwhile, or a restore before a crash).
+            Err(e) if status_code(&e) == Some(409) => {}
+            Err(e) => return Err(DockerError::api(format!("pausing {target} again"), e)),
+        }
+        match self.inspect(target).await? {
+            Some(s) if s.paused => {
+                (self.progress)(&Event::CoTenantPausedAgain {
+                    co_tenant: target.to_string(),
+                });
+                Ok(())
+            }
+            _ => Err(DockerError::Other(format!(
+                "{target} was paused before the job, but does not show paused after `docker pause`"
+            ))),
+        }
     }
 
     async fn wait_container_up(&self, target: &CoTenantId) -> Result<(), DockerError> {

@@ -73,6 +73,8 @@ pub enum Event {
     CoTenantStopUnfinished { co_tenant: String },
     /// A command co-tenant whose stop failed still runs: it never stopped, and is left as it was.
     CoTenantNeverStopped { co_tenant: String },
+    /// A container that was paused before the job is paused again after its restart.
+    CoTenantPausedAgain { co_tenant: String },
     /// A held co-tenant was removed, so it cannot be started again.
     CoTenantGone { co_tenant: String, detail: Option<String> },
     /// The GPU gate begins: Vidi starts once this much GPU memory is free.
@@ -214,6 +216,7 @@ impl fmt::Display for Event {
                 Some(url) => write!(f, "resumed {co_tenant} in place (POST {url})"),
                 None => write!(f, "resumed {co_tenant} in place"),
             },
+            Event::CoTenantPausedAgain { co_tenant } => write!(f, "paused {co_tenant} again, as it was before the job"),
             Event::CoTenantNeverStopped { co_tenant } => write!(
                 f,
                 "{co_tenant} still runs: its stop failed, so it never stopped; left running as it was"

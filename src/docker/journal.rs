@@ -81,6 +81,10 @@ pub struct Hold {
     /// restored).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub stop_failed: bool,
+    /// A container that was paused (`docker pause`) when the hold began: it is stopped like a
+    /// running one (it still holds its GPU memory) and paused again once restored.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub paused: bool,
     /// Held in place: the release hook and how far the release got. Written (and fsync'ed)
     /// before the release call is made; restoring it means the resume call.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -325,6 +329,7 @@ mod tests {
             command: None,
             stopped: false,
             stop_failed: false,
+            paused: false,
             released: None,
         });
         j.save(dir.path()).unwrap();
