@@ -15,10 +15,7 @@ async fn start_long_job(fx: &Fixture, suffix: &str) -> (Proc, String, String) {
     let tts = fx.cotenant(&format!("{suffix}-tts"), true).await;
     let file = fx.job_file(&job, "find wait=never", &fx.command_yaml(), "");
     let run = fx.run(&file, &[]);
-    eventually("the Vidi container to run", || async {
-        fx.vidi_containers(&job).await.iter().any(|(_, running)| *running)
-    })
-    .await;
+    fx.vidi_running(&job).await;
     assert_eq!(fx.running(&tts).await, Some(false));
     assert!(!fx.command_running());
     (run, tts, job)
@@ -155,10 +152,7 @@ async fn two_runs_on_one_host_serialize() {
     let file1 = fx.job_file(&first, "find wait=go", "", "");
     let file2 = fx.job_file(&second, "find", "", "");
     let mut run1 = fx.run(&file1, &[]);
-    eventually("the first job's Vidi to run", || async {
-        fx.vidi_containers(&first).await.iter().any(|(_, running)| *running)
-    })
-    .await;
+    fx.vidi_running(&first).await;
 
     // --no-wait fails at once, naming the job that has the GPU.
     let mut busy = fx.run(&file2, &["--no-wait"]);

@@ -9,7 +9,7 @@ mod hook_server;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use docker_support::{Fixture, Proc, eventually};
+use docker_support::{Fixture, Proc};
 use hook_server::{Answer, HookServer};
 use vidi_operator::api::{FailureReason, Phase};
 use vidi_operator::docker::events::Event;
@@ -197,10 +197,7 @@ async fn kill_9_between_release_and_resume_then_recover_resumes() {
     let job = fx.job("a");
     let file = fx.job_file(&job, "find wait=never", &vllm_ref(&tts, &server, 5), "");
     let mut run = fx.run(&file, &[]);
-    eventually("the Vidi container to run", || async {
-        fx.vidi_containers(&job).await.iter().any(|(_, running)| *running)
-    })
-    .await;
+    fx.vidi_running(&job).await;
     assert_eq!(server.lines(), ["POST /sleep?level=1"]);
     run.signal("KILL");
     assert_eq!(run.wait().await, None, "killed by a signal");

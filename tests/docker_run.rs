@@ -16,10 +16,7 @@ async fn cotenant_containers_and_commands_are_stopped_and_started_again() {
     let mut run = fx.run(&file, &[]);
 
     // While Vidi runs, every co-tenant is down and the journal records how to undo it.
-    eventually("the Vidi container to run", || async {
-        fx.vidi_containers(&job).await.iter().any(|(_, running)| *running)
-    })
-    .await;
+    fx.vidi_running(&job).await;
     assert_eq!(
         fx.running(&tts).await,
         Some(false),
@@ -309,10 +306,7 @@ async fn a_co_tenant_started_while_held_is_stopped_again_and_restored_once() {
     let job = fx.job("a");
     let file = fx.job_file(&job, "find wait=go", &fx.command_yaml(), "");
     let mut run = fx.run(&file, &[]);
-    eventually("the Vidi container to run", || async {
-        fx.vidi_containers(&job).await.iter().any(|(_, running)| *running)
-    })
-    .await;
+    fx.vidi_running(&job).await;
     assert_eq!(fx.running(&tts).await, Some(false));
 
     // Someone starts the container again by hand.
@@ -554,10 +548,7 @@ async fn a_held_container_removed_while_held_is_not_reported_restored() {
     let job = fx.job("a");
     let file = fx.job_file(&job, "find wait=go", "", "");
     let mut run = fx.run(&file, &[]);
-    eventually("the Vidi container to run", || async {
-        fx.vidi_containers(&job).await.iter().any(|(_, running)| *running)
-    })
-    .await;
+    fx.vidi_running(&job).await;
     let removed = fx
         .docker
         .remove_container(
@@ -638,10 +629,7 @@ async fn ctrl_c_while_waiting_for_the_lock_says_nothing_was_changed() {
     let tts = fx.cotenant("tts", true).await;
     let first = fx.job("a");
     let mut a = fx.run(&fx.job_file(&first, "find wait=go", "", ""), &[]);
-    eventually("the first job's Vidi container to run", || async {
-        fx.vidi_containers(&first).await.iter().any(|(_, running)| *running)
-    })
-    .await;
+    fx.vidi_running(&first).await;
     let second = fx.job("b");
     let mut b = fx.run(&fx.job_file(&second, "find", "", ""), &[]);
     eventually("the second job to wait for the lock", || async {

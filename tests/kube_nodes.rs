@@ -129,6 +129,14 @@ fn vidi_pod(v: &View<'_>, job: &str) -> Option<Value> {
     v.get(&Gvr::pods(), NS, &format!("{job}-vidi-1"))
 }
 
+/// Waits until `job`'s Vidi pod runs on `node`.
+async fn running_on(api: &Standin, job: &str, node: &str) {
+    settle(api, &format!("{job}'s Vidi pod running on {node}"), |v| {
+        vidi_pod(v, job).is_some_and(|p| p["spec"]["nodeName"] == node && p["status"]["phase"] == "Running")
+    })
+    .await;
+}
+
 /// What the operator writes on workloads.
 const OPERATOR_MARKS: [&str; 6] = [
     "vidi.dev/held-by",
@@ -214,10 +222,7 @@ async fn a_free_node_takes_the_job_without_a_single_write_to_a_co_tenant() {
     .await;
     let _op = Operator::start(&api);
     api.create(&Gvr::vidijobs(), NS, job("a")).unwrap();
-    settle(&api, "the Vidi pod on gpu-3", |v| {
-        vidi_pod(v, "a").is_some_and(|p| p["spec"]["nodeName"] == "gpu-3" && p["status"]["phase"] == "Running")
-    })
-    .await;
+    running_on(&api, "a", "gpu-3").await;
     let pod = api.get(&Gvr::pods(), NS, "a-vidi-1").unwrap();
     assert_eq!(
         pod["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
@@ -260,10 +265,7 @@ async fn only_the_chosen_nodes_replicas_go_and_restore_removes_every_annotation(
     let _op = Operator::start(&api);
     api.create(&Gvr::vidijobs(), NS, job("a")).unwrap();
     // gpu-1 costs 1 + 5, gpu-2 and gpu-3 cost 1 each: gpu-2 by name.
-    settle(&api, "the Vidi pod running on gpu-2", |v| {
-        vidi_pod(v, "a").is_some_and(|p| p["spec"]["nodeName"] == "gpu-2" && p["status"]["phase"] == "Running")
-    })
-    .await;
+    running_on(&api, "a", "gpu-2").await;
     let d = api.get(&Gvr::deployments(), NS, "tts").unwrap();
     assert_eq!(d["spec"]["replicas"], 2);
     let a = &d["metadata"]["annotations"];
@@ -313,10 +315,7 @@ async fn a_statefulset_loses_only_its_highest_ordinal_or_else_goes_whole_and_say
     settle(&api, "db spread", |v| pods_of(v, "db").len() == 3).await;
     let _op = Operator::start(&api);
     api.create(&Gvr::vidijobs(), NS, job("a")).unwrap();
-    settle(&api, "the Vidi pod on gpu-3", |v| {
-        vidi_pod(v, "a").is_some_and(|p| p["spec"]["nodeName"] == "gpu-3" && p["status"]["phase"] == "Running")
-    })
-    .await;
+    running_on(&api, "a", "gpu-3").await;
     let s = api.get(&Gvr::statefulsets(), NS, "db").unwrap();
     assert_eq!(s["spec"]["replicas"], 2, "{}", dump(&api));
     assert_eq!(s["metadata"]["annotations"]["vidi.dev/hold-node"], "gpu-3");
@@ -343,10 +342,7 @@ async fn a_statefulset_loses_only_its_highest_ordinal_or_else_goes_whole_and_say
     .unwrap();
     settle(&api, "llm on gpu-3", |v| pods_of(v, "llm").len() == 1).await;
     api.create(&Gvr::vidijobs(), NS, job("b")).unwrap();
-    settle(&api, "the Vidi pod of b on gpu-1", |v| {
-        vidi_pod(v, "b").is_some_and(|p| p["spec"]["nodeName"] == "gpu-1" && p["status"]["phase"] == "Running")
-    })
-    .await;
+    running_on(&api, "b", "gpu-1").await;
     let s = api.get(&Gvr::statefulsets(), NS, "db").unwrap();
     assert_eq!(s["spec"]["replicas"], 0);
     assert!(s["metadata"]["annotations"].get("vidi.dev/hold-node").is_none());
@@ -450,10 +446,7 @@ async fn a_scale_down_that_removed_a_pod_elsewhere_yields_the_co_tenant_whole_an
 
     let _op = Operator::start(&api);
     api.create(&Gvr::vidijobs(), NS, job("a")).unwrap();
-    settle(&api, "the Vidi pod running on gpu-2", |v| {
-        vidi_pod(v, "a").is_some_and(|p| p["spec"]["nodeName"] == "gpu-2" && p["status"]["phase"] == "Running")
-    })
-    .await;
+    running_on(&api, "a", "gpu-2").await;
     let d = api.get(&Gvr::deployments(), NS, "tts").unwrap();
     assert_eq!(d["spec"]["replicas"], 0, "tts yields whole\n{}", dump(&api));
     assert_eq!(d["metadata"]["annotations"]["vidi.dev/original-replicas"], "3");

@@ -250,6 +250,14 @@ impl Fixture {
     }
 
     /// The Vidi containers of job `job` that exist now.
+    /// Waits until one of `job`'s Vidi containers runs.
+    pub async fn vidi_running(&self, job: &str) {
+        eventually(&format!("{job}'s Vidi container to run"), || async {
+            self.vidi_containers(job).await.iter().any(|(_, running)| *running)
+        })
+        .await;
+    }
+
     pub async fn vidi_containers(&self, job: &str) -> Vec<(String, bool)> {
         let filters = [("label".to_string(), vec![format!("vidi.dev/job={job}")])].into();
         let list = self
