@@ -224,26 +224,20 @@ pub fn from_marks(marks: &BTreeMap<String, String>, what: &str) -> Result<Option
             format!("is required with {RELEASE}, e.g. http://comfyui:8188/free"),
         ));
     }
-    let timeout_seconds = match marks.get(RELEASE_TIMEOUT) {
-        None => default_timeout_seconds(),
+    // Whole seconds from a mark, its default when absent or unreadable (the range is checked
+    // with the rest below).
+    let mut seconds = |key: &str, most: i64, default: i64| match marks.get(key) {
+        None => default,
         Some(v) => v.trim().parse().unwrap_or_else(|_| {
             errors.push(FieldError::new(
-                field(RELEASE_TIMEOUT),
-                format!("expected whole seconds (1 to 600), got {v:?}"),
+                field(key),
+                format!("expected whole seconds (1 to {most}), got {v:?}"),
             ));
-            default_timeout_seconds()
+            default
         }),
     };
-    let free_within_seconds = match marks.get(RELEASE_FREE_WITHIN) {
-        None => default_free_within_seconds(),
-        Some(v) => v.trim().parse().unwrap_or_else(|_| {
-            errors.push(FieldError::new(
-                field(RELEASE_FREE_WITHIN),
-                format!("expected whole seconds (1 to 3600), got {v:?}"),
-            ));
-            default_free_within_seconds()
-        }),
-    };
+    let timeout_seconds = seconds(RELEASE_TIMEOUT, 600, default_timeout_seconds());
+    let free_within_seconds = seconds(RELEASE_FREE_WITHIN, 3600, default_free_within_seconds());
     let hook = ReleaseHook {
         preset,
         url: url.unwrap_or_default(),
