@@ -196,15 +196,11 @@ fn still_starts(job: &VidiJob, ctx: &Context, starts: &[plan::Action], now: Time
         return false;
     };
     // The pod is not there to be read: its attempt was recorded by this very reconcile.
-    let again = plan::next(&observe::snapshot(&fresh, &ctx.stores, false, now));
-    let number = |a: &plan::Action| match a {
-        plan::Action::StartAttempt { attempt, .. } => Some(*attempt),
-        _ => None,
-    };
+    let again = plan::next(&observe::snapshot(&fresh, &ctx.stores, false, now)).started_attempts();
     starts
         .iter()
-        .filter_map(number)
-        .all(|n| again.actions.iter().filter_map(number).any(|m| m == n))
+        .filter_map(plan::Action::started_attempt)
+        .all(|n| again.contains(&n))
 }
 
 fn requeue(decision: &Decision) -> Requeue {

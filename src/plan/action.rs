@@ -132,6 +132,10 @@ pub enum Action {
     DeleteJob,
 }
 
+/// How a job's last message says that it gave back everything it held (an adapter that learns
+/// of a co-tenant it could not restore amends exactly this).
+pub const ALL_RESTORED: &str = "every co-tenant restored";
+
 /// How long an attempt's GPU gate waits: `gate_timeout`, or `release_wait` (a
 /// `StartAttempt`'s) when that is shorter.
 pub fn gate_wait(release_wait: Option<std::time::Duration>, gate_timeout: std::time::Duration) -> std::time::Duration {
@@ -147,4 +151,21 @@ pub struct Decision {
     pub requeue_after: Option<Duration>,
     /// Deleting, and nothing is held or running any more: the finalizer may go.
     pub released: bool,
+}
+
+impl Action {
+    /// The attempt a `StartAttempt` starts.
+    pub fn started_attempt(&self) -> Option<u32> {
+        match self {
+            Action::StartAttempt { attempt, .. } => Some(*attempt),
+            _ => None,
+        }
+    }
+}
+
+impl Decision {
+    /// The attempts this decision starts.
+    pub fn started_attempts(&self) -> Vec<u32> {
+        self.actions.iter().filter_map(Action::started_attempt).collect()
+    }
 }

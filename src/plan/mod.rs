@@ -12,7 +12,7 @@ mod snapshot;
 mod sweep;
 pub mod yielding;
 
-pub use action::{Action, Decision, Notice, Severity, Subject, gate_wait};
+pub use action::{ALL_RESTORED, Action, Decision, Notice, Severity, Subject, gate_wait};
 pub use lifecycle::{admission_errors, next};
 pub use snapshot::{
     Attempt, AttemptState, CoTenant, CoTenantId, JobKey, JobView, Rival, Selection, Snapshot, Termination,

@@ -622,17 +622,10 @@ impl World {
         // As the Kubernetes adapter does: once its status write shows in its cache (and with it
         // every earlier change, another job's start included), it plans again and creates the
         // pod only if that plan still starts it.
-        let again: BTreeSet<u32> = if starts.is_empty() {
-            BTreeSet::new()
+        let again = if starts.is_empty() {
+            Vec::new()
         } else {
-            vidi_operator::plan::next(&self.snapshot(k))
-                .actions
-                .iter()
-                .filter_map(|a| match a {
-                    Action::StartAttempt { attempt, .. } => Some(*attempt),
-                    _ => None,
-                })
-                .collect()
+            vidi_operator::plan::next(&self.snapshot(k)).started_attempts()
         };
         for start in starts {
             if let Action::StartAttempt { attempt, .. } = start
