@@ -303,14 +303,8 @@ impl fmt::Display for Event {
                 "error: {error}; trying again in {}",
                 humantime::format_duration(std::time::Duration::from_secs_f64(*retry_in_seconds))
             ),
-            // The error already says to run `docker recover` when it gave up after retrying.
-            Event::RestoreFailed { error } if error.contains("docker recover") => {
-                write!(f, "error: restoring failed too: {error}")
-            }
-            Event::RestoreFailed { error } => write!(
-                f,
-                "error: restoring failed too ({error}); run `vidi-operator docker recover` once the cause is fixed"
-            ),
+            // Every error an unwind returns says that the journal is kept and what to do.
+            Event::RestoreFailed { error } => write!(f, "error: restoring failed too: {error}"),
             Event::Planned { line } => f.write_str(line),
         }
     }

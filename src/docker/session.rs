@@ -560,11 +560,8 @@ impl<'s> Run<'s> {
         }
         let gone: Vec<String> = self.gone.iter().map(ToString::to_string).collect();
         message.replace(
-            "every co-tenant restored",
-            &format!(
-                "every co-tenant restored except {} (removed while held)",
-                gone.join(", ")
-            ),
+            plan::ALL_RESTORED,
+            &format!("{} except {} (removed while held)", plan::ALL_RESTORED, gone.join(", ")),
         )
     }
 
@@ -699,7 +696,11 @@ impl<'s> Run<'s> {
             let round = self.unwind_round(&mut restored, &mut stopped).await;
             let error = match round {
                 Ok(true) => {
-                    self.cleanup().await?;
+                    // Everything is back; what is left (Vidi's containers, the journal) is
+                    // still named by the journal, which stays until this succeeds.
+                    if let Err(e) = self.cleanup().await {
+                        return Err(self.journal_kept(format!("cleaning up after job {}: {e}", self.journal.job)));
+                    }
                     return Ok((restored, stopped));
                 }
                 Ok(false) if since.elapsed() < UNWIND_PATIENCE => {
@@ -716,11 +717,10 @@ impl<'s> Run<'s> {
                 Err(e) => e,
             };
             if since.elapsed() >= UNWIND_PATIENCE {
-                return Err(DockerError::Other(format!(
-                    "could not finish restoring job {} within {} ({error}); the journal {} is kept: run `vidi-operator docker recover` once the cause is fixed",
+                return Err(self.journal_kept(format!(
+                    "could not finish restoring job {} within {} ({error})",
                     self.journal.job,
                     humantime::format_duration(UNWIND_PATIENCE),
-                    Journal::path(&self.s.opts.state_dir).display()
                 )));
             }
             self.s.say(Event::RestoreRetrying {
@@ -730,6 +730,14 @@ impl<'s> Run<'s> {
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_secs(5));
         }
+    }
+
+    /// An unwind that could not finish: `what` happened, the journal stays, and what to do.
+    fn journal_kept(&self, what: String) -> DockerError {
+        DockerError::Other(format!(
+            "{what}; the journal {} is kept: run `vidi-operator docker recover` once the cause is fixed",
+            Journal::path(&self.s.opts.state_dir).display()
+        ))
     }
 
     /// One look and its actions while unwinding: `Ok(true)` once nothing is held or running.

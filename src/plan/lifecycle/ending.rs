@@ -1,6 +1,7 @@
 //! Restoring and the end states: stopping Vidi, releasing every hold, spec.suspend, deletion,
 //! deadlines and invalid specs found late, and the TTL.
 use super::*;
+use crate::plan::ALL_RESTORED;
 
 impl<'a> Plan<'a> {
     pub(super) fn restoring(&mut self) {
@@ -28,8 +29,8 @@ impl<'a> Plan<'a> {
                     .iter()
                     .position(|a| matches!(a, Action::Notify(n) if n.reason == "Answered"));
                 let message = match answered.map(|i| self.actions.remove(i)) {
-                    Some(Action::Notify(n)) => format!("finished; every co-tenant restored; {}", n.message),
-                    _ => "finished; every co-tenant restored".into(),
+                    Some(Action::Notify(n)) => format!("finished; {ALL_RESTORED}; {}", n.message),
+                    _ => format!("finished; {ALL_RESTORED}"),
                 };
                 self.notify(Severity::Normal, "Succeeded", message);
             }
@@ -37,11 +38,7 @@ impl<'a> Plan<'a> {
                 self.st.phase = Phase::Failed;
                 self.st.completion_time = Some(Time(self.s.now));
                 let why = self.st.message.clone().unwrap_or_default();
-                self.notify(
-                    Severity::Warning,
-                    "Failed",
-                    format!("failed: {why}; every co-tenant restored"),
-                );
+                self.notify(Severity::Warning, "Failed", format!("failed: {why}; {ALL_RESTORED}"));
             }
             Outcome::Suspended => {
                 self.st.phase = Phase::Pending;
@@ -53,7 +50,7 @@ impl<'a> Plan<'a> {
                 // again with a fresh clock (as a resumed Kubernetes Job resets its startTime),
                 // instead of failing at once for the time it spent suspended.
                 self.st.start_time = None;
-                self.st.message = Some("suspended (spec.suspend is true); every co-tenant restored".into());
+                self.st.message = Some(format!("suspended (spec.suspend is true); {ALL_RESTORED}"));
             }
         }
         self.finished_ttl();
@@ -150,7 +147,7 @@ impl<'a> Plan<'a> {
             self.requeue = Some(RELEASE_RECHECK);
             return;
         }
-        self.st.message = Some("deleted; every co-tenant restored".into());
+        self.st.message = Some(format!("deleted; {ALL_RESTORED}"));
         self.released = true;
     }
 
