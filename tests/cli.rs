@@ -127,6 +127,36 @@ fn with_o_json_an_error_is_the_last_json_line_too() {
     // People still read it on stderr, once.
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.matches("error:").count(), 1, "{err}");
+
+    // An engine that does not answer: its error chain in the message, each part once (hyper's
+    // and bollard's errors repeat their sources in their own text).
+    std::fs::write(
+        &file,
+        "apiVersion: vidi.dev/v1alpha1\nkind: VidiJob\nmetadata: {name: j}\nspec:\n  video: {url: \"https://x/v.mp4\"}\n  query: q\n  model: {weights: {hostPath: /w}}\n",
+    )
+    .expect("job file");
+    let out = Command::new(BIN)
+        .args(["docker", "run", "--gpus", "none", "-o", "json", "-f"])
+        .arg(&file)
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .env("DOCKER_HOST", "tcp://127.0.0.1:1")
+        .output()
+        .expect("run vidi-operator");
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let last: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"));
+    let message = last["message"].as_str().unwrap_or_default();
+    assert!(
+        message.starts_with("cannot reach the Docker engine (tcp://127.0.0.1:1"),
+        "{last}"
+    );
+    assert!(message.contains("Connection refused"), "{last}");
+    let parts: Vec<&str> = message.split(": ").collect();
+    for (i, p) in parts.iter().enumerate() {
+        assert!(!parts[..i].contains(p), "{p:?} said twice: {message}");
+    }
 }
 
 #[test]

@@ -5,6 +5,8 @@
 //! spec.query: …`) in the user's terms: no Rust type names or library hints.
 mod docker_support;
 
+use std::os::unix::fs::PermissionsExt as _;
+
 use bollard::query_parameters::InspectContainerOptions;
 use docker_support::{BIN, Fixture, IMAGE, TEST_LABEL};
 
@@ -243,6 +245,16 @@ fn cases(fx: &Fixture) -> Vec<(&'static str, String, String, &'static str)> {
             "spec.output.hostPath",
         ),
         (
+            "output not writable by the container's user",
+            r(&output, &format!("  output:\n    hostPath: {d}/read-only\n")),
+            "spec.output.hostPath",
+        ),
+        (
+            "suspend is true (nothing on a Docker host would ever start it)",
+            r("  backoffLimit: 1\n", "  suspend: true\n"),
+            "spec.suspend",
+        ),
+        (
             "output under a file",
             r(&output, &format!("  output:\n    hostPath: {d}/video.mp4/out\n")),
             "spec.output.hostPath",
@@ -381,6 +393,12 @@ async fn malformed_job_files_are_refused_naming_the_field_and_touch_nothing() {
     let _ = fx.command_yaml(); // the command co-tenant's marker: it "runs"
     let out = fx.path("out");
     std::fs::create_dir_all(&out).expect("out dir");
+    // Writable by the Vidi container's user (1000:1000) whoever runs the tests; `read-only` is
+    // writable by nobody but root (and the tests' runner, when that is 1000).
+    std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o777)).expect("chmod out");
+    let read_only = fx.path("read-only");
+    std::fs::create_dir_all(&read_only).expect("read-only dir");
+    std::fs::set_permissions(&read_only, std::fs::Permissions::from_mode(0o555)).expect("chmod");
     let previous = r#"{"segments":[[1,2]],"precision":"int8"}"#;
     std::fs::write(out.join("result.json"), previous).expect("previous result");
     let before = started(&fx, &tts).await;

@@ -138,6 +138,12 @@ async fn a_half_done_journal_is_finished_by_the_next_run() {
         )),
         "{err}"
     );
+    // Said when it is done, before the new job's own steps.
+    let at = |what: &str| err.find(what).unwrap_or_else(|| panic!("no {what:?} in:\n{err}"));
+    assert!(
+        at("recovered the unfinished job") < at(&format!("starting Vidi attempt 1 ({job}-vidi-1)")),
+        "{err}"
+    );
     assert_eq!(fx.running(&tts).await, Some(true));
     assert!(fx.vidi_containers(&old).await.is_empty());
     assert!(!fx.journal_exists());

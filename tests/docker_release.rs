@@ -214,6 +214,8 @@ async fn kill_9_between_release_and_resume_then_recover_resumes() {
     assert_eq!(code, Some(0), "{said}");
     assert_eq!(server.lines(), ["POST /sleep?level=1", "POST /wake_up"], "{said}");
     assert!(said.contains("resumed"), "{said}");
+    // Said once: the actor reports the call that answered, the planner's notice is not repeated.
+    assert_eq!(said.matches("resumed Container").count(), 1, "{said}");
     assert_eq!(fx.started_at(&tts).await, before, "never stopped: {said}");
     assert!(fx.vidi_containers(&job).await.is_empty());
     assert!(!fx.journal_exists());

@@ -42,11 +42,11 @@ async fn cotenant_containers_and_commands_are_stopped_and_started_again() {
     assert!(fx.command_running());
     assert_eq!(fx.command_log(), "stop\nstart\n");
     assert!(
-        err.contains(&format!("suspended Container {tts} (was 1 replicas)")),
+        err.contains(&format!("suspended Container {tts} (was running)")),
         "{err}"
     );
     assert!(
-        err.contains(&format!("restored Container {tts} to 1 replicas")),
+        err.contains(&format!("restored Container {tts} (running again)")),
         "{err}"
     );
     assert!(
@@ -185,6 +185,13 @@ async fn a_job_that_cannot_run_is_refused_before_anything_stops() {
             assert_eq!(code, Some(1), "{err}");
             assert!(err.contains("--gpus: no usable NVIDIA driver"), "{err}");
             assert!(err.contains("cannot give a container the GPU"), "{err}");
+            // The dry run lists the same two (two problems of one flag are not one).
+            let mut run = fx.run(&file, &["--gpus", "all", "--dry-run"]);
+            let code = run.wait().await;
+            let err = run.stderr();
+            assert_eq!(code, Some(1), "{err}");
+            assert!(err.contains("--gpus: no usable NVIDIA driver"), "{err}");
+            assert!(err.contains("cannot give a container the GPU"), "{err}");
         }
     }
 
@@ -247,11 +254,15 @@ async fn dry_run_touches_nothing() {
     assert_eq!(code, Some(0), "{err}");
     assert!(
         err.contains(&format!(
-            "would suspend Container {tts} (1 replicas), Command comfy (1 replicas)"
+            "would suspend Container {tts} (running), Command comfy (running)"
         )),
         "{err}"
     );
     assert!(err.contains(&format!("would run container {job}-vidi-1")), "{err}");
+    // Without a GPU there is no gate to wait at: the plan says what Vidi needs, not that it
+    // would wait for it.
+    assert!(err.contains("which needs 20.0 GiB of free GPU memory"), "{err}");
+    assert!(!err.contains("GPU memory is free") && !err.contains("gate:"), "{err}");
     assert_eq!(fx.running(&tts).await, Some(true));
     assert!(fx.command_running());
     assert_eq!(fx.command_log(), "");
@@ -346,7 +357,7 @@ async fn a_co_tenant_started_while_held_is_stopped_again_and_restored_once() {
             "{who}:\n{err}"
         );
         assert_eq!(
-            err.matches(&format!("restored {who} to 1 replicas")).count(),
+            err.matches(&format!("restored {who} (running again)")).count(),
             1,
             "{who} is restored once:\n{err}"
         );
@@ -575,7 +586,7 @@ async fn a_held_container_removed_while_held_is_not_reported_restored() {
         "said it restored what is gone: {err}"
     );
     assert!(
-        err.contains(&format!("restored Container {keep} to 1 replicas")),
+        err.contains(&format!("restored Container {keep} (running again)")),
         "{err}"
     );
     assert!(

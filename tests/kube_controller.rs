@@ -232,9 +232,9 @@ async fn happy_path_suspends_runs_and_restores() {
     // One Event per co-tenant for each suspend and restore, each naming its co-tenant (the
     // Recorder would fold Events with the same reason and related object into one).
     for (reason, note) in [
-        ("Suspended", "suspended Deployment media/cosyvoice (was 1 replicas)"),
+        ("Suspended", "suspended Deployment media/cosyvoice (was 1 replica)"),
         ("Suspended", "suspended Deployment media/comfyui (was 2 replicas)"),
-        ("Restored", "restored Deployment media/cosyvoice to 1 replicas"),
+        ("Restored", "restored Deployment media/cosyvoice to 1 replica"),
         ("Restored", "restored Deployment media/comfyui to 2 replicas"),
     ] {
         let found: Vec<Value> = api

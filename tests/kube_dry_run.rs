@@ -136,8 +136,8 @@ async fn dry_run_reports_what_would_be_suspended_and_changes_nothing() {
     let reported = log.line(&["dry run", "would suspend "]).await;
     for would in [
         "Deployment media/comfyui (2 replicas)",
-        "Deployment media/cosyvoice (1 replicas)",
-        "Deployment art/painter (1 replicas)",
+        "Deployment media/cosyvoice (1 replica)",
+        "Deployment art/painter (1 replica)",
         "would run Vidi at int8",
     ] {
         assert!(reported.contains(would), "{would:?} missing from {reported:?}");

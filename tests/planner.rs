@@ -1290,7 +1290,7 @@ fn dry_run_suspends_nothing_and_lists_what_it_would() {
     assert_eq!(d.status.phase, Phase::Pending);
     let msg = d.status.message.clone().unwrap_or_default();
     assert!(
-        msg.starts_with("dry run: would suspend Deployment ns/cosy (2 replicas), Deployment ns/comfy (1 replicas)"),
+        msg.starts_with("dry run: would suspend Deployment ns/cosy (2 replicas), Deployment ns/comfy (1 replica)"),
         "{msg}"
     );
     assert!(msg.contains("at fp16"), "{msg}");

@@ -433,7 +433,7 @@ fn a_dry_run_names_the_node_and_only_what_would_yield_there() {
     assert_eq!(
         d.status.message.as_deref(),
         Some(
-            "dry run: would suspend Deployment ns/tts (1 of 3 replicas, on gpu-2); would run Vidi on node gpu-2 at fp16 once 20.0 GiB of GPU memory is free"
+            "dry run: would suspend Deployment ns/tts (1 of 3 replicas, on gpu-2); would run Vidi on node gpu-2 at fp16, which needs 20.0 GiB of free GPU memory"
         )
     );
     assert_eq!(d.status.node_choice, None);

@@ -355,7 +355,7 @@ fn a_dry_run_says_who_would_be_released_in_place() {
     let message = d.status.message.unwrap_or_default();
     assert!(
         message.contains("Deployment ns/vllm (1 replica, released in place: POST http://vllm:8000/sleep?level=1)")
-            && message.contains("Deployment ns/cosy (1 replicas)"),
+            && message.contains("Deployment ns/cosy (1 replica)"),
         "{message}"
     );
 }

@@ -25,8 +25,8 @@ async fn the_quickstart_runs_a_job_and_cleans_up() {
     assert_eq!(out.status.code(), Some(0), "{text}");
     for line in [
         "would suspend Container vidi-quickstart-",
-        "suspended Command comfyui (was 1 replicas)",
-        "restored Command comfyui to 1 replicas",
+        "suspended Command comfyui (was running)",
+        "restored Command comfyui (running again)",
         "finished; every co-tenant restored",
         "job quickstart: Succeeded",
         "comfyui (pid ",

@@ -312,6 +312,19 @@ impl std::fmt::Display for WorkloadKind {
     }
 }
 
+impl WorkloadKind {
+    /// How much of it runs, in its own terms: `1 replica`, `3 replicas`; a container or a command
+    /// runs or does not (`running`, `stopped`).
+    pub fn amount(self, replicas: i32) -> String {
+        match self {
+            WorkloadKind::Deployment | WorkloadKind::StatefulSet if replicas == 1 => "1 replica".into(),
+            WorkloadKind::Deployment | WorkloadKind::StatefulSet => format!("{replicas} replicas"),
+            WorkloadKind::Container | WorkloadKind::Command if replicas > 0 => "running".into(),
+            WorkloadKind::Container | WorkloadKind::Command => "stopped".into(),
+        }
+    }
+}
+
 /// One workload named explicitly.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]

@@ -122,6 +122,17 @@ pub fn validate(spec: &VidiJobSpec, runtime: Runtime) -> Vec<FieldError> {
             format!("expected a GPU index such as 0 or a UUID such as GPU-5f0c…, got {device:?}"),
         );
     }
+    if runtime == Runtime::Docker && spec.suspend {
+        // On Kubernetes a suspended job waits for someone to set it back to false; a `docker
+        // run` is the start itself, and nothing would ever let it go.
+        err(
+            "spec.suspend",
+            "true keeps a job from starting until it is set back to false, which only a Kubernetes \
+             cluster can do; on a Docker host `docker run` starts the job: remove the field or set it to \
+             false"
+                .into(),
+        );
+    }
     if runtime == Runtime::Docker {
         // PersistentVolumeClaims exist only on Kubernetes.
         let claims = [

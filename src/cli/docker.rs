@@ -196,7 +196,7 @@ pub async fn run(args: DockerArgs) -> anyhow::Result<()> {
                 // The last JSON line says why there is no result; stderr says it for people.
                 out.json_final(
                     "error",
-                    serde_json::json!({ "exitCode": 1, "message": format!("{e:#}") }),
+                    serde_json::json!({ "exitCode": 1, "message": super::output::one_line(e) }),
                 );
             }
             result
@@ -304,9 +304,6 @@ async fn run_job(a: RunArgs, out: &Arc<Reporter>) -> anyhow::Result<()> {
     }
     let result = session.run(&job, cancel).await.map_err(refused)?;
     out.finish();
-    if let Some(r) = &result.recovered {
-        out.line(&format!("vidi-operator: {}", recovered_line(r)));
-    }
     if let Some((code, name)) = result.cancelled {
         // Cancelled while waiting for the GPU lock (or before the first decision): nothing was
         // stopped, so nothing was restored either.
@@ -357,20 +354,7 @@ fn print_failure(out: &Reporter, status: &VidiJobStatus) {
 }
 
 fn recovered_line(r: &Recovered) -> String {
-    let restored = if r.restored.is_empty() {
-        "nothing to restore".to_string()
-    } else {
-        format!("restored {}", r.restored.join(", "))
-    };
-    let stopped = if r.stopped.is_empty() {
-        String::new()
-    } else {
-        format!("; stopped {}", r.stopped.join(", "))
-    };
-    format!(
-        "recovered the unfinished job {} (pid {}): {restored}{stopped}",
-        r.job, r.pid
-    )
+    docker::events::recovered_text(&r.job, r.pid, &r.restored, &r.stopped)
 }
 
 /// The VidiJob with its final status, as `kubectl get -o json|yaml` would show it.
@@ -457,6 +441,8 @@ fn clock(seconds: f64) -> String {
 
 async fn recover(a: RecoverArgs) -> anyhow::Result<()> {
     let out = Reporter::new(a.progress, false);
+    // Creates the state directory, shared, when it is not there: `sudo vidi-operator docker
+    // recover` is one way to set it up (docs/docker.md).
     let state_dir = a.lock.prepare(&out)?;
     let docker = docker::connect().await?;
     let opts = Options {
@@ -476,8 +462,14 @@ async fn recover(a: RecoverArgs) -> anyhow::Result<()> {
     // journal keeps what is left), and `recover` can simply be run again.
     let recovered = session.recover().await.map_err(fail(&out))?;
     out.finish();
+    let why = format!("no unfinished job in {}", a.lock.dir().display());
+    say_recovered(&a, recovered.as_ref(), &why)
+}
+
+/// `docker recover`'s result on stdout: the line, or `{"recovered": …}` as JSON or YAML.
+fn say_recovered(a: &RecoverArgs, recovered: Option<&Recovered>, why_nothing: &str) -> anyhow::Result<()> {
     if a.output != OutputFormat::Table {
-        let value = match &recovered {
+        let value = match recovered {
             None => serde_json::json!({ "recovered": null }),
             Some(r) => serde_json::json!({
                 "recovered": { "job": r.job, "pid": r.pid, "restored": r.restored, "stopped": r.stopped }
@@ -486,10 +478,9 @@ async fn recover(a: RecoverArgs) -> anyhow::Result<()> {
         return print_value(&value, a.output);
     }
     match recovered {
-        None => print_out(|o| writeln!(o, "nothing to recover: no unfinished job in {}", a.lock.dir().display()))?,
-        Some(r) => print_out(|o| writeln!(o, "{}", recovered_line(&r)))?,
+        None => print_out(|o| writeln!(o, "nothing to recover: {why_nothing}")),
+        Some(r) => print_out(|o| writeln!(o, "{}", recovered_line(r))),
     }
-    Ok(())
 }
 
 async fn build(a: BuildArgs) -> anyhow::Result<()> {

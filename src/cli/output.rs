@@ -17,17 +17,37 @@ pub enum OutputFormat {
 /// that adds something to what was already said. Never a backtrace: these are the user's errors
 /// (`RUST_BACKTRACE` is for panics). Both binaries (`vidi-operator`, `kubectl-vidi`) end this way.
 pub fn report(e: &anyhow::Error) -> std::process::ExitCode {
-    let mut said = e.to_string();
-    let mut text = format!("error: {said}\n");
-    for cause in e.chain().skip(1) {
-        let c = cause.to_string();
-        if !said.contains(&c) {
-            text.push_str(&format!("  caused by: {c}\n"));
-            said.push_str(&c);
-        }
+    let parts = said_once(e);
+    let mut text = format!("error: {}\n", parts[0]);
+    for cause in &parts[1..] {
+        text.push_str(&format!("  caused by: {cause}\n"));
     }
     let _ = std::io::stderr().lock().write_all(text.as_bytes());
     std::process::ExitCode::FAILURE
+}
+
+/// The error and its causes on one line, `what: why: why`, each said once (for JSON output).
+#[allow(
+    dead_code,
+    reason = "used by vidi-operator's `docker run -o json`, not by kubectl-vidi"
+)]
+pub fn one_line(e: &anyhow::Error) -> String {
+    said_once(e).join(": ")
+}
+
+/// The error, then each cause whose text is not already part of what was said: many libraries'
+/// errors (hyper's, bollard's) repeat their source in their own message.
+fn said_once(e: &anyhow::Error) -> Vec<String> {
+    let mut said = e.to_string();
+    let mut parts = vec![said.clone()];
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !said.contains(&c) {
+            said.push_str(&c);
+            parts.push(c);
+        }
+    }
+    parts
 }
 
 /// Prints `value` in `format`: `table` is the command's own rendering.
@@ -67,4 +87,33 @@ pub fn print_value(value: &impl serde::Serialize, format: OutputFormat) -> anyho
         }
     };
     print_out(|o| o.write_all(text.as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug)]
+    struct Repeats(std::io::Error);
+    impl std::fmt::Display for Repeats {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "client error (Connect): {}", self.0)
+        }
+    }
+    impl std::error::Error for Repeats {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn a_cause_already_in_the_message_is_said_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "Connection refused");
+        let e = anyhow::Error::new(Repeats(io)).context("cannot reach the Docker engine");
+        assert_eq!(
+            one_line(&e),
+            "cannot reach the Docker engine: client error (Connect): Connection refused"
+        );
+        assert_eq!(said_once(&e).len(), 2);
+    }
 }

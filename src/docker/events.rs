@@ -27,6 +27,21 @@ pub enum UnwindCause {
     Cancelled,
 }
 
+/// `recovered the unfinished job a (pid 7): restored Container tts; stopped a-vidi-1`.
+pub fn recovered_text(job: &str, pid: u32, restored: &[String], stopped: &[String]) -> String {
+    let restored = if restored.is_empty() {
+        "nothing to restore".to_string()
+    } else {
+        format!("restored {}", restored.join(", "))
+    };
+    let stopped = if stopped.is_empty() {
+        String::new()
+    } else {
+        format!("; stopped {}", stopped.join(", "))
+    };
+    format!("recovered the unfinished job {job} (pid {pid}): {restored}{stopped}")
+}
+
 /// One step of a `docker run`, `docker recover` or `--dry-run`.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(tag = "event", rename_all = "camelCase", rename_all_fields = "camelCase")]
@@ -38,6 +53,14 @@ pub enum Event {
     },
     /// An earlier run's unfinished journal is finished first.
     Recovering { job: String, pid: u32, started: Timestamp },
+    /// That journal is finished: the co-tenants it restored and the Vidi containers it stopped
+    /// (before the new job starts).
+    Recovered {
+        job: String,
+        pid: u32,
+        restored: Vec<String>,
+        stopped: Vec<String>,
+    },
     /// A planner notice: the same text the controller puts in a Kubernetes Event.
     Notice { warning: bool, message: String },
     /// What the job waits for while co-tenants stop (the planner's status message).
@@ -154,6 +177,12 @@ impl fmt::Display for Event {
                 "waiting for {} to finish (one job per GPU host)",
                 owner.as_deref().unwrap_or("another job")
             ),
+            Event::Recovered {
+                job,
+                pid,
+                restored,
+                stopped,
+            } => f.write_str(&recovered_text(job, *pid, restored, stopped)),
             Event::Recovering { job, pid, started } => write!(
                 f,
                 "found the unfinished job {job} (pid {pid}, started {started}); stopping its Vidi container and restoring what it holds"

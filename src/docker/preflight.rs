@@ -63,6 +63,14 @@ pub async fn check(s: &Session, job: &VidiJob, name: &str) -> Vec<FieldError> {
             problems.push(problem);
         }
     }
+    if let Some(why) = output_not_writable(s, &s.output_dir_path(name, job)).await {
+        let field = if job.spec.output.as_ref().and_then(|o| o.host_path.as_ref()).is_some() {
+            "spec.output.hostPath"
+        } else {
+            "--state-dir"
+        };
+        problems.push(FieldError::new(field, why));
+    }
     for (i, cmd) in job.spec.co_tenants.commands.iter().enumerate() {
         if let Err(e) = commands::check(&cmd.name, &cmd.check).await {
             let why = match e {
@@ -142,4 +150,99 @@ async fn gpu_runtime(docker: &Docker, s: &Session, job: &VidiJob, name: &str, im
     };
     remove().await;
     problem
+}
+
+/// Why Vidi could not write its result into `dir`, an existing directory, as the container's
+/// user (`--user`, numeric): what it would otherwise find out only after the co-tenants were
+/// stopped. A directory the operator creates is made writable for that user; one that exists is
+/// left as it is. Not judged where the engine maps users (rootless Docker, `userns-remap`), nor
+/// for a user given by name.
+async fn output_not_writable(s: &Session, dir: &std::path::Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt as _;
+    let meta = std::fs::metadata(dir).ok().filter(std::fs::Metadata::is_dir)?;
+    let (uid, gid) = numeric_user(&s.opts.user)?;
+    if let Ok(info) = s.docker.info().await
+        && info
+            .security_options
+            .unwrap_or_default()
+            .iter()
+            .any(|o| o.contains("rootless") || o.contains("userns"))
+    {
+        return None;
+    }
+    if writable_by(meta.uid(), meta.gid(), meta.mode(), uid, gid) {
+        return None;
+    }
+    let d = dir.display();
+    let user = &s.opts.user;
+    Some(format!(
+        "{d} is not writable by the Vidi container's user {user} (it is owned by {}:{} with mode {:o}): \
+         `sudo chown {user} {d}` (or `chmod o+wx {d}`), choose another directory, or set the container's \
+         user with --user",
+        meta.uid(),
+        meta.gid(),
+        meta.mode() & 0o7777
+    ))
+}
+
+/// `uid:gid` from `--user`; the gid is unknown for a bare `uid` (the image's passwd file
+/// decides it). None for names, which only the image can resolve.
+fn numeric_user(user: &str) -> Option<(u32, Option<u32>)> {
+    match user.split_once(':') {
+        Some((u, g)) => Some((u.parse().ok()?, Some(g.parse().ok()?))),
+        None => Some((user.parse().ok()?, None)),
+    }
+}
+
+/// Whether `uid:gid` may create files in a directory owned by `owner:group` with `mode`
+/// (write and search), by the permission bits that apply to it; root may always. An unknown
+/// gid is given the group's bits when they would allow it.
+fn writable_by(owner: u32, group: u32, mode: u32, uid: u32, gid: Option<u32>) -> bool {
+    let allows = |bits: u32| bits & 0o3 == 0o3;
+    if uid == 0 {
+        return true;
+    }
+    if uid == owner {
+        return allows(mode >> 6);
+    }
+    match gid {
+        Some(g) if g == group => allows(mode >> 3),
+        None if allows(mode >> 3) => true,
+        _ => allows(mode),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bits_that_apply_to_the_container_user_decide() {
+        // root's 0755 directory: not for 1000:1000; root always.
+        let u = Some(1000);
+        assert!(!writable_by(0, 0, 0o40755, 1000, u));
+        assert!(writable_by(0, 0, 0o40755, 0, Some(0)));
+        // Its own, or its group's with group write, or everyone's.
+        assert!(writable_by(1000, 1000, 0o755, 1000, u));
+        assert!(writable_by(0, 1000, 0o775, 1000, u));
+        assert!(writable_by(0, 0, 0o777, 1000, u));
+        assert!(writable_by(0, 0, 0o1777, 1000, u));
+        // The owner's bits apply to the owner, even when others have more.
+        assert!(!writable_by(1000, 0, 0o577, 1000, u));
+        // Write without search is not enough to create a file.
+        assert!(!writable_by(0, 0, 0o776, 1000, u));
+        // A group's bits do not apply to a user who is not in it.
+        assert!(!writable_by(0, 5, 0o770, 1000, u));
+        // A gid the image decides: the group's bits are given the benefit of the doubt.
+        assert!(writable_by(0, 5, 0o770, 1000, None));
+        assert!(!writable_by(0, 5, 0o750, 1000, None));
+    }
+
+    #[test]
+    fn the_user_flag_is_read_as_numbers_or_not_judged() {
+        assert_eq!(numeric_user("1000:1000"), Some((1000, Some(1000))));
+        assert_eq!(numeric_user("1001"), Some((1001, None)));
+        assert_eq!(numeric_user("vidi"), None);
+        assert_eq!(numeric_user("1000:video"), None);
+    }
 }

@@ -161,10 +161,12 @@ impl Session {
     #[tracing::instrument(skip_all, fields(state_dir = %self.opts.state_dir.display()))]
     pub async fn recover(&self) -> Result<Option<Recovered>, DockerError> {
         let _lock = self.lock("recover").await?;
-        self.finish_unfinished().await
+        self.finish_unfinished(false).await
     }
 
-    async fn finish_unfinished(&self) -> Result<Option<Recovered>, DockerError> {
+    /// Finishes an unfinished journal; `announce`: say what it did as an event (in `docker run`,
+    /// before the new job's own lines; `docker recover` prints it as its result).
+    async fn finish_unfinished(&self, announce: bool) -> Result<Option<Recovered>, DockerError> {
         let Some(journal) = Journal::load(&self.opts.state_dir)? else {
             return Ok(None);
         };
@@ -175,12 +177,21 @@ impl Session {
         });
         let mut run = Run::new(self, journal, None);
         let (restored, stopped) = run.unwind().await?;
-        Ok(Some(Recovered {
+        let recovered = Recovered {
             job: run.journal.job.clone(),
             pid: run.journal.pid,
             restored,
             stopped,
-        }))
+        };
+        if announce {
+            self.say(Event::Recovered {
+                job: recovered.job.clone(),
+                pid: recovered.pid,
+                restored: recovered.restored.clone(),
+                stopped: recovered.stopped.clone(),
+            });
+        }
+        Ok(Some(recovered))
     }
 
     /// `docker run --dry-run`: what would be stopped and run; changes nothing (no lock, no
@@ -218,16 +229,10 @@ impl Session {
         .await?;
         // The same preflight as a real run, so every problem is listed at once, and refused the
         // same way: once, as an error.
-        for p in super::preflight::check(self, job, name).await {
-            if !snap.problems.iter().any(|seen| seen.field == p.field) {
-                snap.problems.push(p);
-            }
-        }
-        for p in plan::admission_errors(&snap) {
-            if !snap.problems.iter().any(|seen| seen.field == p.field) {
-                snap.problems.push(p);
-            }
-        }
+        let preflight = super::preflight::check(self, job, name).await;
+        let admission = plan::admission_errors(&snap);
+        add_new_fields(&mut snap.problems, preflight);
+        add_new_fields(&mut snap.problems, admission);
         if !snap.problems.is_empty() {
             return Err(DockerError::Preflight {
                 job: name.to_string(),
@@ -257,6 +262,20 @@ impl Session {
             for line in c.describe() {
                 self.say(Event::Planned { line });
             }
+            let gate = match (&self.opts.gpus, self.opts.gate) {
+                (GpuMode::None, _) => None,
+                (_, false) => {
+                    Some("  gate: none (--no-gate): Vidi starts as soon as the co-tenants are stopped".into())
+                }
+                (_, true) => Some(format!(
+                    "  gate: Vidi starts once {} of GPU memory is free (waits up to {}, --gate-timeout)",
+                    crate::gpu::format_bytes(precision::min_free_bytes(&job.spec, p)),
+                    humantime::format_duration(self.opts.gate_timeout)
+                )),
+            };
+            if let Some(line) = gate {
+                self.say(Event::Planned { line });
+            }
         }
         Ok(decision.status)
     }
@@ -272,7 +291,7 @@ impl Session {
             c = &mut cancel => return Ok(RunResult { status: VidiJobStatus::default(), cancelled: Some(c), recovered: None }),
         };
         // Holding the lock proves whoever wrote a journal is dead: finish its work first.
-        let recovered = self.finish_unfinished().await?;
+        let recovered = self.finish_unfinished(true).await?;
         // Anything that would make the job fail for sure is found before anything is stopped:
         // preflight's checks, and what the planner's first look would refuse (host paths that
         // are not there, refs to no container), so the job is refused once, with every problem.
@@ -294,11 +313,7 @@ impl Session {
         .await?;
         // What the planner would refuse it for (a selection that matches nothing, too), so it is
         // refused here once, with the rest, rather than failed after a first decision.
-        for p in plan::admission_errors(&first_look) {
-            if !problems.iter().any(|seen| seen.field == p.field) {
-                problems.push(p);
-            }
-        }
+        add_new_fields(&mut problems, plan::admission_errors(&first_look));
         if !problems.is_empty() {
             return Err(DockerError::Preflight {
                 job: name.to_string(),
@@ -400,7 +415,7 @@ impl Session {
             .map(|r| r.total_bytes)
     }
 
-    fn output_dir_path(&self, name: &str, job: &VidiJob) -> PathBuf {
+    pub(super) fn output_dir_path(&self, name: &str, job: &VidiJob) -> PathBuf {
         match job.spec.output.as_ref().and_then(|o| o.host_path.as_ref()) {
             Some(p) => PathBuf::from(p),
             None => self.opts.state_dir.join("jobs").join(name).join("output"),
@@ -432,6 +447,14 @@ impl Session {
         }
         remove_termination_log(dir)
     }
+}
+
+/// Adds the problems of another check whose fields `problems` does not name yet (two checks of
+/// one field say the same thing twice); one check's own problems of a field are all kept (the
+/// gate and the NVIDIA runtime are both `--gpus`).
+fn add_new_fields(problems: &mut Vec<crate::api::FieldError>, more: Vec<crate::api::FieldError>) {
+    let known: Vec<String> = problems.iter().map(|p| p.field.clone()).collect();
+    problems.extend(more.into_iter().filter(|p| !known.contains(&p.field)));
 }
 
 /// The job's name (`jobfile::parse` guarantees one).
@@ -788,6 +811,16 @@ impl<'s> Run<'s> {
         if let (Some(limit), Some(start)) = (self.journal.spec.active_deadline_seconds, &decision.status.start_time) {
             self.deadline = Timestamp::from_second(start.0.as_second().saturating_add(limit)).ok();
         }
+        // A co-tenant resumed through its hook is reported by the actor once the call answered
+        // (`coTenantResumed`); the planner's notice of it would say the same again.
+        let resumed: Vec<&plan::CoTenantId> = decision
+            .actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Resume { target, call: true, .. } => Some(target),
+                _ => None,
+            })
+            .collect();
         for (i, action) in decision.actions.iter().enumerate() {
             acted |= !matches!(action, Action::Notify(_) | Action::DeleteJob);
             // The planner announces an attempt right after asking for it; say it before the
@@ -799,6 +832,9 @@ impl<'s> Run<'s> {
             tracing::debug!(?action, "applying");
             match action {
                 Action::Notify(_) if said_early == Some(i) => {}
+                Action::Notify(n)
+                    if n.reason == "Restored"
+                        && matches!(&n.subject, Some(plan::Subject::CoTenant(id)) if resumed.contains(&id)) => {}
                 Action::Notify(n)
                     if n.reason == "Restored"
                         && matches!(&n.subject, Some(plan::Subject::CoTenant(id)) if self.gone.contains(id)) =>

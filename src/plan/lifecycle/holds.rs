@@ -181,12 +181,13 @@ impl<'a> Plan<'a> {
         });
         let message = if joined {
             format!(
-                "holding {} (already suspended by {}; will be restored to {original})",
+                "holding {} (already suspended by {}; will be restored to {})",
                 c.id,
-                list(&c.holders)
+                list(&c.holders),
+                c.id.kind.amount(original)
             )
         } else {
-            format!("suspended {} (was {original} replicas)", c.id)
+            format!("suspended {} (was {})", c.id, c.id.kind.amount(original))
         };
         let id = c.id.clone();
         self.notify_about(Severity::Normal, "Suspended", message, Some(Subject::CoTenant(id)));
@@ -210,8 +211,9 @@ impl<'a> Plan<'a> {
                 None => {
                     let (id, now) = (c.id.to_string(), c.replicas);
                     let message = format!(
-                        "{id} lost its {} annotation; leaving it at {now} replicas",
-                        crate::api::ORIGINAL_REPLICAS
+                        "{id} lost its {} annotation; leaving it at {}",
+                        crate::api::ORIGINAL_REPLICAS,
+                        c.id.kind.amount(now)
                     );
                     let id = c.id.clone();
                     self.notify_about(
@@ -233,7 +235,7 @@ impl<'a> Plan<'a> {
             self.notify_about(
                 Severity::Normal,
                 "Restored",
-                format!("restored {id} to {replicas} replicas"),
+                restored_message(&id, replicas),
                 Some(Subject::CoTenant(id.clone())),
             );
             let c = &mut self.view[i];
@@ -252,5 +254,16 @@ impl<'a> Plan<'a> {
             self.notify_about(Severity::Normal, "Released", message, Some(Subject::CoTenant(id)));
         }
         self.view[i].holders = holders;
+    }
+}
+
+/// `restored Deployment ns/tts to 2 replicas`; a container or a command is started again (or
+/// left stopped, when it was stopped before the job).
+fn restored_message(id: &crate::plan::CoTenantId, replicas: i32) -> String {
+    use crate::api::WorkloadKind::{Command, Container};
+    match id.kind {
+        Container | Command if replicas > 0 => format!("restored {id} (running again)"),
+        Container | Command => format!("restored {id} (stopped, as it was before the job)"),
+        _ => format!("restored {id} to {}", id.kind.amount(replicas)),
     }
 }

@@ -139,7 +139,7 @@ impl<'a> Plan<'a> {
             .map(|y| {
                 let c = &self.view[candidates[y.tenant]];
                 match &y.whole {
-                    Some(why) => format!("{} whole ({} replicas: {why})", c.id, y.removed),
+                    Some(why) => format!("{} whole ({}: {why})", c.id, c.id.kind.amount(y.removed)),
                     None => format!(
                         "{} ({} replica{} there)",
                         c.id,
@@ -238,7 +238,11 @@ impl<'a> Plan<'a> {
         self.notify_about(
             Severity::Normal,
             "Suspended",
-            format!("suspended {id}'s {removed} replica(s) on {node} (was {original} replicas, now {replicas})"),
+            format!(
+                "suspended {id}'s {} on {node} (was {}, now {replicas})",
+                id.kind.amount(removed),
+                id.kind.amount(original)
+            ),
             Some(Subject::CoTenant(id.clone())),
         );
         self.node_holds.retain(|h| h.co_tenant != id);
@@ -336,13 +340,13 @@ impl<'a> Plan<'a> {
     pub(super) fn yield_summary(&self, i: usize) -> String {
         let c = &self.view[i];
         let Some(node) = self.chosen_node() else {
-            return format!("{} replicas", c.replicas);
+            return c.id.kind.amount(c.replicas);
         };
         if let Some(why) = self.whole_reason(i, node) {
-            return format!("all {} replicas: {why}", c.replicas);
+            return format!("all {}: {why}", c.id.kind.amount(c.replicas));
         }
         let here = self.pods_of(i).filter(|p| p.node == node && !p.terminating).count();
-        format!("{here} of {} replicas, on {node}", c.replicas)
+        format!("{here} of {}, on {node}", c.id.kind.amount(c.replicas))
     }
 
     /// Whether co-tenant `i` is held on one node only (a queued job does not join such a hold:

@@ -133,7 +133,7 @@ impl<'a> Plan<'a> {
         let p = precision::first(self.s.job.spec.model.precision, self.s.gpu_total_bytes);
         let need = precision::min_free_bytes(&self.s.job.spec, p);
         let message = format!(
-            "dry run: would suspend {}; would run Vidi{on} at {p} once {} of GPU memory is free",
+            "dry run: would suspend {}; would run Vidi{on} at {p}, which needs {} of free GPU memory",
             if list.is_empty() {
                 "nothing".to_string()
             } else {
