@@ -604,6 +604,22 @@ fn so_annotations(v: &View<'_>) -> Value {
         .unwrap_or(Value::Null)
 }
 
+/// The operator's metrics once `check` holds (its caches follow the stand-in a little later).
+async fn encoded_until(op: &Operator, check: impl Fn(&str) -> bool) -> String {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = op.metrics.encode();
+        if check(&text) {
+            return text;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "metrics never got there:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test]
 async fn a_keda_scaled_deployment_is_paused_through_keda_and_unpaused_on_restore() {
     let api = standin_with_claims(&["videos", "weights"]).await;
@@ -612,7 +628,7 @@ async fn a_keda_scaled_deployment_is_paused_through_keda_and_unpaused_on_restore
         .unwrap();
     install_keda(&api);
     settle(&api, "tts running", |v| pods_of(v, "tts").len() == 2).await;
-    let _op = Operator::start(&api);
+    let op = Operator::start(&api);
     api.create(&Gvr::vidijobs(), NS, job("a")).unwrap();
     // One write on the ScaledObject: the pause and what undoes it.
     settle(&api, "the ScaledObject paused at 0 by the job", |v| {
@@ -622,6 +638,14 @@ async fn a_keda_scaled_deployment_is_paused_through_keda_and_unpaused_on_restore
             && a["vidi.dev/original-replicas"] == "2"
     })
     .await;
+    // The hold is counted, under the Deployment's name, though its marks are on the ScaledObject.
+    let held = encoded_until(&op, |t| t.contains("vidi_operator_co_tenants_held 1\n")).await;
+    assert!(
+        held.contains(&format!(
+            r#"vidi_operator_co_tenant_held_seconds{{kind="Deployment",workload_namespace="{NS}",workload="tts"}}"#
+        )),
+        "{held}"
+    );
     // KEDA, paused, scales its target to 0.
     api.patch_as(
         "keda-operator",
@@ -641,6 +665,13 @@ async fn a_keda_scaled_deployment_is_paused_through_keda_and_unpaused_on_restore
             a.keys()
                 .all(|k| !k.starts_with("vidi.dev/") && !k.starts_with("autoscaling.keda.sh/"))
         })
+    })
+    .await;
+    // The restore observed how long it was held (from the ScaledObject's held-since), and
+    // nothing is counted as held any more.
+    encoded_until(&op, |t| {
+        t.contains("vidi_operator_co_tenants_held 0\n")
+            && t.contains("vidi_operator_co_tenant_suspended_seconds_count 1\n")
     })
     .await;
     // The operator never scaled the Deployment behind KEDA's back, and never saw a fight.

@@ -330,10 +330,12 @@ impl Actor<'_> {
         patch_workload(self.client, target, json!({ "metadata": metadata })).await
     }
 
-    /// When the co-tenant's current hold began, from its cached `vidi.dev/held-since` mark.
+    /// When the co-tenant's current hold began, from its cached `vidi.dev/held-since` mark (on
+    /// the ScaledObject, for a Deployment KEDA scales).
     fn held_since(&self, target: &CoTenantId) -> Option<Timestamp> {
-        self.stores
-            .workload_meta(target, |m| m.annotations.as_ref()?.get(HELD_SINCE)?.parse().ok())
+        super::keda::for_workload(self.stores, target)
+            .and_then(|so| super::gauges::held_since(&so.metadata))
+            .or_else(|| self.stores.workload_meta(target, super::gauges::held_since))
     }
 
     /// The version a co-tenant write lands on: the one it is guarded by, else the cached one.

@@ -19,12 +19,20 @@ pub(super) fn source(stores: &Stores) -> Source {
         metrics.set_queue(jobs.iter().filter(|j| waiting(j)).map(|j| created(j)), now);
         let deployments = stores.deployments.state();
         let statefulsets = stores.statefulsets.state();
+        let scaled = stores.scaled_objects.as_ref().map(|c| c.state()).unwrap_or_default();
         let held = deployments
             .iter()
             .map(|d| (WorkloadKind::Deployment, &d.metadata))
             .chain(statefulsets.iter().map(|s| (WorkloadKind::StatefulSet, &s.metadata)))
             .filter(|(_, meta)| !holders(meta).is_empty())
-            .map(|(kind, meta)| (labels(kind, meta), held_since(meta)));
+            .map(|(kind, meta)| (labels(kind, meta), held_since(meta)))
+            // A KEDA-scaled Deployment is held through its ScaledObject, which carries the marks.
+            .chain(
+                scaled
+                    .iter()
+                    .filter(|so| !holders(&so.metadata).is_empty())
+                    .map(|so| (keda_labels(so), held_since(&so.metadata))),
+            );
         metrics.set_held(held, now);
     })
 }
@@ -58,7 +66,16 @@ fn labels(kind: WorkloadKind, meta: &ObjectMeta) -> CoTenantLabels {
     }
 }
 
-fn held_since(meta: &ObjectMeta) -> Option<Timestamp> {
+/// The Deployment a held ScaledObject scales, as the series names it.
+fn keda_labels(so: &super::keda::ScaledObject) -> CoTenantLabels {
+    CoTenantLabels {
+        kind: WorkloadKind::Deployment.to_string(),
+        workload_namespace: so.metadata.namespace.clone().unwrap_or_default(),
+        workload: so.spec.scale_target_ref.name.clone(),
+    }
+}
+
+pub(super) fn held_since(meta: &ObjectMeta) -> Option<Timestamp> {
     meta.annotations.as_ref()?.get(HELD_SINCE)?.parse().ok()
 }
 
