@@ -187,3 +187,18 @@ fn run_refuses_a_metrics_port_already_taken() {
     );
     assert!(!err.contains('\u{1b}'), "no colour codes off a terminal: {err:?}");
 }
+
+#[test]
+fn an_empty_user_for_the_vidi_container_is_refused() {
+    // Docker would run Vidi as the image's own user (root, for most) instead.
+    for user in ["", "1000:", ":1000"] {
+        let out = Command::new(BIN)
+            .args(["docker", "run", "-f", "job.yaml", "--dry-run", "--user", user])
+            .output()
+            .expect("run vidi-operator");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{user:?}: {err}");
+        assert!(err.contains("--user"), "{user:?}: {err}");
+        assert!(err.contains("expected UID:GID (such as 1000:1000)"), "{user:?}: {err}");
+    }
+}

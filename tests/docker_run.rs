@@ -686,3 +686,60 @@ async fn a_paused_co_tenant_ends_paused_as_it_was() {
     let _ = fx.docker.unpause_container(&tts).await;
     assert!(!fx.journal_exists());
 }
+
+/// A container the user made, named like one of the job's Vidi containers: the job is refused
+/// before anything stops (the dry run too), and that container is never stopped or removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_named_like_a_vidi_attempt_is_never_touched() {
+    use bollard::models::ContainerCreateBody;
+    use bollard::query_parameters::{CreateContainerOptionsBuilder, StartContainerOptions};
+    let Some(fx) = Fixture::new("clash").await else { return };
+    let tts = fx.cotenant("tts", true).await;
+    let job = fx.job("a");
+    let theirs = format!("{job}-vidi-1");
+    let body = ContainerCreateBody {
+        image: Some(docker_support::IMAGE.into()),
+        entrypoint: Some(vec!["/bin/sh".into(), "/cotenant.sh".into()]),
+        // Cleaned up with the fixture, and not selected as a co-tenant.
+        labels: Some([(docker_support::TEST_LABEL.to_string(), format!("{}-theirs", fx.name))].into()),
+        ..Default::default()
+    };
+    fx.docker
+        .create_container(
+            Some(CreateContainerOptionsBuilder::default().name(&theirs).build()),
+            body,
+        )
+        .await
+        .expect("create theirs");
+    fx.docker
+        .start_container(&theirs, None::<StartContainerOptions>)
+        .await
+        .expect("start theirs");
+    let (theirs_before, tts_before) = (fx.started_at(&theirs).await, fx.started_at(&tts).await);
+    let file = fx.job_file(&job, "find", "", "");
+    for args in [&["--dry-run"][..], &[][..]] {
+        let mut run = fx.run(&file, args);
+        let code = run.wait().await;
+        let err = run.stderr();
+        assert_eq!(code, Some(1), "{args:?}: {err}");
+        assert!(err.contains("cannot run, so nothing was stopped"), "{args:?}: {err}");
+        assert!(
+            err.contains(&format!(
+                "metadata.name: a container named {theirs} exists that vidi-operator did not create"
+            )),
+            "{args:?}: {err}"
+        );
+        assert_eq!(
+            fx.started_at(&theirs).await,
+            theirs_before,
+            "{args:?}: theirs was touched"
+        );
+        assert_eq!(fx.running(&theirs).await, Some(true), "{args:?}");
+        assert_eq!(
+            fx.started_at(&tts).await,
+            tts_before,
+            "{args:?}: the co-tenant was touched"
+        );
+        assert!(!fx.journal_exists());
+    }
+}

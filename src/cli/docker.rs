@@ -117,7 +117,7 @@ struct RunArgs {
     #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = humantime::parse_duration)]
     gate_timeout: Duration,
     /// User (uid:gid) the Vidi container runs as.
-    #[arg(long, value_name = "UID:GID", default_value = "1000:1000")]
+    #[arg(long, value_name = "UID:GID", default_value = "1000:1000", value_parser = parse_user)]
     user: String,
     #[command(flatten)]
     timeouts: TimeoutArgs,
@@ -177,6 +177,18 @@ struct BuildArgs {
     /// The build context directory.
     #[arg(default_value = "docker/vidi")]
     dir: PathBuf,
+}
+
+/// `--user`: what `docker run --user` takes (a name or uid, optionally `:group`), never empty
+/// (the engine would run Vidi as the image's user, root for most).
+fn parse_user(s: &str) -> Result<String, String> {
+    let (user, group) = s.split_once(':').map_or((s, None), |(u, g)| (u, Some(g)));
+    if user.trim().is_empty() || group.is_some_and(|g| g.trim().is_empty()) {
+        return Err(format!(
+            "expected UID:GID (such as 1000:1000), a UID or a user name, got {s:?}"
+        ));
+    }
+    Ok(s.to_string())
 }
 
 fn parse_build_arg(s: &str) -> Result<(String, String), String> {

@@ -30,6 +30,17 @@ impl Run<'_> {
     /// Stops an attempt's container. One that was created but never started (the operator died
     /// between the two) cannot be stopped and would look pending for ever: it is removed.
     pub(super) async fn stop_attempt(&self, name: &str) -> Result<(), DockerError> {
+        // A container of that name that vidi-operator did not create is never touched.
+        match self
+            .s
+            .docker
+            .inspect_container(name, None::<InspectContainerOptions>)
+            .await
+        {
+            Ok(c) if !observe::is_ours(&c, &self.journal.job) => return Ok(()),
+            Err(e) if status_code(&e) == Some(404) => return Ok(()),
+            _ => {}
+        }
         self.s.say(Event::VidiStopping {
             container: name.to_string(),
         });
@@ -153,6 +164,7 @@ impl Run<'_> {
         let created = docker
             .create_container(Some(CreateContainerOptionsBuilder::default().name(name).build()), body)
             .await;
+        let made = created.is_ok();
         let started = match created {
             Ok(_) => docker.start_container(name, None::<StartContainerOptions>).await,
             Err(e) => Err(e),
@@ -169,8 +181,12 @@ impl Run<'_> {
                     .or(end.reason.clone())
                     .unwrap_or_default(),
             });
-            let opts = RemoveContainerOptionsBuilder::default().force(true).build();
-            let _ = docker.remove_container(name, Some(opts)).await;
+            // Only the container this call created: a failed create (its name taken by a
+            // container vidi-operator did not make) leaves that one alone.
+            if made {
+                let opts = RemoveContainerOptionsBuilder::default().force(true).build();
+                let _ = docker.remove_container(name, Some(opts)).await;
+            }
             return self.record_end(number, end);
         }
         self.vidi_started.insert(number, std::time::Instant::now());

@@ -365,6 +365,9 @@ async fn attempts(docker: &Docker, journal: &Journal) -> Result<Vec<Attempt>, Do
                 .inspect_container(&rec.name, None::<InspectContainerOptions>)
                 .await
             {
+                // A container of that name that vidi-operator did not create is not this
+                // attempt: as if it had never been created (the new one will fail on its name).
+                Ok(c) if !is_ours(&c, &journal.job) => continue,
                 Ok(c) => match c.state.and_then(|s| s.status) {
                     Some(ContainerStateStatusEnum::CREATED) | None => AttemptState::Pending { waiting: None },
                     Some(ContainerStateStatusEnum::REMOVING) => AttemptState::Terminating,
@@ -409,6 +412,7 @@ pub async fn record_ends(docker: &Docker, journal: &mut Journal) -> Result<bool,
             .inspect_container(&rec.name, None::<InspectContainerOptions>)
             .await
         {
+            Ok(c) if !is_ours(&c, &journal.job) => continue,
             Ok(c) => c,
             Err(e) if status_code(&e) == Some(404) => continue,
             Err(e) => return Err(DockerError::api(format!("inspecting container {}", rec.name), e)),
@@ -450,6 +454,16 @@ pub async fn record_ends(docker: &Docker, journal: &mut Journal) -> Result<bool,
         changed = true;
     }
     Ok(changed)
+}
+
+/// Whether vidi-operator created this container for `job` (its `vidi.dev/job` label): only those
+/// are ever stopped or removed as a job's attempts, whatever their name.
+pub fn is_ours(c: &bollard::models::ContainerInspectResponse, job: &str) -> bool {
+    c.config
+        .as_ref()
+        .and_then(|c| c.labels.as_ref())
+        .and_then(|l| l.get(crate::api::JOB_LABEL))
+        .is_some_and(|j| j == job)
 }
 
 /// The termination message the attempt left in the output dir, if any.

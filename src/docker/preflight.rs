@@ -44,7 +44,19 @@ pub async fn check(s: &Session, job: &VidiJob, name: &str) -> Vec<FieldError> {
             false
         }
     };
-    if s.opts.gpus == GpuMode::All {
+    let foreign = foreign_names(&s.docker, name).await;
+    for other in &foreign {
+        problems.push(FieldError::new(
+            "metadata.name",
+            format!(
+                "a container named {other} exists that vidi-operator did not create (it has no {JOB_LABEL}={name} \
+                 label), and this job's Vidi containers are named {name}-vidi-<attempt>: rename or remove that \
+                 container, or give the job another name (vidi-operator never stops or removes a container it \
+                 did not create)"
+            ),
+        ));
+    }
+    if s.opts.gpus == GpuMode::All && foreign.is_empty() {
         if s.opts.gate
             && let Err(e) = s.open_probe()
         {
@@ -81,6 +93,43 @@ pub async fn check(s: &Session, job: &VidiJob, name: &str) -> Vec<FieldError> {
         }
     }
     problems
+}
+
+/// Containers named like this job's Vidi containers (`<job>-vidi-…`) that vidi-operator did not
+/// create for it: a run would clash with them on the name.
+async fn foreign_names(docker: &Docker, job: &str) -> Vec<String> {
+    let prefix = format!("{job}-vidi-");
+    let filters: std::collections::HashMap<String, Vec<String>> =
+        [("name".to_string(), vec![format!("^/{}", regex_escape(&prefix))])].into();
+    let opts = bollard::query_parameters::ListContainersOptionsBuilder::default()
+        .all(true)
+        .filters(&filters)
+        .build();
+    let Ok(list) = docker.list_containers(Some(opts)).await else {
+        return Vec::new();
+    };
+    list.into_iter()
+        .filter(|c| {
+            c.labels
+                .as_ref()
+                .and_then(|l| l.get(JOB_LABEL))
+                .is_none_or(|j| j != job)
+        })
+        .filter_map(|c| c.names?.into_iter().next())
+        .map(|n| n.trim_start_matches('/').to_string())
+        .filter(|n| n.starts_with(&prefix))
+        .collect()
+}
+
+/// `s` with the characters a regular expression gives meaning to escaped (job names are DNS
+/// labels, so only `-` and `.` could occur; all are escaped to be safe).
+fn regex_escape(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| {
+            let special = "\\.+*?()|[]{}^$-".contains(c);
+            special.then_some('\\').into_iter().chain(std::iter::once(c))
+        })
+        .collect()
 }
 
 /// Starts a throwaway container from the Vidi image with the job's GPU request (entrypoint
