@@ -743,3 +743,55 @@ async fn a_container_named_like_a_vidi_attempt_is_never_touched() {
         assert!(!fx.journal_exists());
     }
 }
+
+/// A restore that fails (here a command co-tenant's `start`, until the cause goes away) is tried
+/// again: nothing says it is back before it is, and once it is, the job ends with its own
+/// outcome (Succeeded, exit 0, its result), not with the stale error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_that_fails_then_works_ends_with_the_jobs_own_outcome() {
+    let Some(fx) = Fixture::new("retry").await else { return };
+    let tts = fx.cotenant("tts", true).await;
+    let d = fx.dir.path().display().to_string();
+    let block = fx.path("block");
+    let _ = fx.command_yaml(); // the command co-tenant "runs"
+    let cmd = format!(
+        r#"
+    commands:
+      - name: comfy
+        stop: "rm -f {d}/comfy.running"
+        start: "test ! -e {d}/block && touch {d}/comfy.running"
+        check: "test -f {d}/comfy.running""#
+    );
+    let job = fx.job("a");
+    // Vidi waits for the go file, so the block is in place before anything is restored.
+    let file = fx.job_file(&job, "find wait=go", &cmd, "");
+    let mut run = fx.run(&file, &["-o", "json"]);
+    fx.vidi_running(&job).await;
+    std::fs::write(&block, b"").expect("block the start");
+    fx.release_vidi(&job);
+    eventually("the restore retried", || async {
+        run.stdout().contains(r#""event":"restoreRetrying""#)
+    })
+    .await;
+    assert!(!fx.command_running(), "the start is blocked");
+    std::fs::remove_file(&block).expect("unblock the start");
+    let code = run.wait().await;
+    let (out, err) = (run.stdout(), run.stderr());
+    assert_eq!(code, Some(0), "{err}");
+    assert!(fx.command_running(), "comfy is back: {err}");
+    assert_eq!(fx.running(&tts).await, Some(true));
+    assert_eq!(status_json(&out)["phase"], "Succeeded", "{out}");
+    // No line says comfy is back before the start that worked.
+    let lines: Vec<&str> = err.lines().collect();
+    let retried = lines
+        .iter()
+        .position(|l| l.contains("trying again"))
+        .expect("a retry line");
+    let claimed = lines
+        .iter()
+        .position(|l| l.contains("restored Command comfy"))
+        .expect("a restored line");
+    assert!(claimed > retried, "said restored before it was:\n{err}");
+    assert_eq!(err.matches("finished; every co-tenant restored").count(), 1, "{err}");
+    assert!(!fx.journal_exists());
+}

@@ -559,6 +559,9 @@ pub(super) struct Run<'s> {
     /// Held containers found removed when they were to be restored: their records went, but
     /// nothing was restored, and nothing may say it was.
     gone: Vec<plan::CoTenantId>,
+    /// The job's closing notice ("finished; every co-tenant restored; …"), held back while a
+    /// restore of that decision failed: said once the retried restores are seen done.
+    held_back: Option<(Severity, String)>,
 }
 
 impl<'s> Run<'s> {
@@ -572,6 +575,7 @@ impl<'s> Run<'s> {
             deadline: None,
             vidi_started: HashMap::new(),
             gone: Vec::new(),
+            held_back: None,
         }
     }
 
@@ -668,6 +672,10 @@ impl<'s> Run<'s> {
     /// `spec.suspend`).
     async fn drive(&mut self) -> Result<VidiJobStatus, DockerError> {
         let mut said: Option<String> = None;
+        // Restores that failed (a port taken, the engine away, a `start` that failed): tried
+        // again, as the unwind would, for up to UNWIND_PATIENCE; the job keeps its own outcome.
+        let mut failing_since: Option<std::time::Instant> = None;
+        let mut pause = Duration::from_millis(500);
         loop {
             let decision = self.look(false).await?;
             let mut errors = Vec::new();
@@ -678,8 +686,24 @@ impl<'s> Run<'s> {
             }
             tracing::info!(phase = %decision.status.phase, message = decision.status.message.as_deref().unwrap_or_default(), "planned");
             if !errors.is_empty() {
-                // Every co-tenant was tried; the caller unwinds (and retries) from the journal.
-                return Err(errors.remove(0));
+                let since = *failing_since.get_or_insert_with(std::time::Instant::now);
+                let error = errors.remove(0);
+                if since.elapsed() >= UNWIND_PATIENCE {
+                    // The caller unwinds once more, then keeps the journal for `recover`.
+                    return Err(error);
+                }
+                self.s.say(Event::RestoreRetrying {
+                    error: error.to_string(),
+                    retry_in_seconds: pause.as_secs_f64(),
+                });
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(5));
+                continue;
+            }
+            failing_since = None;
+            pause = Duration::from_millis(500);
+            if let Some((severity, message)) = self.held_back.take() {
+                self.s.say(notice(severity, &message));
             }
             let st = &decision.status;
             // Lines the notices do not cover: still waiting for a co-tenant to stop. In the
@@ -808,6 +832,8 @@ impl<'s> Run<'s> {
     async fn apply(&mut self, decision: &Decision, errors: &mut Vec<DockerError>) -> Result<bool, DockerError> {
         let mut acted = false;
         let mut said_early = None;
+        // Co-tenants whose restore or resume failed in this decision: nothing may say they are back.
+        let mut failed: Vec<plan::CoTenantId> = Vec::new();
         if let (Some(limit), Some(start)) = (self.journal.spec.active_deadline_seconds, &decision.status.start_time) {
             self.deadline = Timestamp::from_second(start.0.as_second().saturating_add(limit)).ok();
         }
@@ -832,6 +858,13 @@ impl<'s> Run<'s> {
             tracing::debug!(?action, "applying");
             match action {
                 Action::Notify(_) if said_early == Some(i) => {}
+                Action::Notify(n)
+                    if n.reason == "Restored"
+                        && matches!(&n.subject, Some(plan::Subject::CoTenant(id)) if failed.contains(id)) => {}
+                // "finished; every co-tenant restored": not yet, when one of them failed.
+                Action::Notify(n) if !failed.is_empty() && matches!(n.reason.as_str(), "Succeeded" | "Failed") => {
+                    self.held_back = Some((n.severity, self.tell(&n.message)));
+                }
                 Action::Notify(n)
                     if n.reason == "Restored"
                         && matches!(&n.subject, Some(plan::Subject::CoTenant(id)) if resumed.contains(&id)) => {}
@@ -882,6 +915,7 @@ impl<'s> Run<'s> {
                         .resume(&mut self.journal, target, hook, *call, *replicas)
                         .await
                     {
+                        failed.push(target.clone());
                         errors.push(e);
                     }
                 }
@@ -891,7 +925,10 @@ impl<'s> Run<'s> {
                     match self.actor().restore(&mut self.journal, target, *replicas).await {
                         Ok(true) => {}
                         Ok(false) => self.gone.push(target.clone()),
-                        Err(e) => errors.push(e),
+                        Err(e) => {
+                            failed.push(target.clone());
+                            errors.push(e);
+                        }
                     }
                 }
                 Action::StartAttempt {
