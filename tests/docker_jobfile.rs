@@ -436,6 +436,9 @@ async fn malformed_job_files_are_refused_naming_the_field_and_touch_nothing() {
                 run.status.code()
             ));
         }
+        if err.contains(&format!("{field}: {field}")) {
+            failures.push(format!("{what}: the field is named twice:\n{err}"));
+        }
         if err.contains("panicked") {
             failures.push(format!("{what}: panicked:\n{err}"));
         }

@@ -39,7 +39,7 @@ pub struct VidiJobSpec {
 
     /// The text to find in the video, e.g. "a dog catches a frisbee".
     #[schemars(length(min = 1, max = 2000))]
-    #[x_kube(validation = Rule::new("self.trim() != ''").message("spec.query must not be blank"))]
+    #[x_kube(validation = Rule::new("self.trim() != ''").message("must not be blank"))]
     pub query: String,
 
     /// The Vidi image, weights, Hugging Face cache and precision.

@@ -152,7 +152,7 @@ pub fn classify(
         let why = pod_reason.unwrap_or("unknown reason");
         return failed(
             FailureReason::Failed,
-            format!("the Vidi pod ended without running Vidi ({why})"),
+            format!("Vidi did not start ({why})"),
             Retry::Backoff,
         );
     };
