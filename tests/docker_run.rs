@@ -112,7 +112,7 @@ async fn exit_codes_are_reported_per_the_contract() {
         (Some("Failed"), Some("Failed"))
     );
     assert!(
-        err.contains("Failed (Failed): Vidi exited 1: Traceback: something broke"),
+        err.contains("vidi-operator: Failed: Vidi exited 1: Traceback: something broke"),
         "{err}"
     );
 

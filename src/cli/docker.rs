@@ -360,9 +360,12 @@ async fn run_job(a: RunArgs, out: &Arc<Reporter>) -> anyhow::Result<()> {
 }
 
 fn print_failure(out: &Reporter, status: &VidiJobStatus) {
-    let reason = status.reason.map(|r| r.to_string()).unwrap_or_else(|| "Failed".into());
     let message = status.message.as_deref().unwrap_or("no message");
-    out.line(&format!("vidi-operator: Failed ({reason}): {message}"));
+    // The generic reason says nothing "Failed" does not: `Failed: …`, `Failed (BadInput): …`.
+    match status.reason.map(|r| r.to_string()).filter(|r| r != "Failed") {
+        Some(reason) => out.line(&format!("vidi-operator: Failed ({reason}): {message}")),
+        None => out.line(&format!("vidi-operator: Failed: {message}")),
+    }
 }
 
 fn recovered_line(r: &Recovered) -> String {
