@@ -97,34 +97,17 @@ async fn the_gate_waits_for_free_memory_then_lets_vidi_start() {
 /// free up, the next attempt yields everything before any precision is lowered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn minimal_policy_yields_the_cheapest_set_then_everything() {
-    use bollard::models::ContainerCreateBody;
-    use bollard::query_parameters::{CreateContainerOptionsBuilder, InspectContainerOptions, StartContainerOptions};
+    use bollard::query_parameters::InspectContainerOptions;
     let Some(fx) = Fixture::new("minimal").await else {
         return;
     };
     let declared = format!("{}-declared", fx.name);
-    fx.docker
-        .create_container(
-            Some(CreateContainerOptionsBuilder::default().name(&declared).build()),
-            ContainerCreateBody {
-                image: Some(docker_support::IMAGE.into()),
-                entrypoint: Some(vec!["/bin/sh".into(), "/cotenant.sh".into()]),
-                labels: Some(
-                    [
-                        (docker_support::TEST_LABEL.to_string(), fx.name.clone()),
-                        ("vidi.dev/gpu-memory".to_string(), "4Gi".to_string()),
-                    ]
-                    .into(),
-                ),
-                ..Default::default()
-            },
-        )
-        .await
-        .expect("create");
-    fx.docker
-        .start_container(&declared, None::<StartContainerOptions>)
-        .await
-        .expect("start");
+    fx.container(
+        &declared,
+        &[(docker_support::TEST_LABEL, &fx.name), ("vidi.dev/gpu-memory", "4Gi")],
+        true,
+    )
+    .await;
     let measured = fx.cotenant("measured", true).await;
     let unknown = fx.cotenant("unknown", true).await;
     let pid = fx

@@ -5,9 +5,7 @@ mod docker_support;
 
 use std::time::Duration;
 
-use bollard::models::ContainerCreateBody;
-use bollard::query_parameters::{CreateContainerOptionsBuilder, StartContainerOptions};
-use docker_support::{Fixture, IMAGE, Proc, eventually};
+use docker_support::{Fixture, Proc, eventually};
 
 /// Starts a long job and waits until its co-tenants are down and Vidi runs.
 async fn start_long_job(fx: &Fixture, suffix: &str) -> (Proc, String, String) {
@@ -79,25 +77,7 @@ async fn ctrl_c_or_sigterm_mid_run_stops_vidi_and_restores() {
 /// The Vidi container a crash left behind for job `old` (attempt 1), started or only created.
 async fn leftover_vidi(fx: &Fixture, old: &str, started: bool) -> String {
     let leftover = format!("{old}-vidi-1");
-    let body = ContainerCreateBody {
-        image: Some(IMAGE.into()),
-        entrypoint: Some(vec!["/bin/sh".into(), "/cotenant.sh".into()]),
-        labels: Some([("vidi.dev/job".to_string(), old.to_string())].into()),
-        ..Default::default()
-    };
-    fx.docker
-        .create_container(
-            Some(CreateContainerOptionsBuilder::default().name(&leftover).build()),
-            body,
-        )
-        .await
-        .expect("create leftover");
-    if started {
-        fx.docker
-            .start_container(&leftover, None::<StartContainerOptions>)
-            .await
-            .expect("start leftover");
-    }
+    fx.container(&leftover, &[("vidi.dev/job", old)], started).await;
     leftover
 }
 

@@ -691,30 +691,14 @@ async fn a_paused_co_tenant_ends_paused_as_it_was() {
 /// before anything stops (the dry run too), and that container is never stopped or removed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_container_named_like_a_vidi_attempt_is_never_touched() {
-    use bollard::models::ContainerCreateBody;
-    use bollard::query_parameters::{CreateContainerOptionsBuilder, StartContainerOptions};
     let Some(fx) = Fixture::new("clash").await else { return };
     let tts = fx.cotenant("tts", true).await;
     let job = fx.job("a");
     let theirs = format!("{job}-vidi-1");
-    let body = ContainerCreateBody {
-        image: Some(docker_support::IMAGE.into()),
-        entrypoint: Some(vec!["/bin/sh".into(), "/cotenant.sh".into()]),
-        // Cleaned up with the fixture, and not selected as a co-tenant.
-        labels: Some([(docker_support::TEST_LABEL.to_string(), format!("{}-theirs", fx.name))].into()),
-        ..Default::default()
-    };
-    fx.docker
-        .create_container(
-            Some(CreateContainerOptionsBuilder::default().name(&theirs).build()),
-            body,
-        )
-        .await
-        .expect("create theirs");
-    fx.docker
-        .start_container(&theirs, None::<StartContainerOptions>)
-        .await
-        .expect("start theirs");
+    // Cleaned up with the fixture, and not selected as a co-tenant.
+    let label = format!("{}-theirs", fx.name);
+    fx.container(&theirs, &[(docker_support::TEST_LABEL, &label)], true)
+        .await;
     let (theirs_before, tts_before) = (fx.started_at(&theirs).await, fx.started_at(&tts).await);
     let file = fx.job_file(&job, "find", "", "");
     for args in [&["--dry-run"][..], &[][..]] {

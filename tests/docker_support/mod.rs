@@ -208,23 +208,30 @@ impl Fixture {
     /// Creates (and starts, if `running`) a co-tenant container that sleeps until stopped.
     pub async fn cotenant(&self, suffix: &str, running: bool) -> String {
         let name = format!("{}-{suffix}", self.name);
+        self.container(&name, &[(TEST_LABEL, &self.name)], running).await;
+        name
+    }
+
+    /// Creates (and starts, if `running`) a container `name` from the test image that sleeps
+    /// until stopped, with `labels` (the fixture removes it at the end if one of them is its
+    /// `TEST_LABEL` or `vidi.dev/job` mark).
+    pub async fn container(&self, name: &str, labels: &[(&str, &str)], running: bool) {
         let body = ContainerCreateBody {
             image: Some(IMAGE.into()),
             entrypoint: Some(vec!["/bin/sh".into(), "/cotenant.sh".into()]),
-            labels: Some([(TEST_LABEL.to_string(), self.name.clone())].into()),
+            labels: Some(labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()),
             ..Default::default()
         };
         self.docker
-            .create_container(Some(CreateContainerOptionsBuilder::default().name(&name).build()), body)
+            .create_container(Some(CreateContainerOptionsBuilder::default().name(name).build()), body)
             .await
-            .expect("create co-tenant");
+            .unwrap_or_else(|e| panic!("create {name}: {e}"));
         if running {
             self.docker
-                .start_container(&name, None::<StartContainerOptions>)
+                .start_container(name, None::<StartContainerOptions>)
                 .await
-                .expect("start co-tenant");
+                .unwrap_or_else(|e| panic!("start {name}: {e}"));
         }
-        name
     }
 
     /// Whether a container runs; `None` when it does not exist.
