@@ -477,12 +477,11 @@ async fn recover(a: RecoverArgs) -> anyhow::Result<()> {
     // journal keeps what is left), and `recover` can simply be run again.
     let recovered = session.recover().await.map_err(fail(&out))?;
     out.finish();
-    let why = format!("no unfinished job in {}", a.lock.dir().display());
-    say_recovered(&a, recovered.as_ref(), &why)
+    say_recovered(&a, recovered.as_ref())
 }
 
 /// `docker recover`'s result on stdout: the line, or `{"recovered": …}` as JSON or YAML.
-fn say_recovered(a: &RecoverArgs, recovered: Option<&Recovered>, why_nothing: &str) -> anyhow::Result<()> {
+fn say_recovered(a: &RecoverArgs, recovered: Option<&Recovered>) -> anyhow::Result<()> {
     if a.output != OutputFormat::Table {
         let value = match recovered {
             None => serde_json::json!({ "recovered": null }),
@@ -493,7 +492,7 @@ fn say_recovered(a: &RecoverArgs, recovered: Option<&Recovered>, why_nothing: &s
         return print_value(&value, a.output);
     }
     match recovered {
-        None => print_out(|o| writeln!(o, "nothing to recover: {why_nothing}")),
+        None => print_out(|o| writeln!(o, "nothing to recover: no unfinished job in {}", a.lock.dir().display())),
         Some(r) => print_out(|o| writeln!(o, "{}", recovered_line(r))),
     }
 }

@@ -70,8 +70,6 @@ pub struct RunResult<C> {
     pub status: VidiJobStatus,
     /// Set when the run was cancelled (everything was restored first).
     pub cancelled: Option<C>,
-    /// An earlier job's unfinished journal this run finished first.
-    pub recovered: Option<Recovered>,
 }
 
 /// What finishing an unfinished journal did.
@@ -288,10 +286,10 @@ impl Session {
         tokio::pin!(cancel);
         let lock = tokio::select! {
             lock = self.lock(name) => lock?,
-            c = &mut cancel => return Ok(RunResult { status: VidiJobStatus::default(), cancelled: Some(c), recovered: None }),
+            c = &mut cancel => return Ok(RunResult { status: VidiJobStatus::default(), cancelled: Some(c) }),
         };
         // Holding the lock proves whoever wrote a journal is dead: finish its work first.
-        let recovered = self.finish_unfinished(true).await?;
+        self.finish_unfinished(true).await?;
         // Anything that would make the job fail for sure is found before anything is stopped:
         // preflight's checks, and what the planner's first look would refuse (host paths that
         // are not there, refs to no container), so the job is refused once, with every problem.
@@ -352,7 +350,6 @@ impl Session {
                 Ok(RunResult {
                     status,
                     cancelled: None,
-                    recovered,
                 })
             }
             Ok(Err(e)) => {
@@ -373,7 +370,6 @@ impl Session {
                 Ok(RunResult {
                     status: run.journal.status.clone(),
                     cancelled: Some(c),
-                    recovered,
                 })
             }
         };
